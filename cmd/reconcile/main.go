@@ -1,0 +1,172 @@
+// Command reconcile purges soft-deleted attachments: rows that have had
+// is_active = false for longer than the retention lose their file and then
+// their row. It replaces `python manage.py cleanup_attachments`.
+//
+//	reconcile migrate                  create the outbox table and indexes
+//	reconcile --rescan                 purge everything due, print a summary, exit
+//	reconcile --rescan --dry-run       report what would be purged, change nothing
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/reconciler"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+// Exit statuses, as the cron job's callers expect them.
+const (
+	exitOK     = 0
+	exitFailed = 1 // some purge failed, or the run could not finish
+	exitUsage  = 2 // bad flags or configuration; nothing was touched
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks errors that exit with exitUsage.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// failedError marks a run that finished but failed to purge some rows: the
+// summary already said so, so nothing more is printed.
+var errSomeFailed = errors.New("some attachments could not be purged")
+
+// options are the flags that are not configuration keys.
+type options struct {
+	configPath string
+	rescan     bool
+	dryRun     bool
+	format     string
+	output     string
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCommand(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	var usage usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errSomeFailed):
+		return exitFailed
+	case errors.As(err, &usage), errors.Is(err, reconciler.ErrSetup):
+		fmt.Fprintf(stderr, "reconcile: %v\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "reconcile: %v\n", err)
+		return exitFailed
+	}
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	var opts options
+	root := &cobra.Command{
+		Use:   "reconcile --rescan [--dry-run]",
+		Short: "Purge soft-deleted attachments once their retention has passed",
+		Long: `reconcile hard-deletes attachment rows that have been soft-deleted
+(is_active = false) for longer than the retention, and removes their files
+from local disk or S3. Every deletion is re-checked by the database; files go
+only after the rows are committed, through an outbox table.
+
+Configuration comes from a YAML file (--config or RECONCILE_CONFIG), then
+RECONCILE_* environment variables, then flags.`,
+		Version:       buildVersion(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !opts.rescan {
+				return usageError{errors.New("--rescan is required: this build runs one pass and exits (see --help)")}
+			}
+			if !opts.dryRun && (cmd.Flags().Changed("format") || cmd.Flags().Changed("output")) {
+				return usageError{errors.New("--format and --output shape the audit report: use them with --dry-run")}
+			}
+			cfg, err := loadConfig(cmd, opts.configPath)
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg, stderr)
+			if opts.dryRun {
+				return audit(cmd.Context(), cfg, opts, log, stdout, stderr)
+			}
+			return rescan(cmd.Context(), cfg, log, stdout)
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&opts.configPath, "config", os.Getenv("RECONCILE_CONFIG"), "YAML configuration file (env RECONCILE_CONFIG)")
+
+	f := root.Flags()
+	f.BoolVar(&opts.rescan, "rescan", false, "scan the table, rebuild the index, purge everything due, then exit")
+	f.BoolVar(&opts.dryRun, "dry-run", false, "change nothing: report what would be purged")
+	f.Int("days", 30, "retention in whole days (sets the retention key)")
+	f.Int("batch-size", 100, "rows per DELETE statement (sets batch_size)")
+	f.StringVar(&opts.format, "format", "text", "dry-run report format: text, json or csv")
+	f.StringVarP(&opts.output, "output", "o", "", "write the dry-run report to this file instead of standard output")
+
+	root.AddCommand(&cobra.Command{
+		Use:   "migrate",
+		Short: "Create the outbox table and the indexes reconcile needs (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd, opts.configPath)
+			if err != nil {
+				return err
+			}
+			return migrate(cmd.Context(), cfg, newLogger(cfg, stderr), stdout)
+		},
+	})
+	return root
+}
+
+func loadConfig(cmd *cobra.Command, path string) (*config.Config, error) {
+	cfg, err := config.Load(path, cmd.Flags())
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.Log.Level)) // validated by config
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "devel"
+}

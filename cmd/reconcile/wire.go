@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/storage"
+	"github.com/reconcile/reconcile/reconciler"
+)
+
+var (
+	_ reconciler.Store = (*storage.Local)(nil)
+	_ reconciler.Store = (*storage.S3)(nil)
+	_ reconciler.Index = (*index.Index)(nil)
+)
+
+func table(cfg *config.Config) reconciler.Table {
+	c := cfg.Table.Columns
+	return reconciler.Table{
+		Schema: cfg.Table.Schema, Name: cfg.Table.Name,
+		ID: c.ID, Key: c.Key, OriginalFilename: c.OriginalFilename, IsActive: c.IsActive, DeletedAt: c.DeletedAt,
+	}
+}
+
+func reconcilerConfig(cfg *config.Config) reconciler.Config {
+	return reconciler.Config{
+		Retention:         cfg.Retention,
+		BatchSize:         cfg.BatchSize,
+		Concurrency:       cfg.Concurrency,
+		RemoveConcurrency: cfg.Storage.Concurrency,
+	}
+}
+
+// openDB opens a pool sized for the batches and removals in flight. A
+// read-only pool is for the audit: the server itself refuses any write.
+func openDB(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
+	if err != nil {
+		return nil, usageError{errors.New("database.url: is not a valid PostgreSQL connection string")}
+	}
+	pc.MaxConns = int32(cfg.Concurrency + cfg.Storage.Concurrency + 2)
+	params := pc.ConnConfig.RuntimeParams
+	params["application_name"] = "reconcile"
+	if cfg.Database.LockTimeout > 0 {
+		// A purge waits this long at most behind a forum transaction that
+		// holds a row; then that row is reported and the rest goes on.
+		params["lock_timeout"] = fmt.Sprint(cfg.Database.LockTimeout.Milliseconds())
+	}
+	if readOnly {
+		params["default_transaction_read_only"] = "on"
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	return pool, nil
+}
+
+// store is what the commands need of a storage backend.
+type store interface {
+	reconciler.Store
+	Close() error
+}
+
+func openStore(ctx context.Context, cfg *config.Config) (store, error) {
+	switch cfg.Storage.Backend {
+	case "s3":
+		s := cfg.Storage.S3
+		st, err := storage.NewS3(ctx, storage.S3Config{
+			Endpoint: s.Endpoint, Bucket: s.Bucket, Prefix: s.Prefix,
+			AccessKey: s.AccessKey, SecretKey: s.SecretKey, Region: s.Region, UseSSL: s.UseSSL,
+		})
+		if err != nil {
+			return nil, usageError{fmt.Errorf("storage.s3: %w", err)}
+		}
+		return st, nil
+	default:
+		st, err := storage.NewLocal(cfg.Storage.Local.Root)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("storage.local.root: %w", err)}
+		}
+		return st, nil
+	}
+}
+
+func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	pool, err := openDB(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	r, err := reconciler.New(ctx, pool, nil, nil, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if err := r.Migrate(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "Database is ready for reconcile.")
+	return nil
+}
+
+func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logger, stdout, stderr io.Writer) error {
+	out := stdout
+	if opts.output != "" {
+		f, err := os.Create(opts.output)
+		if err != nil {
+			return usageError{fmt.Errorf("--output: %w", err)}
+		}
+		defer f.Close()
+		out = f
+	}
+	w, err := reconciler.NewAuditWriter(opts.format, out, stderr)
+	if err != nil {
+		return usageError{fmt.Errorf("--format: %w", err)}
+	}
+	pool, err := openDB(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if _, err := r.Audit(ctx, w); err != nil {
+		return err
+	}
+	if f, ok := out.(*os.File); ok && opts.output != "" {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	return nil
+}
+
+func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
+	pool, err := openDB(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	idx, err := index.Open(cfg.Index.Path)
+	if err != nil {
+		return err
+	}
+	defer idx.Close()
+	if idx.Discarded != "" {
+		log.Warn("index was unreadable; moved aside and rebuilt", "moved_to", idx.Discarded)
+	}
+
+	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if err := r.CheckOutbox(ctx); err != nil {
+		return err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	defer conn.Release()
+	unlock, err := r.Lock(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := unlock(ctx); err != nil {
+			log.Warn("release advisory lock", "error", err)
+		}
+	}()
+
+	// Files left by a run that stopped between commit and removal go first.
+	leftover, err := r.DrainOutbox(ctx, true)
+	if err != nil {
+		return err
+	}
+	if leftover.FilesRemoved+leftover.FilesKept+leftover.FilesPending > 0 {
+		fmt.Fprintf(stdout, "Removed %d files left by an earlier run (%d kept: still in use; %d still failing).\n",
+			leftover.FilesRemoved, leftover.FilesKept, leftover.FilesPending)
+	}
+
+	cutoff, err := r.Cutoff(ctx)
+	if err != nil {
+		return err
+	}
+	due, err := r.Rescan(ctx, cutoff)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Permanently deleting %d attachments in batches of %d...\n", due, cfg.BatchSize)
+	sum, err := r.Purge(ctx, cutoff, func(handled int) {
+		fmt.Fprintf(stdout, "  Deleted %d/%d...\n", handled, due)
+	})
+	sum.FilesPending += leftover.FilesPending
+	printSummary(stdout, sum, cutoff)
+	if err != nil {
+		return err
+	}
+	if sum.Failed > 0 || sum.FilesPending > 0 {
+		return errSomeFailed
+	}
+	return nil
+}
+
+func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {
+	fmt.Fprintf(w, "\nCleanup complete:\n")
+	fmt.Fprintf(w, "  - Successfully deleted: %d attachments\n", s.Purged)
+	fmt.Fprintf(w, "  - Failed: %d attachments\n", s.Failed)
+	if s.Skipped > 0 {
+		fmt.Fprintf(w, "  - Skipped (restored or changed since the scan): %d attachments\n", s.Skipped)
+	}
+	fmt.Fprintf(w, "  - Files removed: %d\n", s.FilesRemoved)
+	if s.FilesKept > 0 {
+		fmt.Fprintf(w, "  - Files kept (still used by another row): %d\n", s.FilesKept)
+	}
+	if s.FilesPending > 0 {
+		fmt.Fprintf(w, "  - Files awaiting removal (kept in the outbox, retried next run): %d\n", s.FilesPending)
+	}
+	fmt.Fprintf(w, "  - Cutoff date: %s\n", cutoff.UTC().Format(reconciler.TimeLayout))
+}

@@ -1,0 +1,315 @@
+// Package config loads reconcile's settings from a YAML file, RECONCILE_*
+// environment variables and command-line flags (in rising priority), and
+// validates them before anything is touched.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+)
+
+// EnvPrefix starts every environment variable: storage.s3.bucket is read
+// from RECONCILE_STORAGE_S3_BUCKET.
+const EnvPrefix = "RECONCILE"
+
+// MaxBatchSize bounds batch_size: Postgres takes arrays of any length, but a
+// batch holds its row locks until it commits.
+const MaxBatchSize = 10000
+
+// Config is everything reconcile needs to run.
+type Config struct {
+	Database    Database      `mapstructure:"database"`
+	Table       Table         `mapstructure:"table"`
+	Storage     Storage       `mapstructure:"storage"`
+	Index       Index         `mapstructure:"index"`
+	Retention   time.Duration `mapstructure:"retention"`
+	BatchSize   int           `mapstructure:"batch_size"`
+	Concurrency int           `mapstructure:"concurrency"`
+	Log         Log           `mapstructure:"log"`
+}
+
+// Database says where the attachments live.
+type Database struct {
+	URL         string        `mapstructure:"url"`
+	LockTimeout time.Duration `mapstructure:"lock_timeout"`
+}
+
+// Table names the attachment table and its columns.
+type Table struct {
+	Schema  string  `mapstructure:"schema"`
+	Name    string  `mapstructure:"name"`
+	Columns Columns `mapstructure:"columns"`
+}
+
+// Columns names the columns reconcile reads.
+type Columns struct {
+	ID               string `mapstructure:"id"`
+	Key              string `mapstructure:"key"`
+	OriginalFilename string `mapstructure:"original_filename"`
+	IsActive         string `mapstructure:"is_active"`
+	DeletedAt        string `mapstructure:"deleted_at"`
+}
+
+// Storage says where the files live.
+type Storage struct {
+	Backend     string `mapstructure:"backend"`
+	Concurrency int    `mapstructure:"concurrency"`
+	Local       Local  `mapstructure:"local"`
+	S3          S3     `mapstructure:"s3"`
+}
+
+// Local is a directory on disk: Django's MEDIA_ROOT.
+type Local struct {
+	Root string `mapstructure:"root"`
+}
+
+// S3 is a bucket on an S3-compatible server.
+type S3 struct {
+	Endpoint  string `mapstructure:"endpoint"`
+	Bucket    string `mapstructure:"bucket"`
+	Prefix    string `mapstructure:"prefix"`
+	AccessKey string `mapstructure:"access_key"`
+	SecretKey string `mapstructure:"secret_key"`
+	Region    string `mapstructure:"region"`
+	UseSSL    bool   `mapstructure:"use_ssl"`
+}
+
+// Index is the local bbolt file.
+type Index struct {
+	Path string `mapstructure:"path"`
+}
+
+// Log sets the structured log output.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// defaults lists every key: viper reads an environment variable only for a
+// key it knows.
+var defaults = map[string]any{
+	"database.url":                    "",
+	"database.lock_timeout":           "5s",
+	"table.schema":                    "public",
+	"table.name":                      "forum_attachment",
+	"table.columns.id":                "id",
+	"table.columns.key":               "image",
+	"table.columns.original_filename": "original_filename",
+	"table.columns.is_active":         "is_active",
+	"table.columns.deleted_at":        "deleted_at",
+	"storage.backend":                 "local",
+	"storage.concurrency":             8,
+	"storage.local.root":              "",
+	"storage.s3.endpoint":             "",
+	"storage.s3.bucket":               "",
+	"storage.s3.prefix":               "",
+	"storage.s3.access_key":           "",
+	"storage.s3.secret_key":           "",
+	"storage.s3.region":               "",
+	"storage.s3.use_ssl":              true,
+	"index.path":                      "reconcile-index.db",
+	"retention":                       "720h",
+	"batch_size":                      100,
+	"concurrency":                     4,
+	"log.level":                       "info",
+	"log.format":                      "text",
+}
+
+// FlagKeys maps command-line flags to the keys they override.
+var FlagKeys = map[string]string{
+	"batch-size": "batch_size",
+}
+
+// Load reads the file at path (none when empty), then the environment, then
+// the flags that were set, and validates the result.
+func Load(path string, flags *pflag.FlagSet) (*Config, error) {
+	v := viper.New()
+	for key, value := range defaults {
+		v.SetDefault(key, value)
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read config file: %w", err)
+		}
+		if err := parseYAML(v, raw); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+
+	if flags != nil {
+		for flag, key := range FlagKeys {
+			if f := flags.Lookup(flag); f != nil {
+				if err := v.BindPFlag(key, f); err != nil {
+					return nil, fmt.Errorf("bind flag --%s: %w", flag, err)
+				}
+			}
+		}
+		// --days is the cron job's option: whole days of retention.
+		if f := flags.Lookup("days"); f != nil && f.Changed {
+			days, err := flags.GetInt("days")
+			if err != nil {
+				return nil, fmt.Errorf("--days: %w", err)
+			}
+			if days <= 0 {
+				return nil, fmt.Errorf("--days: must be at least 1, got %d", days)
+			}
+			v.Set("retention", time.Duration(days)*24*time.Hour)
+		}
+	}
+
+	var cfg Config
+	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+		)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// parseYAML expands ${VAR} references (and only that form, so a password
+// holding a bare $ survives) and hands the document to viper.
+func parseYAML(v *viper.Viper, raw []byte) error {
+	expanded, err := expandEnv(raw)
+	if err != nil {
+		return err
+	}
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(expanded)); err != nil {
+		return fmt.Errorf("parse YAML: %w", err)
+	}
+	return nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+func expandEnv(raw []byte) ([]byte, error) {
+	var missing []string
+	out := envRef.ReplaceAllFunc(raw, func(ref []byte) []byte {
+		name := string(envRef.FindSubmatch(ref)[1])
+		value, ok := os.LookupEnv(name)
+		if !ok {
+			missing = append(missing, name)
+		}
+		return []byte(value)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// Validate reports every setting that is wrong, each with its key and what
+// would be right. It never repeats a secret.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{key}, args...)...))
+	}
+
+	if c.Database.URL == "" {
+		bad("database.url", "is required (a PostgreSQL URL, e.g. postgres://user@host:5432/forum; env RECONCILE_DATABASE_URL)")
+	} else if _, err := pgx.ParseConfig(c.Database.URL); err != nil {
+		// The parser's message may quote the URL, password included.
+		bad("database.url", "is not a valid PostgreSQL URL or key=value connection string")
+	}
+	if c.Database.LockTimeout < 0 {
+		bad("database.lock_timeout", "must be zero (wait forever) or a positive duration such as 5s, got %s", c.Database.LockTimeout)
+	}
+
+	for _, id := range []struct{ key, name string }{
+		{"table.schema", c.Table.Schema},
+		{"table.name", c.Table.Name},
+		{"table.columns.id", c.Table.Columns.ID},
+		{"table.columns.key", c.Table.Columns.Key},
+		{"table.columns.original_filename", c.Table.Columns.OriginalFilename},
+		{"table.columns.is_active", c.Table.Columns.IsActive},
+		{"table.columns.deleted_at", c.Table.Columns.DeletedAt},
+	} {
+		key, name := id.key, id.name
+		switch {
+		case name == "":
+			bad(key, "must name a table or column, got an empty name")
+		case strings.ContainsRune(name, 0):
+			bad(key, "must not contain a NUL byte")
+		case len(name) > 63:
+			bad(key, "%q is longer than PostgreSQL's 63-byte identifier limit", name)
+		}
+	}
+
+	switch c.Storage.Backend {
+	case "local":
+		if c.Storage.Local.Root == "" {
+			bad("storage.local.root", "is required with storage.backend local (the directory Django calls MEDIA_ROOT)")
+		} else if st, err := os.Stat(c.Storage.Local.Root); err != nil {
+			bad("storage.local.root", "%q cannot be used: %v", c.Storage.Local.Root, errors.Unwrap(err))
+		} else if !st.IsDir() {
+			bad("storage.local.root", "%q is not a directory", c.Storage.Local.Root)
+		}
+	case "s3":
+		if c.Storage.S3.Endpoint == "" {
+			bad("storage.s3.endpoint", "is required with storage.backend s3 (host[:port], e.g. s3.amazonaws.com)")
+		} else if strings.Contains(c.Storage.S3.Endpoint, "://") {
+			bad("storage.s3.endpoint", "must be host[:port] without a scheme; set storage.s3.use_ssl for https")
+		}
+		if c.Storage.S3.Bucket == "" {
+			bad("storage.s3.bucket", "is required with storage.backend s3")
+		}
+	default:
+		bad("storage.backend", "must be local or s3, got %q", c.Storage.Backend)
+	}
+	if c.Storage.Concurrency < 1 || c.Storage.Concurrency > 256 {
+		bad("storage.concurrency", "must be between 1 and 256, got %d", c.Storage.Concurrency)
+	}
+
+	if c.Index.Path == "" {
+		bad("index.path", "is required (a file path for the local bbolt index)")
+	}
+	if c.Retention <= 0 {
+		bad("retention", "must be a positive duration such as 720h (30 days), got %s", c.Retention)
+	}
+	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
+		bad("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
+	}
+	if c.Concurrency < 1 || c.Concurrency > 64 {
+		bad("concurrency", "must be between 1 and 64 batches in flight, got %d", c.Concurrency)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "must be text or json, got %q", c.Log.Format)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	lines := make([]string, len(errs))
+	for i, e := range errs {
+		lines[i] = e.Error()
+	}
+	return errors.New("invalid configuration:\n  " + strings.Join(lines, "\n  "))
+}

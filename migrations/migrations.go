@@ -1,0 +1,11 @@
+// Package migrations holds the SQL that reconcile needs in the forum's
+// database. Table and column names come from configuration, so each file is
+// a template filled with identifiers that are already quoted.
+package migrations
+
+import "embed"
+
+// FS holds the templates, applied in name order by reconcile migrate.
+//
+//go:embed *.sql
+var FS embed.FS

@@ -1,0 +1,101 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// AuditRow is one row of the dry-run report.
+type AuditRow struct {
+	ID               string     `json:"id"`
+	StorageKey       string     `json:"storage_key"`
+	OriginalFilename string     `json:"original_filename"`
+	DeletedAt        *time.Time `json:"deleted_at"`
+	DaysSinceDeleted *int       `json:"days_since_deletion"`
+	// Refused says why the storage key would be refused (and the row
+	// kept); empty when the row would be purged.
+	Refused string `json:"refused,omitempty"`
+}
+
+// AuditTotals close the report.
+type AuditTotals struct {
+	Cutoff       time.Time     `json:"cutoff"`
+	Retention    time.Duration `json:"-"`
+	Due          int           `json:"would_delete"`
+	Refused      int           `json:"refused"`
+	Inconsistent int           `json:"inconsistent"`
+}
+
+// AuditWriter formats the report as it streams: rows are never held all at
+// once.
+type AuditWriter interface {
+	Due(AuditRow) error
+	// Inconsistent follows the due rows: rows with is_active = false and no
+	// deleted_at, which are never purged.
+	Inconsistent(AuditRow) error
+	Close(AuditTotals) error
+}
+
+// Audit reports what a purge would do now, changing nothing: every due row
+// (with the storage keys that would be refused) and the inconsistent rows.
+func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, error) {
+	totals := AuditTotals{Retention: r.cfg.Retention}
+	var now time.Time
+	err := r.db.QueryRow(ctx, `SELECT now(), now() - $1 * interval '1 microsecond'`, r.retentionMicros()).Scan(&now, &totals.Cutoff)
+	if err != nil {
+		return totals, fmt.Errorf("read database clock: %w", err)
+	}
+
+	rows, err := r.db.Query(ctx, r.sql.audit, totals.Cutoff)
+	if err != nil {
+		return totals, fmt.Errorf("audit due rows: %w", err)
+	}
+	for rows.Next() {
+		var row AuditRow
+		var deletedAt time.Time
+		if err := rows.Scan(&row.ID, &row.StorageKey, &row.OriginalFilename, &deletedAt); err != nil {
+			rows.Close()
+			return totals, fmt.Errorf("audit due rows: %w", err)
+		}
+		days := int(now.Sub(deletedAt) / (24 * time.Hour))
+		row.DeletedAt, row.DaysSinceDeleted = &deletedAt, &days
+		if err := r.store.Check(ctx, row.StorageKey); err != nil {
+			row.Refused = err.Error()
+			totals.Refused++
+		} else {
+			totals.Due++
+		}
+		if err := w.Due(row); err != nil {
+			rows.Close()
+			return totals, fmt.Errorf("write report: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return totals, fmt.Errorf("audit due rows: %w", err)
+	}
+
+	rows, err = r.db.Query(ctx, r.sql.inconsistent)
+	if err != nil {
+		return totals, fmt.Errorf("audit inconsistent rows: %w", err)
+	}
+	for rows.Next() {
+		var row AuditRow
+		if err := rows.Scan(&row.ID, &row.StorageKey, &row.OriginalFilename); err != nil {
+			rows.Close()
+			return totals, fmt.Errorf("audit inconsistent rows: %w", err)
+		}
+		totals.Inconsistent++
+		if err := w.Inconsistent(row); err != nil {
+			rows.Close()
+			return totals, fmt.Errorf("write report: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return totals, fmt.Errorf("audit inconsistent rows: %w", err)
+	}
+	if err := w.Close(totals); err != nil {
+		return totals, fmt.Errorf("write report: %w", err)
+	}
+	return totals, nil
+}

@@ -1,0 +1,169 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"text/template"
+
+	"github.com/reconcile/reconcile/migrations"
+)
+
+// Migrate applies migrations/ in name order. Each statement is idempotent;
+// the two indexes are created concurrently (no lock on the forum's writes)
+// and only when the table has no equivalent index already.
+func (r *Reconciler) Migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil {
+		return fmt.Errorf("list migrations: %w", err)
+	}
+	slices.Sort(names)
+	t := r.table
+	vars := map[string]string{
+		"Table":     t.qualified(),
+		"Outbox":    t.outbox(),
+		"IsActive":  quote(t.IsActive),
+		"DeletedAt": quote(t.DeletedAt),
+		"Key":       quote(t.Key),
+		"DueIndex":  quote(indexName(t.Name, "due")),
+		"KeyIndex":  quote(indexName(t.Name, "key")),
+	}
+	for _, name := range names {
+		skip, why, err := r.migrationDone(ctx, name)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		if skip {
+			r.log.InfoContext(ctx, "migration not needed", "migration", name, "reason", why)
+			continue
+		}
+		raw, err := fs.ReadFile(migrations.FS, name)
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		tmpl, err := template.New(name).Option("missingkey=error").Parse(string(raw))
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		var sql strings.Builder
+		if err := tmpl.Execute(&sql, vars); err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		if err := r.dropInvalidIndex(ctx, name, vars); err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		if _, err := r.db.Exec(ctx, sql.String()); err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+		r.log.InfoContext(ctx, "migration applied", "migration", name)
+	}
+	return nil
+}
+
+// indexName builds our index names within Postgres's 63 bytes.
+func indexName(table, what string) string {
+	suffix := "_" + what + "_idx"
+	prefix := "reconcile_" + table
+	if len(prefix)+len(suffix) > 63 {
+		prefix = prefix[:63-len(suffix)]
+	}
+	return prefix + suffix
+}
+
+// migrationDone tells whether the table already has what an index
+// migration would create: any valid index with the same leading columns and
+// an equivalent predicate, whatever its name.
+func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, string, error) {
+	t := r.table
+	// Only the leading columns matter: (deleted_at) alone under the same
+	// predicate serves the due query as well as (is_active, deleted_at).
+	var leads [][]string
+	predicates := []string{""}
+	switch {
+	case strings.HasSuffix(name, "_due_index.sql"):
+		leads = [][]string{{t.IsActive, t.DeletedAt}, {t.DeletedAt}}
+		predicates = []string{
+			"(NOT " + quoteIdentForExpr(t.IsActive) + ")",
+			"(" + quoteIdentForExpr(t.IsActive) + " = false)",
+			"(" + quoteIdentForExpr(t.IsActive) + " IS FALSE)",
+		}
+	case strings.HasSuffix(name, "_key_index.sql"):
+		leads = [][]string{{t.Key}}
+	default:
+		return false, "", nil
+	}
+	rows, err := r.db.Query(ctx, `
+		SELECT i.indexrelid::regclass::text,
+		       coalesce(pg_get_expr(i.indpred, i.indrelid), ''),
+		       array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+		             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		             ORDER BY k.n)
+		FROM pg_index i
+		WHERE i.indrelid = $1::regclass AND i.indisvalid`, t.qualified())
+	if err != nil {
+		return false, "", fmt.Errorf("read indexes of %s: %w", t.qualified(), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			idx, pred string
+			cols      []string
+		)
+		if err := rows.Scan(&idx, &pred, &cols); err != nil {
+			return false, "", fmt.Errorf("read indexes of %s: %w", t.qualified(), err)
+		}
+		leading := slices.ContainsFunc(leads, func(want []string) bool {
+			return len(cols) >= len(want) && slices.Equal(cols[:len(want)], want)
+		})
+		if leading && slices.Contains(predicates, pred) {
+			return true, "equivalent index " + idx + " exists", nil
+		}
+	}
+	return false, "", rows.Err()
+}
+
+// quoteIdentForExpr quotes an identifier the way pg_get_expr prints it:
+// bare when it is a plain lower-case name.
+func quoteIdentForExpr(name string) string {
+	plain := name != ""
+	for i, c := range name {
+		if !(c == '_' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			plain = false
+		}
+	}
+	if plain {
+		return name
+	}
+	return quote(name)
+}
+
+// dropInvalidIndex removes our own index left invalid by an interrupted
+// CREATE INDEX CONCURRENTLY, which IF NOT EXISTS would otherwise keep.
+func (r *Reconciler) dropInvalidIndex(ctx context.Context, migration string, vars map[string]string) error {
+	var idx string
+	switch {
+	case strings.HasSuffix(migration, "_due_index.sql"):
+		idx = vars["DueIndex"]
+	case strings.HasSuffix(migration, "_key_index.sql"):
+		idx = vars["KeyIndex"]
+	default:
+		return nil
+	}
+	qualified := quote(r.table.Schema) + "." + idx
+	var invalid bool
+	err := r.db.QueryRow(ctx, `
+		SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid)`, qualified).Scan(&invalid)
+	if err != nil {
+		return fmt.Errorf("look for an invalid index: %w", err)
+	}
+	if !invalid {
+		return nil
+	}
+	r.log.WarnContext(ctx, "dropping an invalid index left by an interrupted migration", "index", qualified)
+	if _, err := r.db.Exec(ctx, "DROP INDEX CONCURRENTLY IF EXISTS "+qualified); err != nil {
+		return fmt.Errorf("drop invalid index: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+package reconciler
+
+import "strings"
+
+// queries are the statements of one table, built once from quoted
+// identifiers; nothing from configuration is spliced in unquoted.
+type queries struct {
+	rescan, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
+}
+
+func buildQueries(t Table, idType string) queries {
+	r := strings.NewReplacer(
+		"{T}", t.qualified(),
+		"{OUTBOX}", t.outbox(),
+		"{ID}", quote(t.ID),
+		"{IDTYPE}", idType, // from the catalog's format_type
+		"{KEY}", quote(t.Key),
+		"{NAME}", quote(t.OriginalFilename),
+		"{ACTIVE}", quote(t.IsActive),
+		"{DELETED}", quote(t.DeletedAt),
+	)
+	return queries{
+		// Every soft-deleted row, through the partial index.
+		rescan: r.Replace(`
+			SELECT {ID}::text, coalesce({KEY}::text, ''), {DELETED}
+			FROM {T}
+			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL`),
+
+		audit: r.Replace(`
+			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, ''), {DELETED}
+			FROM {T}
+			WHERE {ACTIVE} = false AND {DELETED} <= $1
+			ORDER BY {DELETED}, {ID}`),
+
+		inconsistent: r.Replace(`
+			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, '')
+			FROM {T}
+			WHERE {ACTIVE} = false AND {DELETED} IS NULL
+			ORDER BY {ID}`),
+
+		// One statement, so one transaction: delete the rows the database
+		// still holds as due (and still pointing at the key that was
+		// checked), and queue each freed key in the outbox. A key is freed
+		// when no row outside this very deletion uses it: inside the
+		// statement the deleted rows are still visible, so they are
+		// excluded by id. $1 ids, $2 keys, $3 retention in microseconds.
+		purge: r.Replace(`
+			WITH candidate AS (
+				SELECT c.id, c.key FROM unnest($1::text[], $2::text[]) AS c(id, key)
+			), purged AS (
+				DELETE FROM {T} t
+				USING candidate c
+				WHERE t.{ID} = c.id::{IDTYPE}
+				  AND t.{KEY} = c.key
+				  AND t.{ACTIVE} = false
+				  AND t.{DELETED} <= now() - $3 * interval '1 microsecond'
+				RETURNING t.{ID}::text AS id, t.{KEY}::text AS key, coalesce(t.{NAME}::text, '') AS name
+			), freed AS (
+				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
+				FROM purged p
+				WHERE NOT EXISTS (
+					SELECT 1 FROM {T} o
+					WHERE o.{KEY} = p.key
+					  AND NOT EXISTS (SELECT 1 FROM purged q WHERE q.id = o.{ID}::text)
+				)
+			), queued AS (
+				INSERT INTO {OUTBOX} (storage_key, attachment_id, original_filename)
+				SELECT key, id, name FROM freed
+				ON CONFLICT (storage_key) DO NOTHING
+			)
+			SELECT p.id, p.key, p.name, EXISTS (SELECT 1 FROM freed f WHERE f.key = p.key)
+			FROM purged p`),
+
+		// The check made again just before the files go: a key some row
+		// uses now leaves the outbox and its file stays.
+		keepShared: r.Replace(`
+			DELETE FROM {OUTBOX} o
+			WHERE o.storage_key = ANY($1::text[])
+			  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
+			RETURNING o.storage_key`),
+
+		// Removed files leave the outbox; failed ones stay, with their
+		// error and a later next try (exponential, capped at an hour).
+		finishRemoval: r.Replace(`
+			WITH removed AS (
+				DELETE FROM {OUTBOX} WHERE storage_key = ANY($1::text[])
+			)
+			UPDATE {OUTBOX} o
+			SET attempts = o.attempts + 1,
+			    last_error = f.err,
+			    next_attempt_at = now() + least(interval '1 hour', interval '10 seconds' * power(2, least(o.attempts, 10)))
+			FROM unnest($2::text[], $3::text[]) AS f(key, err)
+			WHERE o.storage_key = f.key`),
+
+		// A page of the outbox in key order; $2 true takes entries whose
+		// next try is still ahead too (a one-shot run retries everything).
+		outboxPage: r.Replace(`
+			SELECT storage_key FROM {OUTBOX}
+			WHERE storage_key > $1 AND ($2 OR next_attempt_at <= now())
+			ORDER BY storage_key
+			LIMIT $3`),
+
+		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
+	}
+}

@@ -1,0 +1,130 @@
+// Package reconciler decides what to purge and purges it: it rebuilds the
+// index from the database (rescan), hard-deletes due rows in batches that the
+// database re-checks, and removes their files through the outbox. It also
+// writes the dry-run audit report.
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/reconcile/reconcile/index"
+)
+
+// DB is what the reconciler needs of a PostgreSQL handle; *pgxpool.Pool has
+// it.
+type DB interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Store removes files. Check refuses a key that must not be touched (it
+// could reach outside the storage root); Remove returns one error per key,
+// nil when the file is gone, including when it was missing already.
+type Store interface {
+	Check(ctx context.Context, key string) error
+	Remove(ctx context.Context, keys []string) []error
+}
+
+// Index is the local store of soft-deleted rows; *index.Index has it.
+type Index interface {
+	Reset() error
+	Put(entries []index.Entry) error
+	Delete(ids []string) error
+	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
+	CountDue(cutoff time.Time) (int, error)
+}
+
+// Config tunes the purge.
+type Config struct {
+	Retention   time.Duration // how long a soft-deleted row is kept
+	BatchSize   int           // rows per DELETE statement
+	Concurrency int           // DELETE statements in flight
+	// RemoveConcurrency is how many file removals run at once, overlapping
+	// the database work.
+	RemoveConcurrency int
+}
+
+// ErrSetup means the database does not match the configuration or lacks
+// what `reconcile migrate` creates; nothing was changed.
+var ErrSetup = errors.New("database not set up for reconcile")
+
+// Reconciler purges one table.
+type Reconciler struct {
+	db    DB
+	store Store
+	index Index
+	cfg   Config
+	table Table
+	sql   queries
+	log   *slog.Logger
+}
+
+// New checks the table against the database catalog and prepares the
+// statements. store and idx may be nil for work that needs none of them
+// (migrate, the audit without storage checks).
+func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Config, log *slog.Logger) (*Reconciler, error) {
+	if cfg.BatchSize < 1 || cfg.Concurrency < 1 || cfg.RemoveConcurrency < 1 || cfg.Retention <= 0 {
+		return nil, fmt.Errorf("reconciler config %+v: batch size, concurrencies and retention must be positive", cfg)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	idType, err := table.check(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &Reconciler{
+		db:    db,
+		store: store,
+		index: idx,
+		cfg:   cfg,
+		table: table,
+		sql:   buildQueries(table, idType),
+		log:   log.With("component", "reconciler"),
+	}, nil
+}
+
+// retentionMicros passes the retention to SQL as `$n * interval '1 microsecond'`.
+func (r *Reconciler) retentionMicros() int64 {
+	return r.cfg.Retention.Microseconds()
+}
+
+// Cutoff asks the database for the latest deleted_at that is due now: the
+// database's clock decides, not this host's.
+func (r *Reconciler) Cutoff(ctx context.Context) (time.Time, error) {
+	var cutoff time.Time
+	err := r.db.QueryRow(ctx, `SELECT now() - $1 * interval '1 microsecond'`, r.retentionMicros()).Scan(&cutoff)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read database clock: %w", err)
+	}
+	return cutoff, nil
+}
+
+// Lock takes the session advisory lock that makes this process the only one
+// purging the table, on a connection the caller keeps for the whole run.
+// The returned function releases it.
+func (r *Reconciler) Lock(ctx context.Context, conn DB) (func(context.Context) error, error) {
+	name := "reconcile:" + r.table.qualified()
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, name).Scan(&ok); err != nil {
+		return nil, fmt.Errorf("take advisory lock: %w", err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w", r.table.qualified(), name, ErrBusy)
+	}
+	return func(ctx context.Context) error {
+		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, name)
+		return err
+	}, nil
+}
+
+// ErrBusy means another process is purging the same table.
+var ErrBusy = errors.New("table is busy")

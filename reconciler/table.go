@@ -1,0 +1,97 @@
+package reconciler
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Table names the attachment table and the columns reconcile reads.
+type Table struct {
+	Schema           string
+	Name             string
+	ID               string
+	Key              string
+	OriginalFilename string
+	IsActive         string
+	DeletedAt        string
+}
+
+// OutboxName is the outbox table, created beside the attachment table.
+const OutboxName = "reconcile_outbox"
+
+func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
+
+func (t Table) qualified() string { return quote(t.Schema, t.Name) }
+func (t Table) outbox() string    { return quote(t.Schema, OutboxName) }
+
+// column pairs a configured column with its configuration key, so errors
+// name what the user has to change.
+type column struct {
+	key, name string
+	types     []string // accepted type names (pg_type.typname); none: any
+}
+
+func (t Table) columns() []column {
+	text := []string{"text", "varchar", "bpchar"}
+	return []column{
+		{"table.columns.id", t.ID, nil},
+		{"table.columns.key", t.Key, text},
+		{"table.columns.original_filename", t.OriginalFilename, text},
+		{"table.columns.is_active", t.IsActive, []string{"bool"}},
+		{"table.columns.deleted_at", t.DeletedAt, []string{"timestamptz", "timestamp"}},
+	}
+}
+
+// check compares the configuration with the catalog and returns the id
+// column's type, which the purge statement casts its id parameters to.
+func (t Table) check(ctx context.Context, db DB) (string, error) {
+	rows, err := db.Query(ctx, `
+		SELECT a.attname, ty.typname, format_type(a.atttypid, a.atttypmod)
+		FROM pg_attribute a
+		JOIN pg_class c ON c.oid = a.attrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_type ty ON ty.oid = a.atttypid
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+		  AND a.attnum > 0 AND NOT a.attisdropped`, t.Schema, t.Name)
+	if err != nil {
+		return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+	}
+	type colType struct{ typname, formatted string }
+	found := map[string]colType{}
+	var names []string
+	for rows.Next() {
+		var name string
+		var ct colType
+		if err := rows.Scan(&name, &ct.typname, &ct.formatted); err != nil {
+			rows.Close()
+			return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+		}
+		found[name] = ct
+		names = append(names, name)
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+	}
+	if len(found) == 0 {
+		return "", fmt.Errorf("table.schema, table.name: no table %s in the database: %w", t.qualified(), ErrSetup)
+	}
+	slices.Sort(names)
+	var problems []string
+	for _, c := range t.columns() {
+		ct, ok := found[c.name]
+		switch {
+		case !ok:
+			problems = append(problems, fmt.Sprintf("%s: column %q does not exist in %s (its columns: %s)", c.key, c.name, t.qualified(), strings.Join(names, ", ")))
+		case c.types != nil && !slices.Contains(c.types, ct.typname):
+			problems = append(problems, fmt.Sprintf("%s: column %q is %s, want one of %s", c.key, c.name, ct.formatted, strings.Join(c.types, ", ")))
+		}
+	}
+	if len(problems) > 0 {
+		return "", fmt.Errorf("%s: %w", strings.Join(problems, "; "), ErrSetup)
+	}
+	return found[t.ID].formatted, nil
+}

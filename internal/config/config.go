@@ -140,6 +140,9 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	v.SetEnvPrefix(EnvPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
+	// A variable set to "" means empty, not unset: RECONCILE_STORAGE_S3_PREFIX=""
+	// must be able to clear a prefix from the file.
+	v.AllowEmptyEnv(true)
 
 	if path != "" {
 		raw, err := os.ReadFile(path)

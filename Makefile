@@ -1,0 +1,36 @@
+# reconcile: build, test, demo, benchmark.
+#
+#   make build   bin/reconcile
+#   make test    gofmt, go vet, staticcheck, go test -race on a throwaway
+#                PostgreSQL 15 and versitygw (scripts/test.sh);
+#                make test TEST_ARGS='-run TestX ./reconciler/' for a focused run
+#   make demo    the end-to-end demo on a throwaway PostgreSQL (scripts/demo.sh)
+#   make bench   the benchmark, PostgreSQL with fsync on (scripts/bench.sh);
+#                make bench BENCH_ARGS='-rows 20000 -runs 3'
+#   make clean   remove bin/
+#
+# The scripts install what they need when it is missing: postgresql-15
+# (apt-get, as root), versitygw and staticcheck (go install into GOPATH/bin).
+
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+TEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: all build test demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/reconcile ./cmd/reconcile
+
+test:
+	bash scripts/test.sh $(TEST_ARGS)
+
+demo:
+	bash scripts/demo.sh
+
+bench:
+	bash scripts/bench.sh $(BENCH_ARGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,180 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "reconcile.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func flags(args ...string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("reconcile", pflag.ContinueOnError)
+	fs.Int("days", 30, "")
+	fs.Int("batch-size", 100, "")
+	if err := fs.Parse(args); err != nil {
+		panic(err)
+	}
+	return fs
+}
+
+func TestDefaultsAreDjangos(t *testing.T) {
+	t.Setenv("RECONCILE_DATABASE_URL", "postgres://forum@db/forum")
+	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
+	cfg, err := Load("", flags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Retention != 30*24*time.Hour || cfg.BatchSize != 100 || cfg.Table.Name != "forum_attachment" ||
+		cfg.Table.Columns != (Columns{"id", "image", "original_filename", "is_active", "deleted_at"}) || cfg.Storage.Backend != "local" {
+		t.Fatalf("defaults = %+v", cfg)
+	}
+}
+
+// Flags beat the environment, which beats the file; ${VAR} is expanded in
+// the file and a bare $ is left alone.
+func TestPrecedenceFileEnvFlags(t *testing.T) {
+	root := t.TempDir()
+	t.Setenv("DB_PASSWORD", "pa$$word")
+	path := writeConfig(t, `
+database:
+  url: postgres://forum:${DB_PASSWORD}@db/forum
+retention: 48h
+batch_size: 50
+storage:
+  backend: local
+  local:
+    root: `+root+`
+table:
+  name: attachments
+  columns:
+    key: file
+`)
+	t.Setenv("RECONCILE_BATCH_SIZE", "70")
+	t.Setenv("RECONCILE_TABLE_COLUMNS_KEY", "upload")
+
+	cfg, err := Load(path, flags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Database.URL != "postgres://forum:pa$$word@db/forum" || cfg.Retention != 48*time.Hour || cfg.BatchSize != 70 ||
+		cfg.Table.Name != "attachments" || cfg.Table.Columns.Key != "upload" {
+		t.Fatalf("file+env = %+v", cfg)
+	}
+
+	cfg, err = Load(path, flags("--batch-size", "25", "--days", "45"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.BatchSize != 25 || cfg.Retention != 45*24*time.Hour {
+		t.Fatalf("flags: batch_size=%d retention=%s", cfg.BatchSize, cfg.Retention)
+	}
+
+	t.Setenv("RECONCILE_RETENTION", "5s")
+	cfg, err = Load(path, flags())
+	if err != nil || cfg.Retention != 5*time.Second {
+		t.Fatalf("RECONCILE_RETENTION=5s: %v, %v", cfg, err)
+	}
+}
+
+func TestBadConfigurationNamesTheKey(t *testing.T) {
+	root := t.TempDir()
+	base := map[string]string{
+		"RECONCILE_DATABASE_URL":       "postgres://forum:hunter2@db/forum",
+		"RECONCILE_STORAGE_LOCAL_ROOT": root,
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want []string
+	}{
+		{"unknown backend", map[string]string{"RECONCILE_STORAGE_BACKEND": "gcs"}, nil, []string{`storage.backend: must be local or s3, got "gcs"`}},
+		{"missing bucket", map[string]string{"RECONCILE_STORAGE_BACKEND": "s3", "RECONCILE_STORAGE_S3_ENDPOINT": "s3.local:9000"}, nil, []string{"storage.s3.bucket: is required"}},
+		{"endpoint with scheme", map[string]string{"RECONCILE_STORAGE_BACKEND": "s3", "RECONCILE_STORAGE_S3_ENDPOINT": "https://s3", "RECONCILE_STORAGE_S3_BUCKET": "b"}, nil, []string{"storage.s3.endpoint: must be host[:port]"}},
+		{"zero retention", map[string]string{"RECONCILE_RETENTION": "0s"}, nil, []string{"retention: must be a positive duration"}},
+		{"negative retention", map[string]string{"RECONCILE_RETENTION": "-5m"}, nil, []string{"retention: must be a positive duration"}},
+		{"retention without unit", map[string]string{"RECONCILE_RETENTION": "720"}, nil, []string{"retention", "missing unit"}},
+		{"zero days", nil, []string{"--days", "0"}, []string{"--days: must be at least 1"}},
+		{"batch too small", nil, []string{"--batch-size", "0"}, []string{"batch_size: must be between 1 and 10000, got 0"}},
+		{"batch too large", map[string]string{"RECONCILE_BATCH_SIZE": "20000"}, nil, []string{"batch_size: must be between 1 and 10000, got 20000"}},
+		{"no database", map[string]string{"RECONCILE_DATABASE_URL": ""}, nil, []string{"database.url: is required"}},
+		{"bad database url", map[string]string{"RECONCILE_DATABASE_URL": "postgres://forum:hunter2@db:notaport/forum"}, nil, []string{"database.url: is not a valid"}},
+		{"missing root", map[string]string{"RECONCILE_STORAGE_LOCAL_ROOT": filepath.Join(root, "nope")}, nil, []string{"storage.local.root:", "cannot be used"}},
+		{"empty column", map[string]string{"RECONCILE_TABLE_COLUMNS_DELETED_AT": ""}, nil, []string{"table.columns.deleted_at: must name a table or column"}},
+		{"two problems", map[string]string{"RECONCILE_CONCURRENCY": "0", "RECONCILE_LOG_FORMAT": "xml"}, nil, []string{"concurrency: must be between", "log.format: must be text or json"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range base {
+				t.Setenv(k, v)
+			}
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := Load("", flags(tc.args...))
+			if err == nil {
+				t.Fatal("Load accepted the configuration")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error %q shows the password", err)
+			}
+		})
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	t.Setenv("RECONCILE_DATABASE_URL", "postgres://db/forum")
+	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
+	for yaml, want := range map[string]string{
+		"retention: 48h\nbatchsize: 10\n":         "batchsize",
+		"database:\n  url: ${NOT_SET_ANYWHERE}\n": "NOT_SET_ANYWHERE is referenced but not set",
+		"retention: [1, 2\n":                      "parse YAML",
+	} {
+		if _, err := Load(writeConfig(t, yaml), flags()); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %q: error %v, want it to mention %q", yaml, err, want)
+		}
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), flags()); err == nil || !strings.Contains(err.Error(), "read config file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// The parser never panics and never lets an invalid configuration through.
+func FuzzLoad(f *testing.F) {
+	f.Add("retention: 48h\nbatch_size: 50\n")
+	f.Add("storage:\n  backend: s3\n  s3:\n    bucket: b\n    endpoint: e\n")
+	f.Add("database:\n  url: ${HOME}\n")
+	f.Add("retention: -1s\n")
+	f.Add(": : :\n\t-")
+	root := f.TempDir()
+	f.Fuzz(func(t *testing.T, yaml string) {
+		t.Setenv("RECONCILE_DATABASE_URL", "postgres://db/forum")
+		t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", root)
+		cfg, err := Load(writeConfig(t, yaml), flags())
+		if err != nil {
+			return
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("Load returned a configuration that fails Validate: %v", err)
+		}
+		if cfg.Retention <= 0 || cfg.BatchSize < 1 || cfg.BatchSize > MaxBatchSize {
+			t.Fatalf("Load accepted %+v", cfg)
+		}
+	})
+}

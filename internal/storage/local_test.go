@@ -1,0 +1,193 @@
+package storage
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// localSetup returns a Local over dir/root, and dir, which holds the root and
+// stands for everything outside it.
+func localSetup(t *testing.T) (*Local, string) {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l, dir
+}
+
+func writeFile(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, data, 0o644)
+}
+
+func fileExists(t *testing.T, path string) bool {
+	t.Helper()
+	_, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return true
+}
+
+func TestLocal(t *testing.T) {
+	runStoreSuite(t, func(t *testing.T) *fixture {
+		l, dir := localSetup(t)
+		root := filepath.Join(dir, "root")
+		return &fixture{
+			store:       l,
+			put:         func(key string, data []byte) error { return writeFile(filepath.Join(root, key), data) },
+			exists:      func(t *testing.T, key string) bool { return fileExists(t, filepath.Join(root, key)) },
+			putAbove:    func(t *testing.T, name string) { mustWrite(t, filepath.Join(dir, name)) },
+			existsAbove: func(t *testing.T, name string) bool { return fileExists(t, filepath.Join(dir, name)) },
+		}
+	})
+}
+
+func mustWrite(t *testing.T, path string) {
+	t.Helper()
+	if err := writeFile(path, []byte("keep me")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustSymlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// requireRefused checks that key is refused as unsafe by Check and by Remove.
+func requireRefused(t *testing.T, l *Local, key string) {
+	t.Helper()
+	if err := l.Check(t.Context(), key); !errors.Is(err, ErrUnsafeKey) {
+		t.Errorf("Check(%q) = %v, want ErrUnsafeKey", key, err)
+	}
+	if errs := l.Remove(t.Context(), []string{key}); !errors.Is(errs[0], ErrUnsafeKey) {
+		t.Errorf("Remove(%q) = %v, want ErrUnsafeKey", key, errs[0])
+	}
+}
+
+func TestLocalSymlinkToFileOutside(t *testing.T) {
+	l, dir := localSetup(t)
+	secret := filepath.Join(dir, "outside", "secret.txt")
+	mustWrite(t, secret)
+	mustSymlink(t, "../outside/secret.txt", filepath.Join(dir, "root", "rel.jpg"))
+	mustSymlink(t, secret, filepath.Join(dir, "root", "abs.jpg"))
+
+	for _, key := range []string{"rel.jpg", "abs.jpg"} {
+		requireRefused(t, l, key)
+		if !fileExists(t, filepath.Join(dir, "root", key)) {
+			t.Errorf("link %q was removed", key)
+		}
+	}
+	if !fileExists(t, secret) {
+		t.Error("the file outside the root was removed")
+	}
+}
+
+func TestLocalSymlinkInsideRoot(t *testing.T) {
+	// A link to a file inside the root is refused all the same: a key names
+	// a file, and the row that points at a link is left for a human.
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	mustWrite(t, filepath.Join(root, "real.jpg"))
+	mustSymlink(t, "real.jpg", filepath.Join(root, "alias.jpg"))
+	requireRefused(t, l, "alias.jpg")
+	if !fileExists(t, filepath.Join(root, "real.jpg")) {
+		t.Error("the link target was removed")
+	}
+}
+
+func TestLocalSymlinkedDirOutside(t *testing.T) {
+	l, dir := localSetup(t)
+	outside := filepath.Join(dir, "outside")
+	mustWrite(t, filepath.Join(outside, "f"))
+	mustSymlink(t, outside, filepath.Join(dir, "root", "dir"))
+	mustSymlink(t, "../outside", filepath.Join(dir, "root", "reldir"))
+	mustSymlink(t, "..", filepath.Join(dir, "root", "up"))
+
+	for _, key := range []string{"dir/f", "reldir/f", "up/outside/f", "dir/missing"} {
+		requireRefused(t, l, key)
+	}
+	if !fileExists(t, filepath.Join(outside, "f")) {
+		t.Error("the file outside the root was removed")
+	}
+}
+
+func TestLocalSymlinkedDirInside(t *testing.T) {
+	// os.Root follows a directory link that stays inside the root.
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	mustWrite(t, filepath.Join(root, "real", "f.jpg"))
+	mustSymlink(t, "real", filepath.Join(root, "alias"))
+	if err := l.Check(t.Context(), "alias/f.jpg"); err != nil {
+		t.Fatalf("Check = %v", err)
+	}
+	requireErrs(t, []string{"alias/f.jpg"}, l.Remove(t.Context(), []string{"alias/f.jpg"}), nil)
+	if fileExists(t, filepath.Join(root, "real", "f.jpg")) {
+		t.Error("real/f.jpg still exists")
+	}
+}
+
+func TestLocalDirectoryKey(t *testing.T) {
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	mustWrite(t, filepath.Join(root, "full", "f.jpg"))
+	if err := os.Mkdir(filepath.Join(root, "empty"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(root, "a.jpg"))
+	mustWrite(t, filepath.Join(root, "b.jpg"))
+
+	for _, key := range []string{"full", "empty"} {
+		err := l.Check(t.Context(), key)
+		if !errors.Is(err, errIsDir) || errors.Is(err, ErrUnsafeKey) {
+			t.Errorf("Check(%q) = %v, want a directory error", key, err)
+		}
+	}
+	keys := []string{"a.jpg", "full", "empty", "b.jpg"}
+	errs := l.Remove(t.Context(), keys)
+	requireErrs(t, keys, errs, nil, errIsDir, errIsDir, nil)
+	if errors.Is(errs[1], ErrUnsafeKey) {
+		t.Errorf("directory refused as unsafe: %v", errs[1])
+	}
+	if got, want := errs[1].Error(), `remove "full": is a directory`; got != want {
+		t.Errorf("error = %q, want %q", got, want)
+	}
+	for path, want := range map[string]bool{"a.jpg": false, "b.jpg": false, "full/f.jpg": true, "empty": true} {
+		if got := fileExists(t, filepath.Join(root, path)); got != want {
+			t.Errorf("exists(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+func TestNewLocalRefusesBadRoot(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	mustWrite(t, file)
+	for _, root := range []string{filepath.Join(dir, "missing"), file} {
+		if l, err := NewLocal(root); err == nil {
+			l.Close()
+			t.Errorf("NewLocal(%q) succeeded", root)
+		}
+	}
+}

@@ -1,0 +1,64 @@
+// Package storage removes attachment files from where the forum stores them:
+// a local directory (Local) or an S3 bucket (S3).
+//
+// Keys come from the database and are untrusted. Every key is checked by
+// ValidateKey before it is used, and each backend keeps it inside its root or
+// prefix: Local through os.Root, S3 by joining the key under the prefix.
+// A missing file counts as removed, so removal can be retried safely.
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// ErrUnsafeKey marks a key refused because it could reach outside the storage root or prefix.
+var ErrUnsafeKey = errors.New("unsafe storage key")
+
+// ValidateKey reports whether key is a clean relative slash path that both
+// backends read the same way. It refuses, with an error wrapping ErrUnsafeKey:
+//
+//   - the empty key and a key with a NUL byte;
+//   - a key that is not valid UTF-8: the S3 bulk delete sends keys as XML,
+//     which would turn the bad bytes into U+FFFD and name another object;
+//   - a backslash: Django always stores '/', so a backslash is a Windows
+//     separator from elsewhere, and a traversal on any backend that honours it;
+//   - an absolute key (leading '/') and any ".." element, even one that
+//     stays inside ("a/../b"): S3 servers backed by a filesystem resolve
+//     ".." too, so "media/../x" would reach outside the prefix;
+//   - "." and empty elements ("./a", "a//b", "a/"): a filesystem, and an S3
+//     server backed by one (versitygw), collapses them onto another name,
+//     while AWS S3 does not. Django normalizes the names it stores, so a
+//     real key never has them.
+//
+// Other characters, leading and trailing spaces included, are kept as they
+// are: rewriting a key could name a different file than the row does.
+func ValidateKey(key string) error {
+	switch {
+	case key == "":
+		return unsafeKey(key, "is empty")
+	case strings.IndexByte(key, 0) >= 0:
+		return unsafeKey(key, "contains a NUL byte")
+	case !utf8.ValidString(key):
+		return unsafeKey(key, "is not valid UTF-8")
+	case strings.IndexByte(key, '\\') >= 0:
+		return unsafeKey(key, "contains a backslash")
+	case key[0] == '/':
+		return unsafeKey(key, "is absolute")
+	}
+	for elem := range strings.SplitSeq(key, "/") {
+		switch elem {
+		case "..":
+			return unsafeKey(key, `has a ".." element`)
+		case ".", "":
+			return unsafeKey(key, "is not a clean path")
+		}
+	}
+	return nil
+}
+
+func unsafeKey(key, why string) error {
+	return fmt.Errorf("%w %q: %s", ErrUnsafeKey, key, why)
+}

@@ -229,19 +229,6 @@ func (x *Index) CountDue(cutoff time.Time) (int, error) {
 	return n, nil
 }
 
-// Len counts all entries.
-func (x *Index) Len() (int, error) {
-	n := 0
-	err := x.db.View(func(tx *bolt.Tx) error {
-		n = tx.Bucket(bucketEntries).Stats().KeyN
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("count index entries: %w", err)
-	}
-	return n, nil
-}
-
 // Check runs bbolt's consistency check.
 func (x *Index) Check() error {
 	return x.db.View(func(tx *bolt.Tx) error {

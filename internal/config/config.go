@@ -4,7 +4,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // EnvPrefix starts every environment variable: storage.s3.bucket is read
@@ -190,36 +190,56 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	return &cfg, nil
 }
 
-// parseYAML expands ${VAR} references (and only that form, so a password
-// holding a bare $ survives) and hands the document to viper.
+// parseYAML reads the document and expands ${VAR} references in its values
+// (only that form, so a password holding a bare $ survives; comments are
+// not values).
 func parseYAML(v *viper.Viper, raw []byte) error {
-	expanded, err := expandEnv(raw)
-	if err != nil {
-		return err
-	}
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(bytes.NewReader(expanded)); err != nil {
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
 		return fmt.Errorf("parse YAML: %w", err)
+	}
+	if doc == nil {
+		doc = map[string]any{} // an empty file
+	}
+	var missing []string
+	expanded := expandValues(doc, &missing)
+	if len(missing) > 0 {
+		return fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
+	}
+	if err := v.MergeConfigMap(expanded.(map[string]any)); err != nil {
+		return fmt.Errorf("load YAML: %w", err)
 	}
 	return nil
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-func expandEnv(raw []byte) ([]byte, error) {
-	var missing []string
-	out := envRef.ReplaceAllFunc(raw, func(ref []byte) []byte {
-		name := string(envRef.FindSubmatch(ref)[1])
-		value, ok := os.LookupEnv(name)
-		if !ok {
-			missing = append(missing, name)
+func expandValues(node any, missing *[]string) any {
+	switch n := node.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(n))
+		for k, v := range n {
+			out[k] = expandValues(v, missing)
 		}
-		return []byte(value)
-	})
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
+		return out
+	case []any:
+		out := make([]any, len(n))
+		for i, v := range n {
+			out[i] = expandValues(v, missing)
+		}
+		return out
+	case string:
+		return envRef.ReplaceAllStringFunc(n, func(ref string) string {
+			name := envRef.FindStringSubmatch(ref)[1]
+			value, ok := os.LookupEnv(name)
+			if !ok {
+				*missing = append(*missing, name)
+			}
+			return value
+		})
+	default:
+		return n
 	}
-	return out, nil
 }
 
 // Validate reports every setting that is wrong, each with its key and what

@@ -178,3 +178,29 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// The example configuration documents every key and loads as it is.
+func TestExampleConfigLoads(t *testing.T) {
+	t.Setenv("RECONCILE_DB_PASSWORD", "pw")
+	t.Setenv("AWS_ACCESS_KEY_ID", "a")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
+	example := filepath.Join("..", "..", "configs", "reconcile.example.yaml")
+	cfg, err := Load(example, flags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Database.URL != "postgres://reconcile:pw@127.0.0.1:5432/forum" || cfg.Retention != 720*time.Hour {
+		t.Fatalf("example = %+v", cfg)
+	}
+	raw, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key := range defaults {
+		leaf := key[strings.LastIndex(key, ".")+1:]
+		if !strings.Contains(string(raw), leaf+":") {
+			t.Errorf("the example does not document %s", key)
+		}
+	}
+}

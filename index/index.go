@@ -123,38 +123,47 @@ func resetBuckets(tx *bolt.Tx) error {
 	return nil
 }
 
-// Put upserts entries in one transaction; an entry whose deleted_at changed
-// (a re-deletion) moves to its new place in due order.
-func (x *Index) Put(entries []Entry) error {
+// LoadEntries and LoadDue fill an index that Reset emptied, one bucket at a
+// time, each from rows in that bucket's key order: bbolt then only appends
+// to the last page, so a load costs the same per row however large the
+// index already is. Rows out of order are still stored right, only slower.
+//
+// LoadEntries takes rows in id byte order.
+func (x *Index) LoadEntries(byID []Entry) error {
+	return x.load(bucketEntries, byID, func(e Entry) ([]byte, []byte) {
+		return []byte(e.ID), append(encodeTime(e.DeletedAt), e.Key...)
+	})
+}
+
+// LoadDue takes rows in due order: deleted_at, then id byte order.
+func (x *Index) LoadDue(byDue []Entry) error {
+	return x.load(bucketDue, byDue, func(e Entry) ([]byte, []byte) {
+		return dueKey(encodeTime(e.DeletedAt), []byte(e.ID)), nil
+	})
+}
+
+func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []byte)) error {
 	err := x.db.Update(func(tx *bolt.Tx) error {
-		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
+		b := tx.Bucket(bucket)
+		b.FillPercent = 1 // appending: full pages, no half-empty splits
 		for _, e := range entries {
-			id := []byte(e.ID)
-			if old := ents.Get(id); old != nil {
-				if err := due.Delete(dueKey(old[:8], id)); err != nil {
-					return err
-				}
-			}
-			stamp := encodeTime(e.DeletedAt)
-			if err := ents.Put(id, append(stamp, e.Key...)); err != nil {
-				return err
-			}
-			if err := due.Put(dueKey(stamp, id), nil); err != nil {
+			k, v := kv(e)
+			if err := b.Put(k, v); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("put %d index entries: %w", len(entries), err)
+		return fmt.Errorf("load %d index entries into %s: %w", len(entries), bucket, err)
 	}
 	return nil
 }
 
-// Delete removes entries by id. Concurrent callers share one commit (bbolt's
-// Batch), which is why Delete must stay idempotent.
+// Delete removes entries by id, in one transaction; ids not in the index are
+// ignored.
 func (x *Index) Delete(ids []string) error {
-	err := x.db.Batch(func(tx *bolt.Tx) error {
+	err := x.db.Update(func(tx *bolt.Tx) error {
 		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
 		for _, id := range ids {
 			old := ents.Get([]byte(id))

@@ -5,7 +5,7 @@ import "strings"
 // queries are the statements of one table, built once from quoted
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
-	rescan, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
+	rescanByID, rescanByDue, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
 }
 
 func buildQueries(t Table, idType string) queries {
@@ -20,11 +20,18 @@ func buildQueries(t Table, idType string) queries {
 		"{DELETED}", quote(t.DeletedAt),
 	)
 	return queries{
-		// Every soft-deleted row, through the partial index.
-		rescan: r.Replace(`
+		// Every soft-deleted row, twice: in the byte order of each index
+		// bucket (COLLATE "C" compares bytes, as bbolt does).
+		rescanByID: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL`),
+			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL
+			ORDER BY {ID}::text COLLATE "C"`),
+		rescanByDue: r.Replace(`
+			SELECT {ID}::text, '', {DELETED}
+			FROM {T}
+			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL
+			ORDER BY {DELETED}, {ID}::text COLLATE "C"`),
 
 		audit: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, ''), {DELETED}

@@ -23,6 +23,7 @@ type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
 // Store removes files. Check refuses a key that must not be touched (it
@@ -36,7 +37,8 @@ type Store interface {
 // Index is the local store of soft-deleted rows; *index.Index has it.
 type Index interface {
 	Reset() error
-	Put(entries []index.Entry) error
+	LoadEntries(byID []index.Entry) error
+	LoadDue(byDue []index.Entry) error
 	Delete(ids []string) error
 	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
 	CountDue(cutoff time.Time) (int, error)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/reconcile/reconcile/index"
 )
 
@@ -13,12 +15,28 @@ import (
 const rescanChunk = 10000
 
 // Rescan rebuilds the index from the database: every soft-deleted row, found
-// through the partial index. It returns how many are due at cutoff.
+// through the partial index. It returns how many are due at cutoff. Both
+// passes read one snapshot, so the two buckets agree.
 func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) {
 	if err := r.index.Reset(); err != nil {
 		return 0, err
 	}
-	rows, err := r.db.Query(ctx, r.sql.rescan)
+	tx, err := r.db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("rescan: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+
+	if _, err := loadIndex(ctx, tx, r.sql.rescanByID, r.index.LoadEntries, cutoff); err != nil {
+		return 0, err
+	}
+	return loadIndex(ctx, tx, r.sql.rescanByDue, r.index.LoadDue, cutoff)
+}
+
+// loadIndex streams a query's rows into load, in chunks, and counts those
+// due at cutoff.
+func loadIndex(ctx context.Context, tx pgx.Tx, sql string, load func([]index.Entry) error, cutoff time.Time) (int, error) {
+	rows, err := tx.Query(ctx, sql)
 	if err != nil {
 		return 0, fmt.Errorf("rescan: %w", err)
 	}
@@ -36,7 +54,7 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 		}
 		chunk = append(chunk, e)
 		if len(chunk) == rescanChunk {
-			if err := r.index.Put(chunk); err != nil {
+			if err := load(chunk); err != nil {
 				return 0, err
 			}
 			chunk = chunk[:0]
@@ -45,7 +63,7 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("rescan: %w", err)
 	}
-	if err := r.index.Put(chunk); err != nil {
+	if err := load(chunk); err != nil {
 		return 0, err
 	}
 	return due, nil

@@ -160,31 +160,6 @@ func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []b
 	return nil
 }
 
-// Delete removes entries by id, in one transaction; ids not in the index are
-// ignored.
-func (x *Index) Delete(ids []string) error {
-	err := x.db.Update(func(tx *bolt.Tx) error {
-		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
-		for _, id := range ids {
-			old := ents.Get([]byte(id))
-			if old == nil {
-				continue
-			}
-			if err := due.Delete(dueKey(old[:8], []byte(id))); err != nil {
-				return err
-			}
-			if err := ents.Delete([]byte(id)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("delete %d index entries: %w", len(ids), err)
-	}
-	return nil
-}
-
 // Position is where a walk through due order stopped; the zero value is the
 // start.
 type Position []byte

@@ -48,8 +48,19 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 			"storage_key", key, "error", errs[i])
 	}
 	// Record the outcome even when the run is being cancelled, so that no
-	// removed file is tried again for nothing.
-	if _, err := r.db.Exec(context.WithoutCancel(ctx), r.sql.finishRemoval, removed, failed, reasons); err != nil {
+	// removed file is tried again for nothing. The commit need not wait for
+	// the disk: should it be lost, the next run removes the same files again
+	// and finds them gone, which counts as removed. Not waiting keeps these
+	// commits from queueing behind the file system's journal.
+	record := context.WithoutCancel(ctx)
+	err = pgx.BeginTxFunc(record, r.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(record, "SET LOCAL synchronous_commit = off"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(record, r.sql.finishRemoval, removed, failed, reasons)
+		return err
+	})
+	if err != nil {
 		return s, fmt.Errorf("record removed files in the outbox: %w", err)
 	}
 	s.FilesRemoved, s.FilesPending = len(removed), len(failed)

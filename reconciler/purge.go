@@ -78,7 +78,6 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 		lanes[i] = make(chan index.Entry, r.cfg.BatchSize)
 	}
 	freed := make(chan []string, r.cfg.RemoveConcurrency)
-	purged := make(chan []string, r.cfg.Concurrency)
 
 	g.Go(func() error {
 		defer func() {
@@ -94,33 +93,13 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 		batchers.Add(1)
 		g.Go(func() error {
 			defer batchers.Done()
-			return r.batchLane(ctx, lane, freed, purged, &t, report)
+			return r.batchLane(ctx, lane, freed, &t, report)
 		})
 	}
 	go func() {
 		batchers.Wait()
 		close(freed)
-		close(purged)
 	}()
-
-	// One writer takes purged rows out of the index, a commit for whatever
-	// has queued up meanwhile, so no batch waits on the index's fsync.
-	g.Go(func() error {
-		for ids := range purged {
-			for more := true; more; {
-				select {
-				case next, ok := <-purged:
-					ids, more = append(ids, next...), ok
-				default:
-					more = false
-				}
-			}
-			if err := r.index.Delete(ids); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 
 	for range r.cfg.RemoveConcurrency {
 		g.Go(func() error {
@@ -169,23 +148,28 @@ func laneOf(key string, n int) int {
 }
 
 // batchLane gathers a lane's entries into batches and purges them.
-func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, freed, purged chan<- []string, t *tally, report func(int)) error {
+func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, freed chan<- []string, t *tally, report func(int)) error {
 	batch := make([]index.Entry, 0, r.cfg.BatchSize)
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
-		s, ids, keys, err := r.purgeBatch(ctx, batch)
+		s, keys, err := r.purgeBatch(ctx, batch)
 		if err != nil {
 			return err
 		}
 		t.add(s)
 		report(len(batch))
 		batch = batch[:0]
-		if err := send(ctx, purged, ids); err != nil {
-			return err
+		if len(keys) == 0 {
+			return nil
 		}
-		return send(ctx, freed, keys)
+		select {
+		case freed <- keys:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	for e := range lane {
 		if err := r.store.Check(ctx, e.Key); err != nil {
@@ -209,36 +193,23 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 	return flush()
 }
 
-func send(ctx context.Context, ch chan<- []string, items []string) error {
-	if len(items) == 0 {
-		return nil
-	}
-	select {
-	case ch <- items:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // purgedRow is a row the purge statement deleted.
 type purgedRow struct {
 	ID, Key, Name string
 	Freed         bool // its key went to the outbox: no other row uses it
 }
 
-// purgeBatch deletes a batch and returns its counts, the ids deleted and the
-// keys whose files are now to be removed.
-func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summary, []string, []string, error) {
+// purgeBatch deletes a batch and returns its counts and the keys whose files
+// are now to be removed. The index is left alone: it is a hint that the
+// next rescan rebuilds, and an entry of a row that is gone costs one skip.
+func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summary, []string, error) {
 	rows, failed, err := r.deleteRows(ctx, batch)
 	if err != nil {
-		return Summary{}, nil, nil, err
+		return Summary{}, nil, err
 	}
 	s := Summary{Purged: len(rows), Failed: failed, Skipped: len(batch) - len(rows) - failed}
-	ids := make([]string, 0, len(rows))
 	var keys []string
 	for _, row := range rows {
-		ids = append(ids, row.ID)
 		r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment",
 			"id", row.ID, "storage_key", row.Key, "original_filename", row.Name)
 		if row.Freed {
@@ -247,7 +218,7 @@ func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summa
 			s.FilesKept++
 		}
 	}
-	return s, ids, keys, nil
+	return s, keys, nil
 }
 
 // deleteRows runs the purge statement. When the database refuses a batch (a

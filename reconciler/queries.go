@@ -61,14 +61,14 @@ func buildQueries(t Table, idType string) queries {
 				  AND t.{KEY} = c.key
 				  AND t.{ACTIVE} = false
 				  AND t.{DELETED} <= now() - $3 * interval '1 microsecond'
-				RETURNING t.{ID}::text AS id, t.{KEY}::text AS key, coalesce(t.{NAME}::text, '') AS name
+				RETURNING t.{ID} AS pid, t.{ID}::text AS id, t.{KEY}::text AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
 				FROM purged p
 				WHERE NOT EXISTS (
 					SELECT 1 FROM {T} o
 					WHERE o.{KEY} = p.key
-					  AND NOT EXISTS (SELECT 1 FROM purged q WHERE q.id = o.{ID}::text)
+					  AND NOT EXISTS (SELECT 1 FROM purged q WHERE q.pid = o.{ID})
 				)
 			), queued AS (
 				INSERT INTO {OUTBOX} (storage_key, attachment_id, original_filename)

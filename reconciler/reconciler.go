@@ -39,7 +39,6 @@ type Index interface {
 	Reset() error
 	LoadEntries(byID []index.Entry) error
 	LoadDue(byDue []index.Entry) error
-	Delete(ids []string) error
 	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
 	CountDue(cutoff time.Time) (int, error)
 }

@@ -1,10 +1,14 @@
 package storage
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 )
 
 // localSetup returns a Local over dir/root, and dir, which holds the root and
@@ -188,6 +192,72 @@ func TestNewLocalRefusesBadRoot(t *testing.T) {
 		if l, err := NewLocal(root); err == nil {
 			l.Close()
 			t.Errorf("NewLocal(%q) succeeded", root)
+		}
+	}
+}
+
+// An opened directory is trusted for dirCacheTTL at most: once its
+// directory has moved out of the root, a removal after that resolves the
+// key again and finds nothing, instead of following the old directory out.
+func TestLocalDirectoryMovedOutIsResolvedAgain(t *testing.T) {
+	l, dir := localSetup(t)
+	now := time.Date(2025, 10, 4, 2, 0, 0, 0, time.UTC)
+	l.now = func() time.Time { return now }
+	root := filepath.Join(dir, "root")
+	for _, k := range []string{"a/b/1.jpg", "a/b/2.jpg"} {
+		mustWrite(t, filepath.Join(root, k))
+	}
+	if errs := l.Remove(context.Background(), []string{"a/b/1.jpg"}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if err := os.Rename(filepath.Join(root, "a"), filepath.Join(dir, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(dirCacheTTL)
+	if errs := l.Remove(context.Background(), []string{"a/b/2.jpg"}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if !fileExists(t, filepath.Join(dir, "moved", "b", "2.jpg")) {
+		t.Fatal("a file outside the root was removed through a directory opened before it moved")
+	}
+}
+
+// Directories opened at once by many removals are shared, and all closed.
+func TestLocalConcurrentRemovalsShareDirectories(t *testing.T) {
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	var keys []string
+	for i := range 400 {
+		k := fmt.Sprintf("d%d/f%d.jpg", i%(dirCacheSize+20), i)
+		mustWrite(t, filepath.Join(root, k))
+		keys = append(keys, k)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(keys); i += 8 {
+				if errs := l.Remove(context.Background(), keys[i:i+1]); errs[0] != nil {
+					t.Error(errs[0])
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, k := range keys {
+		if fileExists(t, filepath.Join(root, k)) {
+			t.Fatalf("%s survived", k)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.dirs) > dirCacheSize {
+		t.Fatalf("%d directories held open, limit %d", len(l.dirs), dirCacheSize)
+	}
+	for name, d := range l.dirs {
+		if d.users != 0 {
+			t.Fatalf("directory %s still has %d users", name, d.users)
 		}
 	}
 }

@@ -28,33 +28,8 @@ VERSITYGW_VERSION=${VERSITYGW_VERSION:-v1.8.0}
 
 _s3_log() { printf 's3.sh: %s\n' "$*" >&2; }
 
-# Shared with pg.sh when both are sourced; defined here too so s3.sh stands alone.
-if ! declare -F free_port >/dev/null; then
-    _port_free() {
-        local port=$1
-        if command -v ss >/dev/null 2>&1; then
-            if ss -Htan "sport = :$port" 2>/dev/null | grep -q .; then
-                return 1
-            fi
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 1
-        fi
-        return 0
-    }
-    free_port() {
-        local port i
-        for ((i = 0; i < 100; i++)); do
-            port=$((20000 + (RANDOM * 32768 + RANDOM) % 20001))
-            if _port_free "$port"; then
-                echo "$port"
-                return 0
-            fi
-        done
-        echo "free_port: no free port found" >&2
-        return 1
-    }
-fi
+# shellcheck source=scripts/ports.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 # _s3_rand N: N random alphanumeric characters.
 _s3_rand() {

@@ -96,6 +96,20 @@ func openStore(ctx context.Context, cfg *config.Config) (store, error) {
 	}
 }
 
+// openBoth opens the database and the storage; closeAll closes both.
+func openBoth(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.Pool, store, func(), error) {
+	pool, err := openDB(ctx, cfg, readOnly)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	st, err := openStore(ctx, cfg)
+	if err != nil {
+		pool.Close()
+		return nil, nil, nil, err
+	}
+	return pool, st, func() { st.Close(); pool.Close() }, nil
+}
+
 func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
 	pool, err := openDB(ctx, cfg, false)
 	if err != nil {
@@ -127,16 +141,11 @@ func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logg
 	if err != nil {
 		return usageError{fmt.Errorf("--format: %w", err)}
 	}
-	pool, err := openDB(ctx, cfg, true)
+	pool, st, closeAll, err := openBoth(ctx, cfg, true)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	st, err := openStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	defer closeAll()
 	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {
 		return err
@@ -153,16 +162,11 @@ func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logg
 }
 
 func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	pool, err := openDB(ctx, cfg, false)
+	pool, st, closeAll, err := openBoth(ctx, cfg, false)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	st, err := openStore(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	defer closeAll()
 	idx, err := index.Open(cfg.Index.Path)
 	if err != nil {
 		return err

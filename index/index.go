@@ -196,23 +196,6 @@ func (x *Index) Due(from Position, cutoff time.Time, limit int) ([]Entry, Positi
 	return out, next, nil
 }
 
-// CountDue counts entries deleted at or before cutoff.
-func (x *Index) CountDue(cutoff time.Time) (int, error) {
-	n := 0
-	end := encodeTime(cutoff)
-	err := x.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketDue).Cursor()
-		for k, _ := c.First(); k != nil && bytes.Compare(k[:8], end) <= 0; k, _ = c.Next() {
-			n++
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("count due entries: %w", err)
-	}
-	return n, nil
-}
-
 // Check runs bbolt's consistency check.
 func (x *Index) Check() error {
 	return x.db.View(func(tx *bolt.Tx) error {

@@ -27,8 +27,8 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 		"IsActive":  quote(t.IsActive),
 		"DeletedAt": quote(t.DeletedAt),
 		"Key":       quote(t.Key),
-		"DueIndex":  quote(indexName(t.Name, "due")),
-		"KeyIndex":  quote(indexName(t.Name, "key")),
+		"DueIndex":  quote(objectName(t.Name, "due_idx")),
+		"KeyIndex":  quote(objectName(t.Name, "key_idx")),
 	}
 	for _, name := range names {
 		skip, why, err := r.migrationDone(ctx, name)
@@ -54,22 +54,15 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 		if err := r.dropInvalidIndex(ctx, name, vars); err != nil {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
+		if strings.Contains(sql.String(), "CONCURRENTLY") {
+			r.log.InfoContext(ctx, "building index concurrently; waits for transactions already open", "migration", name)
+		}
 		if _, err := r.db.Exec(ctx, sql.String()); err != nil {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
 		r.log.InfoContext(ctx, "migration applied", "migration", name)
 	}
 	return nil
-}
-
-// indexName builds our index names within Postgres's 63 bytes.
-func indexName(table, what string) string {
-	suffix := "_" + what + "_idx"
-	prefix := "reconcile_" + table
-	if len(prefix)+len(suffix) > 63 {
-		prefix = prefix[:63-len(suffix)]
-	}
-	return prefix + suffix
 }
 
 // migrationDone tells whether the table already has what an index
@@ -84,11 +77,12 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 	switch {
 	case strings.HasSuffix(name, "_due_index.sql"):
 		leads = [][]string{{t.IsActive, t.DeletedAt}, {t.DeletedAt}}
-		predicates = []string{
-			"(NOT " + quoteIdentForExpr(t.IsActive) + ")",
-			"(" + quoteIdentForExpr(t.IsActive) + " = false)",
-			"(" + quoteIdentForExpr(t.IsActive) + " IS FALSE)",
+		// As pg_get_expr prints the predicates Django and we write.
+		var col string
+		if err := r.db.QueryRow(ctx, `SELECT quote_ident($1)`, t.IsActive).Scan(&col); err != nil {
+			return false, "", fmt.Errorf("quote %q: %w", t.IsActive, err)
 		}
+		predicates = []string{"(NOT " + col + ")", "(" + col + " = false)", "(" + col + " IS FALSE)"}
 	case strings.HasSuffix(name, "_key_index.sql"):
 		leads = [][]string{{t.Key}}
 	default:
@@ -97,11 +91,14 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 	rows, err := r.db.Query(ctx, `
 		SELECT i.indexrelid::regclass::text,
 		       coalesce(pg_get_expr(i.indpred, i.indrelid), ''),
-		       array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-		             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+		       -- an expression column has no name: '' matches no column
+		       array(SELECT coalesce(a.attname, '') FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+		             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.attnum > 0
 		             ORDER BY k.n)
 		FROM pg_index i
-		WHERE i.indrelid = $1::regclass AND i.indisvalid`, t.qualified())
+		JOIN pg_class ic ON ic.oid = i.indexrelid
+		JOIN pg_am am ON am.oid = ic.relam
+		WHERE i.indrelid = $1::regclass AND i.indisvalid AND am.amname = 'btree'`, t.qualified())
 	if err != nil {
 		return false, "", fmt.Errorf("read indexes of %s: %w", t.qualified(), err)
 	}
@@ -122,21 +119,6 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 		}
 	}
 	return false, "", rows.Err()
-}
-
-// quoteIdentForExpr quotes an identifier the way pg_get_expr prints it:
-// bare when it is a plain lower-case name.
-func quoteIdentForExpr(name string) string {
-	plain := name != ""
-	for i, c := range name {
-		if !(c == '_' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
-			plain = false
-		}
-	}
-	if plain {
-		return name
-	}
-	return quote(name)
 }
 
 // dropInvalidIndex removes our own index left invalid by an interrupted

@@ -55,7 +55,7 @@ func TestMigrateOnDjangoDatabase(t *testing.T) {
 	if len(defs) != 3 {
 		t.Fatalf("indexes: %q, want pkey, Django's partial index and the key index", defs)
 	}
-	if b.count(`SELECT count(*) FROM reconcile_outbox`) != 0 {
+	if b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`) != 0 {
 		t.Fatal("outbox not empty")
 	}
 }
@@ -103,6 +103,36 @@ func TestTableMismatchNamesTheKey(t *testing.T) {
 		_, err := reconciler.New(ctx, pool, nil, nil, table, cfg, nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) error = %v, want it to contain %q", table, err, tc.want)
+		}
+	}
+}
+
+// Only an index that serves the due query counts as equivalent: a written
+// `= false` predicate does; an expression, another predicate or another
+// access method does not.
+func TestMigrateEquivalentIndexDetection(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		ddl     string
+		creates bool
+	}{
+		{`CREATE INDEX theirs ON forum_attachment (is_active, deleted_at) WHERE is_active = false`, false},
+		{`CREATE INDEX theirs ON forum_attachment (deleted_at) WHERE NOT is_active`, false},
+		{`CREATE INDEX theirs ON forum_attachment (lower(image), is_active, deleted_at) WHERE NOT is_active`, true},
+		{`CREATE INDEX theirs ON forum_attachment (is_active, deleted_at) WHERE is_active`, true},
+		{`CREATE INDEX theirs ON forum_attachment USING brin (deleted_at) WHERE NOT is_active`, true},
+	} {
+		_, pool := testdb.NewDjango(t)
+		if _, err := pool.Exec(ctx, `DROP INDEX forum_attac_is_acti_8d0ac7_idx; `+tc.ddl); err != nil {
+			t.Fatal(err)
+		}
+		b := newBundle(t, ctx, pool, t.TempDir(), nil)
+		var ours bool
+		if err := pool.QueryRow(ctx, `SELECT to_regclass('reconcile_forum_attachment_due_idx') IS NOT NULL`).Scan(&ours); err != nil {
+			t.Fatal(err)
+		}
+		if ours != tc.creates {
+			t.Errorf("after %q: our index created = %v, want %v (%q)", tc.ddl, ours, tc.creates, indexDefs(t, b))
 		}
 	}
 }

@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
 
 // outboxPage bounds the keys handled together: one S3 bulk delete.
 const outboxPage = 1000
+
+// recordTimeout bounds recording removals after the run was cancelled.
+const recordTimeout = 30 * time.Second
 
 // removeFiles removes the files of keys taken from the outbox: keys that a
 // row uses again are dropped from the outbox and keep their files; the rest
@@ -52,7 +56,8 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	// the disk: should it be lost, the next run removes the same files again
 	// and finds them gone, which counts as removed. Not waiting keeps these
 	// commits from queueing behind the file system's journal.
-	record := context.WithoutCancel(ctx)
+	record, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
 	err = pgx.BeginTxFunc(record, r.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(record, "SET LOCAL synchronous_commit = off"); err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,11 +222,12 @@ func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summa
 	return s, keys, nil
 }
 
-// deleteRows runs the purge statement. When the database refuses a batch (a
-// foreign key, a lock timeout) the batch is split until the refused rows are
-// alone; they are reported and counted as failed, and the rest goes ahead.
-// Errors that are not the database's verdict on these rows (a lost
-// connection, a cancelled context) end the purge.
+// deleteRows runs the purge statement. When the database refuses a batch
+// because of some of its rows (a foreign key, a lock timeout) the batch is
+// split until the refused rows are alone; they are reported and counted as
+// failed, and the rest goes ahead. Any other error (a lost connection, a
+// read-only server, a missing permission) would refuse every row alike, so
+// it ends the purge instead.
 func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry) ([]purgedRow, int, error) {
 	ids := make([]string, len(batch))
 	keys := make([]string, len(batch))
@@ -244,8 +246,7 @@ func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry) ([]pur
 	if err == nil {
 		return purged, 0, nil
 	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || ctx.Err() != nil {
+	if !rowRefused(err) || ctx.Err() != nil {
 		return nil, 0, fmt.Errorf("purge batch of %d rows: %w", len(batch), err)
 	}
 	if len(batch) == 1 {
@@ -263,4 +264,20 @@ func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry) ([]pur
 		return nil, 0, err
 	}
 	return append(left, right...), lf + rf, nil
+}
+
+// rowRefused tells whether err is the database refusing the rows of a
+// statement rather than the statement itself: an integrity violation, a lock
+// or statement timeout, a deadlock or serialization failure, or an error a
+// trigger raised.
+func rowRefused(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "55P03", "40P01", "40001", "57014", "P0001":
+		return true
+	}
+	return strings.HasPrefix(pgErr.Code, "23") // integrity constraint violation
 }

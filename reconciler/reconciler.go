@@ -40,7 +40,6 @@ type Index interface {
 	LoadEntries(byID []index.Entry) error
 	LoadDue(byDue []index.Entry) error
 	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
-	CountDue(cutoff time.Time) (int, error)
 }
 
 // Config tunes the purge.

@@ -225,12 +225,12 @@ func TestPurgeRemovesDueRowsAndTheirFilesOnly(t *testing.T) {
 			t.Errorf("row %s (%s) or its file was removed, want kept", keep[i], key)
 		}
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 0 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
 		t.Errorf("outbox holds %d entries after a clean run", n)
 	}
 	// The rescan indexed every soft-deleted row, the one not due yet too.
-	if n, err := b.index.CountDue(time.Now().Add(time.Hour)); err != nil || n != 27 {
-		t.Errorf("index holds %d entries due within the hour (err %v), want 27", n, err)
+	if entries, _, err := b.index.Due(nil, time.Now().Add(time.Hour), 100); err != nil || len(entries) != 27 {
+		t.Errorf("index holds %d entries due within the hour (err %v), want 27", len(entries), err)
 	}
 }
 

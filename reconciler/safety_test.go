@@ -6,7 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/reconcile/reconcile/reconciler"
 )
 
 // Rule 3: a file still used by a row that stays is never removed; rows that
@@ -42,7 +45,7 @@ func TestSharedKeys(t *testing.T) {
 	if b.fileExists("shared/both-due.jpg") || b.fileExists("shared/three-due.jpg") {
 		t.Error("a file whose rows were all purged stayed")
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 0 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
 		t.Errorf("outbox holds %d entries", n)
 	}
 }
@@ -52,7 +55,7 @@ func TestSharedKeys(t *testing.T) {
 func TestOutboxKeyUsedAgainKeepsFile(t *testing.T) {
 	b := setup(t)
 	b.writeFile("again/leaf.jpg")
-	if _, err := b.pool.Exec(b.ctx, `INSERT INTO reconcile_outbox (storage_key, attachment_id) VALUES ('again/leaf.jpg', 'gone')`); err != nil {
+	if _, err := b.pool.Exec(b.ctx, `INSERT INTO reconcile_forum_attachment_outbox (storage_key, attachment_id) VALUES ('again/leaf.jpg', 'gone')`); err != nil {
 		t.Fatal(err)
 	}
 	b.seed(row{key: "again/leaf.jpg", active: true, noFile: true})
@@ -63,7 +66,7 @@ func TestOutboxKeyUsedAgainKeepsFile(t *testing.T) {
 	if s.FilesKept != 1 || s.FilesRemoved != 0 || !b.fileExists("again/leaf.jpg") {
 		t.Fatalf("summary = %+v, file exists = %v: want the file kept", s, b.fileExists("again/leaf.jpg"))
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 0 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
 		t.Errorf("outbox holds %d entries, want the kept key dropped", n)
 	}
 }
@@ -126,11 +129,11 @@ func TestStorageRefusingOneKeyKeepsItInOutbox(t *testing.T) {
 	}
 	var attempts int
 	var lastError string
-	err := b.pool.QueryRow(b.ctx, `SELECT attempts, last_error FROM reconcile_outbox WHERE storage_key = $1`, stuck).Scan(&attempts, &lastError)
+	err := b.pool.QueryRow(b.ctx, `SELECT attempts, last_error FROM reconcile_forum_attachment_outbox WHERE storage_key = $1`, stuck).Scan(&attempts, &lastError)
 	if err != nil || attempts != 1 || lastError == "" {
 		t.Fatalf("outbox entry of %s: attempts=%d last_error=%q err=%v", stuck, attempts, lastError, err)
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 1 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 1 {
 		t.Fatalf("outbox holds %d entries, want 1", n)
 	}
 
@@ -139,7 +142,7 @@ func TestStorageRefusingOneKeyKeepsItInOutbox(t *testing.T) {
 	if s.FilesRemoved != 1 || s.FilesPending != 0 || b.fileExists(stuck) {
 		t.Fatalf("second run: summary = %+v, file exists = %v", s, b.fileExists(stuck))
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 0 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
 		t.Fatalf("outbox holds %d entries after the retry", n)
 	}
 }
@@ -206,7 +209,78 @@ func TestUnsafeKeysAreRefusedAndRowsKept(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(b.root, "link.jpg")); err != nil {
 		t.Errorf("the symbolic link itself was removed: %v", err)
 	}
-	if n := b.count(`SELECT count(*) FROM reconcile_outbox`); n != 0 {
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
 		t.Errorf("outbox holds %d entries", n)
+	}
+}
+
+// Rules 3 and 7 together: a key through a directory link inside the root
+// names another row's file; it is refused, and that file stays.
+func TestKeyThroughLinkedDirectoryIsRefused(t *testing.T) {
+	b := setup(t)
+	b.writeFile("real/leaf.jpg")
+	if err := os.Symlink("real", filepath.Join(b.root, "alias")); err != nil {
+		t.Fatal(err)
+	}
+	ids := b.seed(
+		row{key: "alias/leaf.jpg", deletedAt: ago(2 * retention), noFile: true},
+		row{key: "real/leaf.jpg", active: true, noFile: true},
+	)
+	s := b.run()
+	if s.Purged != 0 || s.Failed != 1 || !b.rowExists(ids[0]) || !b.fileExists("real/leaf.jpg") {
+		t.Fatalf("summary = %+v; the aliased row or the active row's file is gone", s)
+	}
+}
+
+// Rule 3 across batches: with one row per batch and many lanes, rows that
+// share a file still free it once all of them are purged.
+func TestSharedKeysAcrossBatches(t *testing.T) {
+	b := setup(t, func(c *reconciler.Config) { c.BatchSize, c.Concurrency = 1, 8 })
+	var rows []row
+	for i := range 40 {
+		key := fmt.Sprintf("pairs/%02d.jpg", i/2)
+		rows = append(rows, due(key))
+	}
+	ids := b.seed(rows...)
+	s := b.run()
+	if s.Purged != 40 || s.FilesRemoved != 20 {
+		t.Fatalf("summary = %+v, want 40 purged and 20 files removed", s)
+	}
+	for i, id := range ids {
+		if b.rowExists(id) || b.fileExists(rows[i].key) {
+			t.Fatalf("row %d or its file survived", i)
+		}
+	}
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
+		t.Fatalf("outbox holds %d entries", n)
+	}
+}
+
+// An error that would refuse every row alike (here a permission error
+// raised by a trigger) ends the run at once instead of splitting every
+// batch down to single rows.
+func TestErrorForEveryRowEndsThePurge(t *testing.T) {
+	b := setup(t)
+	_, err := b.pool.Exec(b.ctx, `
+		CREATE FUNCTION deny() RETURNS trigger LANGUAGE plpgsql AS
+		$$ BEGIN RAISE EXCEPTION 'no deletes here' USING ERRCODE = '42501'; END $$;
+		CREATE TRIGGER deny BEFORE DELETE ON forum_attachment FOR EACH ROW EXECUTE FUNCTION deny()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []row
+	for i := range 40 {
+		rows = append(rows, due(fmt.Sprintf("deny/%02d.jpg", i)))
+	}
+	b.seed(rows...)
+	s, err := b.runErr()
+	if err == nil || !strings.Contains(err.Error(), "no deletes here") {
+		t.Fatalf("run error = %v, want the trigger's error", err)
+	}
+	if s.Purged != 0 || s.Failed > 10 {
+		t.Fatalf("summary = %+v: rows were split and reported one by one", s)
+	}
+	if n := b.count(`SELECT count(*) FROM forum_attachment`); n != 40 {
+		t.Fatalf("%d rows left, want 40", n)
 	}
 }

@@ -20,13 +20,21 @@ type Table struct {
 	DeletedAt        string
 }
 
-// OutboxName is the outbox table, created beside the attachment table.
-const OutboxName = "reconcile_outbox"
+// objectName names what reconcile creates for a table, within Postgres's 63
+// bytes: one outbox and its indexes per table, so that two tables in one
+// schema, each with its own storage, never drain each other's keys.
+func objectName(table, what string) string {
+	prefix, suffix := "reconcile_"+table, "_"+what
+	if len(prefix)+len(suffix) > 63 {
+		prefix = prefix[:63-len(suffix)]
+	}
+	return prefix + suffix
+}
 
 func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 
 func (t Table) qualified() string { return quote(t.Schema, t.Name) }
-func (t Table) outbox() string    { return quote(t.Schema, OutboxName) }
+func (t Table) outbox() string    { return quote(t.Schema, objectName(t.Name, "outbox")) }
 
 // column pairs a configured column with its configuration key, so errors
 // name what the user has to change.

@@ -199,7 +199,7 @@ SELECT 'inconsistent (is_active false, deleted_at NULL)', count(*)
 UNION ALL
 SELECT 'total', count(*) FROM forum_attachment"
 
-outbox=$(sql1 "SELECT CASE WHEN to_regclass('reconcile_outbox') IS NULL THEN 'no table' ELSE (SELECT count(*)::text FROM reconcile_outbox) END")
+outbox=$(sql1 "SELECT CASE WHEN to_regclass('reconcile_forum_attachment_outbox') IS NULL THEN 'no table' ELSE (SELECT count(*)::text FROM reconcile_forum_attachment_outbox) END")
 echo "outbox entries left: $outbox"
 
 rows_after=$(sql1 "SELECT count(*) FROM forum_attachment")

@@ -74,8 +74,10 @@ if [[ -n $lint ]]; then
     step "staticcheck ./..."
     if ! command -v staticcheck >/dev/null 2>&1; then
         echo "test.sh: installing staticcheck v0.8.2..." >&2
-        (cd / && GOFLAGS='' go install honnef.co/go/tools/cmd/staticcheck@v0.8.2) ||
-            echo "test.sh: could not install staticcheck; skipping it" >&2
+        (cd / && GOFLAGS='' go install honnef.co/go/tools/cmd/staticcheck@v0.8.2) || {
+            echo "test.sh: could not install staticcheck" >&2
+            failed+=(staticcheck-install)
+        }
     fi
     if command -v staticcheck >/dev/null 2>&1; then
         staticcheck ./... || failed+=(staticcheck)

@@ -34,16 +34,16 @@ func (b *bench) verify(ctx context.Context, ds *dataset) error {
 	}
 
 	var hasOutbox bool
-	if err := conn.QueryRow(ctx, `SELECT to_regclass('reconcile_outbox') IS NOT NULL`).Scan(&hasOutbox); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT to_regclass('reconcile_forum_attachment_outbox') IS NOT NULL`).Scan(&hasOutbox); err != nil {
 		return fmt.Errorf("looking for the outbox: %w", err)
 	}
 	if hasOutbox {
 		var outbox int
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM reconcile_outbox`).Scan(&outbox); err != nil {
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM reconcile_forum_attachment_outbox`).Scan(&outbox); err != nil {
 			return fmt.Errorf("counting the outbox: %w", err)
 		}
 		if outbox != 0 {
-			problems = append(problems, fmt.Sprintf("%d keys left in reconcile_outbox", outbox))
+			problems = append(problems, fmt.Sprintf("%d keys left in reconcile_forum_attachment_outbox", outbox))
 		}
 	}
 

@@ -98,7 +98,7 @@ func TestKilledBetweenCommitAndRemoval(t *testing.T) {
 		before := objects()
 		dbRows, err := f.pool.Query(context.Background(), `
 			SELECT 'row', image FROM forum_attachment
-			UNION ALL SELECT 'outbox', storage_key FROM reconcile_outbox`)
+			UNION ALL SELECT 'outbox', storage_key FROM reconcile_forum_attachment_outbox`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +142,7 @@ func TestKilledBetweenCommitAndRemoval(t *testing.T) {
 
 	cmd, out := start()
 	deadline := time.Now().Add(30 * time.Second)
-	for waiting.Load() == 0 || f.count(`SELECT count(*) FROM reconcile_outbox`) == 0 {
+	for waiting.Load() == 0 || f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`) == 0 {
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()

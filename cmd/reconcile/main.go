@@ -47,8 +47,8 @@ type usageError struct{ err error }
 func (e usageError) Error() string { return e.err.Error() }
 func (e usageError) Unwrap() error { return e.err }
 
-// failedError marks a run that finished but failed to purge some rows: the
-// summary already said so, so nothing more is printed.
+// errSomeFailed marks a run that failed to purge some rows or stopped short;
+// the summary or the log already said so, so nothing more is printed.
 var errSomeFailed = errors.New("some attachments could not be purged")
 
 // options are the flags that are not configuration keys.
@@ -64,19 +64,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := newRootCommand(stdout, stderr)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	var usage usageError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.Is(err, errSomeFailed):
 		return exitFailed
-	case errors.As(err, &usage), errors.Is(err, reconciler.ErrSetup):
+	case isUsage(err):
 		fmt.Fprintf(stderr, "reconcile: %v\n", err)
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "reconcile: %v\n", err)
 		return exitFailed
 	}
+}
+
+// isUsage tells errors that mean bad usage or configuration.
+func isUsage(err error) bool {
+	var usage usageError
+	return errors.As(err, &usage) || errors.Is(err, reconciler.ErrSetup)
 }
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {

@@ -40,9 +40,17 @@ func reconcilerConfig(cfg *config.Config) reconciler.Config {
 	}
 }
 
-// openDB opens a pool sized for the batches and removals in flight. A
-// read-only pool is for the audit: the server itself refuses any write.
-func openDB(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.Pool, error) {
+// dbUse says what a pool is for.
+type dbUse int
+
+const (
+	forPurge   dbUse = iota
+	forAudit         // read-only: the server itself refuses any write
+	forMigrate       // no lock timeout: CREATE INDEX CONCURRENTLY waits for older transactions
+)
+
+// openDB opens a pool sized for the batches and removals in flight.
+func openDB(ctx context.Context, cfg *config.Config, use dbUse) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(cfg.Database.URL)
 	if err != nil {
 		return nil, usageError{errors.New("database.url: is not a valid PostgreSQL connection string")}
@@ -50,12 +58,12 @@ func openDB(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.Po
 	pc.MaxConns = int32(cfg.Concurrency + cfg.Storage.Concurrency + 2)
 	params := pc.ConnConfig.RuntimeParams
 	params["application_name"] = "reconcile"
-	if cfg.Database.LockTimeout > 0 {
+	if cfg.Database.LockTimeout > 0 && use != forMigrate {
 		// A purge waits this long at most behind a forum transaction that
 		// holds a row; then that row is reported and the rest goes on.
 		params["lock_timeout"] = fmt.Sprint(cfg.Database.LockTimeout.Milliseconds())
 	}
-	if readOnly {
+	if use == forAudit {
 		params["default_transaction_read_only"] = "on"
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
@@ -83,8 +91,11 @@ func openStore(ctx context.Context, cfg *config.Config) (store, error) {
 			Endpoint: s.Endpoint, Bucket: s.Bucket, Prefix: s.Prefix,
 			AccessKey: s.AccessKey, SecretKey: s.SecretKey, Region: s.Region, UseSSL: s.UseSSL,
 		})
-		if err != nil {
+		if errors.Is(err, storage.ErrMisconfigured) {
 			return nil, usageError{fmt.Errorf("storage.s3: %w", err)}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("storage.s3: %w", err)
 		}
 		return st, nil
 	default:
@@ -97,8 +108,8 @@ func openStore(ctx context.Context, cfg *config.Config) (store, error) {
 }
 
 // openBoth opens the database and the storage; closeAll closes both.
-func openBoth(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.Pool, store, func(), error) {
-	pool, err := openDB(ctx, cfg, readOnly)
+func openBoth(ctx context.Context, cfg *config.Config, use dbUse) (*pgxpool.Pool, store, func(), error) {
+	pool, err := openDB(ctx, cfg, use)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -111,7 +122,7 @@ func openBoth(ctx context.Context, cfg *config.Config, readOnly bool) (*pgxpool.
 }
 
 func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	pool, err := openDB(ctx, cfg, false)
+	pool, err := openDB(ctx, cfg, forMigrate)
 	if err != nil {
 		return err
 	}
@@ -128,6 +139,20 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 }
 
 func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logger, stdout, stderr io.Writer) error {
+	if _, err := reconciler.NewAuditWriter(opts.format, io.Discard, io.Discard); err != nil {
+		return usageError{fmt.Errorf("--format: %w", err)}
+	}
+	pool, st, closeAll, err := openBoth(ctx, cfg, forAudit)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	// The report file is created once the run can start, so a refused run
+	// leaves no empty report behind.
 	out := stdout
 	if opts.output != "" {
 		f, err := os.Create(opts.output)
@@ -138,15 +163,6 @@ func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logg
 		out = f
 	}
 	w, err := reconciler.NewAuditWriter(opts.format, out, stderr)
-	if err != nil {
-		return usageError{fmt.Errorf("--format: %w", err)}
-	}
-	pool, st, closeAll, err := openBoth(ctx, cfg, true)
-	if err != nil {
-		return err
-	}
-	defer closeAll()
-	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {
 		return err
 	}
@@ -161,8 +177,16 @@ func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logg
 	return nil
 }
 
-func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) error {
-	pool, st, closeAll, err := openBoth(ctx, cfg, false)
+func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) (err error) {
+	// A run that stops short is a failure the cron job's monitoring
+	// (grep "CLEANUP.*Failed") must see too; it is logged here, once.
+	defer func() {
+		if err != nil && !errors.Is(err, errSomeFailed) && !isUsage(err) {
+			log.Error("[CLEANUP] Failed: run aborted", "error", err)
+			err = errSomeFailed
+		}
+	}()
+	pool, st, closeAll, err := openBoth(ctx, cfg, forPurge)
 	if err != nil {
 		return err
 	}

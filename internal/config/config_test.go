@@ -182,8 +182,6 @@ func FuzzLoad(f *testing.F) {
 // The example configuration documents every key and loads as it is.
 func TestExampleConfigLoads(t *testing.T) {
 	t.Setenv("RECONCILE_DB_PASSWORD", "pw")
-	t.Setenv("AWS_ACCESS_KEY_ID", "a")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
 	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
 	example := filepath.Join("..", "..", "configs", "reconcile.example.yaml")
 	cfg, err := Load(example, flags())

@@ -7,9 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"sync"
-	"syscall"
-	"time"
+	"strings"
 )
 
 // errIsDir is returned for a key that names a directory: a key names a file,
@@ -25,31 +23,7 @@ type Local struct {
 	// escapes is os.Root's error for a path that leaves the root. The os
 	// package does not export it, so NewLocal captures it.
 	escapes error
-
-	// dirs keeps recently opened directories: resolving a key's directory
-	// through os.Root costs a dozen system calls per element, far more than
-	// the removal itself. now is the clock that ages them.
-	now  func() time.Time
-	mu   sync.Mutex
-	dirs map[string]*openDir
 }
-
-// openDir is a directory opened inside the root, shared while in use.
-type openDir struct {
-	root    *os.Root
-	opened  time.Time
-	users   int
-	retired bool // out of the cache; closed once its last user is done
-}
-
-const (
-	// dirCacheSize bounds the directories held open (file descriptors).
-	dirCacheSize = 256
-	// dirCacheTTL bounds how long an opened directory is trusted: an
-	// os.Root keeps referring to its directory after it is moved, even
-	// out of the storage root, so it is resolved again this often.
-	dirCacheTTL = time.Second
-)
 
 // NewLocal opens the directory root. It must exist.
 func NewLocal(root string) (*Local, error) {
@@ -64,7 +38,7 @@ func NewLocal(root string) (*Local, error) {
 		r.Close()
 		return nil, fmt.Errorf("open storage root %q: os.Root did not refuse \"..\"", root)
 	}
-	return &Local{root: r, escapes: escapes, now: time.Now, dirs: map[string]*openDir{}}, nil
+	return &Local{root: r, escapes: escapes}, nil
 }
 
 // Check reports whether key can be removed. A missing file is fine; a
@@ -118,79 +92,54 @@ func (l *Local) check(op, key string) error {
 	})
 }
 
-// inParent opens the directory that holds key, inside the root, and calls
-// fn with it and the key's last element. A missing directory means a missing
+// inParent opens the directory that holds key, one element at a time from
+// the root, and calls fn with it and the key's last element. A symbolic link
+// anywhere on the way is refused, even one that stays inside the root:
+// "alias/f.jpg" through a link to "real" would name the file of another
+// row, which the database cannot tell. A missing directory means a missing
 // file, which counts as removed.
 func (l *Local) inParent(op, key string, fn func(dir *os.Root, name string) error) error {
 	parent, name := path.Split(key)
-	if parent == "" {
-		return fn(l.root, name)
+	dir := l.root
+	for elem := range strings.SplitSeq(strings.TrimSuffix(parent, "/"), "/") {
+		if elem == "" {
+			break // the key is at the top of the root
+		}
+		fi, err := dir.Lstat(elem)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			err = nil
+		case err != nil:
+			err = fmt.Errorf("%s %q: %w", op, key, err)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			err = unsafeKey(key, "passes through a symbolic link")
+		case !fi.IsDir():
+			// a file where a directory should be: no such key
+		default:
+			var next *os.Root
+			next, err = dir.OpenRoot(elem)
+			if err == nil {
+				if dir != l.root {
+					dir.Close()
+				}
+				dir = next
+				continue
+			}
+			if errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			} else {
+				err = fmt.Errorf("%s %q: %w", op, key, err)
+			}
+		}
+		if dir != l.root {
+			dir.Close()
+		}
+		return err
 	}
-	dir, err := l.acquireDir(parent)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case errors.Is(err, l.escapes):
-		return unsafeKey(key, "leaves the root through a symbolic link")
-	case errors.Is(err, syscall.ENOTDIR):
-		return nil // a file where a directory should be: no such key
-	case err != nil:
-		return fmt.Errorf("%s %q: %w", op, key, err)
+	if dir != l.root {
+		defer dir.Close()
 	}
-	defer l.releaseDir(dir)
-	return fn(dir.root, name)
-}
-
-func (l *Local) acquireDir(parent string) (*openDir, error) {
-	l.mu.Lock()
-	if d, ok := l.dirs[parent]; ok && l.now().Sub(d.opened) < dirCacheTTL {
-		d.users++
-		l.mu.Unlock()
-		return d, nil
-	}
-	l.mu.Unlock()
-
-	r, err := l.root.OpenRoot(parent)
-	if err != nil {
-		return nil, err
-	}
-	d := &openDir{root: r, opened: l.now(), users: 1}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if old, ok := l.dirs[parent]; ok {
-		old.retire()
-		delete(l.dirs, parent)
-	}
-	if len(l.dirs) >= dirCacheSize {
-		l.retireAll()
-	}
-	l.dirs[parent] = d
-	return d, nil
-}
-
-func (l *Local) releaseDir(d *openDir) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	d.users--
-	if d.retired && d.users == 0 {
-		d.root.Close()
-	}
-}
-
-// retire takes d out of use; l.mu is held.
-func (d *openDir) retire() {
-	d.retired = true
-	if d.users == 0 {
-		d.root.Close()
-	}
-}
-
-// retireAll empties the cache; l.mu is held.
-func (l *Local) retireAll() {
-	for _, d := range l.dirs {
-		d.retire()
-	}
-	clear(l.dirs)
+	return fn(dir, name)
 }
 
 // checkIn refuses a key whose last element is a symbolic link or a
@@ -212,8 +161,5 @@ func (l *Local) checkIn(dir *os.Root, op, key, name string) error {
 
 // Close closes the root.
 func (l *Local) Close() error {
-	l.mu.Lock()
-	l.retireAll()
-	l.mu.Unlock()
 	return l.root.Close()
 }

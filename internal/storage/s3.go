@@ -48,17 +48,17 @@ type S3 struct {
 func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	secrets := []string{cfg.SecretKey, cfg.AccessKey}
 	if cfg.Endpoint == "" {
-		return nil, errors.New("s3 endpoint is empty")
+		return nil, fmt.Errorf("%w: s3 endpoint is empty", ErrMisconfigured)
 	}
 	if cfg.Bucket == "" {
-		return nil, errors.New("s3 bucket is empty")
+		return nil, fmt.Errorf("%w: s3 bucket is empty", ErrMisconfigured)
 	}
 	prefix := strings.TrimRight(cfg.Prefix, "/")
 	if prefix != "" {
 		// The prefix is trusted configuration, but a prefix with ".." would
 		// let every key land outside it.
 		if err := ValidateKey(prefix); err != nil {
-			return nil, redact(fmt.Errorf("s3 prefix %q: %w", cfg.Prefix, err), secrets)
+			return nil, redact(fmt.Errorf("%w: s3 prefix %q: %w", ErrMisconfigured, cfg.Prefix, err), secrets)
 		}
 		prefix += "/"
 	}
@@ -76,19 +76,32 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		Transport: transport,
 	})
 	if err != nil {
-		return nil, redact(fmt.Errorf("s3 endpoint %q: %w", cfg.Endpoint, err), secrets)
+		return nil, redact(fmt.Errorf("%w: s3 endpoint %q: %w", ErrMisconfigured, cfg.Endpoint, err), secrets)
 	}
 	s := &S3{client: client, transport: transport, bucket: cfg.Bucket, prefix: prefix, secrets: secrets}
 	ok, err := client.BucketExists(ctx, cfg.Bucket)
 	if err != nil {
 		s.Close()
+		if refusedCredentials(err) {
+			err = fmt.Errorf("%w: %w", ErrMisconfigured, err)
+		}
 		return nil, redact(fmt.Errorf("check s3 bucket %q at %s: %w", cfg.Bucket, cfg.Endpoint, err), secrets)
 	}
 	if !ok {
 		s.Close()
-		return nil, redact(fmt.Errorf("s3 bucket %q at %s does not exist", cfg.Bucket, cfg.Endpoint), secrets)
+		return nil, redact(fmt.Errorf("%w: s3 bucket %q at %s does not exist", ErrMisconfigured, cfg.Bucket, cfg.Endpoint), secrets)
 	}
 	return s, nil
+}
+
+// refusedCredentials tells a server that refused the keys from one that
+// could not be reached.
+func refusedCredentials(err error) bool {
+	switch minio.ToErrorResponse(err).Code {
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken":
+		return true
+	}
+	return false
 }
 
 // Check reports whether key is safe to remove. It makes no request: a

@@ -14,6 +14,10 @@ import (
 	"unicode/utf8"
 )
 
+// ErrMisconfigured marks a backend that cannot work as configured (a missing
+// bucket, refused credentials), as opposed to one out of reach for now.
+var ErrMisconfigured = errors.New("storage misconfigured")
+
 // ErrUnsafeKey marks a key refused because it could reach outside the storage root or prefix.
 var ErrUnsafeKey = errors.New("unsafe storage key")
 

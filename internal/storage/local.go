@@ -54,6 +54,12 @@ func (l *Local) Check(ctx context.Context, key string) error {
 // Once ctx is done, the remaining valid keys fail with its error.
 func (l *Local) Remove(ctx context.Context, keys []string) []error {
 	errs := make([]error, len(keys))
+	// The directories opened for this call serve its later keys: the
+	// upper levels of a storage tree are the same for every key. They never
+	// outlive the call, so a directory moved meanwhile is soon resolved
+	// again.
+	dirs := dirCache{}
+	defer dirs.close()
 	for i, key := range keys {
 		if err := ValidateKey(key); err != nil {
 			errs[i] = err
@@ -63,13 +69,13 @@ func (l *Local) Remove(ctx context.Context, keys []string) []error {
 			errs[i] = fmt.Errorf("remove %q: %w", key, err)
 			continue
 		}
-		errs[i] = l.remove(key)
+		errs[i] = l.remove(dirs, key)
 	}
 	return errs
 }
 
-func (l *Local) remove(key string) error {
-	return l.inParent("remove", key, func(dir *os.Root, name string) error {
+func (l *Local) remove(dirs dirCache, key string) error {
+	return l.inParent(dirs, "remove", key, func(dir *os.Root, name string) error {
 		// The check and the removal share the opened parent directory, so
 		// the path is resolved once; Remove never follows a link.
 		if err := l.checkIn(dir, "remove", key, name); err != nil {
@@ -87,7 +93,9 @@ func (l *Local) check(op, key string) error {
 	if err := ValidateKey(key); err != nil {
 		return err
 	}
-	return l.inParent(op, key, func(dir *os.Root, name string) error {
+	dirs := dirCache{}
+	defer dirs.close()
+	return l.inParent(dirs, op, key, func(dir *os.Root, name string) error {
 		return l.checkIn(dir, op, key, name)
 	})
 }
@@ -98,48 +106,51 @@ func (l *Local) check(op, key string) error {
 // "alias/f.jpg" through a link to "real" would name the file of another
 // row, which the database cannot tell. A missing directory means a missing
 // file, which counts as removed.
-func (l *Local) inParent(op, key string, fn func(dir *os.Root, name string) error) error {
+func (l *Local) inParent(dirs dirCache, op, key string, fn func(dir *os.Root, name string) error) error {
 	parent, name := path.Split(key)
 	dir := l.root
+	walked := ""
 	for elem := range strings.SplitSeq(strings.TrimSuffix(parent, "/"), "/") {
 		if elem == "" {
 			break // the key is at the top of the root
 		}
+		walked += elem + "/"
+		if next, ok := dirs[walked]; ok {
+			dir = next
+			continue
+		}
 		fi, err := dir.Lstat(elem)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			err = nil
+			return nil
 		case err != nil:
-			err = fmt.Errorf("%s %q: %w", op, key, err)
+			return fmt.Errorf("%s %q: %w", op, key, err)
 		case fi.Mode()&fs.ModeSymlink != 0:
-			err = unsafeKey(key, "passes through a symbolic link")
+			return unsafeKey(key, "passes through a symbolic link")
 		case !fi.IsDir():
-			// a file where a directory should be: no such key
-		default:
-			var next *os.Root
-			next, err = dir.OpenRoot(elem)
-			if err == nil {
-				if dir != l.root {
-					dir.Close()
-				}
-				dir = next
-				continue
-			}
-			if errors.Is(err, fs.ErrNotExist) {
-				err = nil
-			} else {
-				err = fmt.Errorf("%s %q: %w", op, key, err)
-			}
+			return nil // a file where a directory should be: no such key
 		}
-		if dir != l.root {
-			dir.Close()
+		next, err := dir.OpenRoot(elem)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return nil
+		case err != nil:
+			return fmt.Errorf("%s %q: %w", op, key, err)
 		}
-		return err
-	}
-	if dir != l.root {
-		defer dir.Close()
+		dirs[walked] = next
+		dir = next
 	}
 	return fn(dir, name)
+}
+
+// dirCache holds the directories one call has opened, by their path with a
+// trailing slash.
+type dirCache map[string]*os.Root
+
+func (c dirCache) close() {
+	for _, d := range c {
+		d.Close()
+	}
 }
 
 // checkIn refuses a key whose last element is a symbolic link or a

@@ -60,7 +60,7 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, err
 		}
 		days := int(now.Sub(deletedAt) / (24 * time.Hour))
 		row.DeletedAt, row.DaysSinceDeleted = &deletedAt, &days
-		if err := r.store.Check(ctx, row.StorageKey); err != nil {
+		if err := r.store.Check(ctx, []string{row.StorageKey})[0]; err != nil {
 			row.Refused = err.Error()
 			totals.Refused++
 		} else {

@@ -155,13 +155,14 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 		if len(batch) == 0 {
 			return nil
 		}
-		s, keys, err := r.purgeBatch(ctx, batch)
+		defer func() { batch = batch[:0] }()
+		safe := r.refuseUnsafe(ctx, batch, t)
+		s, keys, err := r.purgeBatch(ctx, safe)
 		if err != nil {
 			return err
 		}
 		t.add(s)
 		report(len(batch))
-		batch = batch[:0]
 		if len(keys) == 0 {
 			return nil
 		}
@@ -173,14 +174,6 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 		}
 	}
 	for e := range lane {
-		if err := r.store.Check(ctx, e.Key); err != nil {
-			// Rule 7: the row stays, and so does everything on disk.
-			r.log.ErrorContext(ctx, "[CLEANUP] Failed to delete attachment: storage key refused",
-				"id", e.ID, "storage_key", e.Key, "error", err)
-			t.add(Summary{Failed: 1})
-			report(1)
-			continue
-		}
 		batch = append(batch, e)
 		if len(batch) == cap(batch) {
 			if err := flush(); err != nil {
@@ -194,6 +187,28 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 	return flush()
 }
 
+// refuseUnsafe reports and counts the entries whose storage key the store
+// refuses, and returns the others. Rule 7: a refused row stays, and so does
+// everything on disk.
+func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *tally) []index.Entry {
+	keys := make([]string, len(batch))
+	for i, e := range batch {
+		keys[i] = e.Key
+	}
+	errs := r.store.Check(ctx, keys)
+	safe := make([]index.Entry, 0, len(batch))
+	for i, e := range batch {
+		if errs[i] == nil {
+			safe = append(safe, e)
+			continue
+		}
+		r.log.ErrorContext(ctx, "[CLEANUP] Failed to delete attachment: storage key refused",
+			"id", e.ID, "storage_key", e.Key, "error", errs[i])
+		t.add(Summary{Failed: 1})
+	}
+	return safe
+}
+
 // purgedRow is a row the purge statement deleted.
 type purgedRow struct {
 	ID, Key, Name string
@@ -204,6 +219,9 @@ type purgedRow struct {
 // are now to be removed. The index is left alone: it is a hint that the
 // next rescan rebuilds, and an entry of a row that is gone costs one skip.
 func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summary, []string, error) {
+	if len(batch) == 0 {
+		return Summary{}, nil, nil
+	}
 	rows, failed, err := r.deleteRows(ctx, batch)
 	if err != nil {
 		return Summary{}, nil, err

@@ -26,11 +26,12 @@ type DB interface {
 	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
-// Store removes files. Check refuses a key that must not be touched (it
-// could reach outside the storage root); Remove returns one error per key,
-// nil when the file is gone, including when it was missing already.
+// Store removes files. Both methods return one error per key. Check refuses
+// keys that must not be touched (they could reach outside the storage root
+// or name another row's file through a link); Remove's error is nil when the
+// file is gone, including when it was missing already.
 type Store interface {
-	Check(ctx context.Context, key string) error
+	Check(ctx context.Context, keys []string) []error
 	Remove(ctx context.Context, keys []string) []error
 }
 

@@ -41,11 +41,23 @@ func NewLocal(root string) (*Local, error) {
 	return &Local{root: r, escapes: escapes}, nil
 }
 
-// Check reports whether key can be removed. A missing file is fine; a
-// symbolic link (ErrUnsafeKey), a path leaving the root through a linked
-// directory (ErrUnsafeKey) and a directory are refused.
-func (l *Local) Check(ctx context.Context, key string) error {
-	return l.check("check", key)
+// Check reports, for each key, whether it can be removed. A missing file is
+// fine; a symbolic link anywhere on the path (ErrUnsafeKey) and a directory
+// are refused.
+func (l *Local) Check(ctx context.Context, keys []string) []error {
+	errs := make([]error, len(keys))
+	dirs := dirCache{}
+	defer dirs.close()
+	for i, key := range keys {
+		if err := ValidateKey(key); err != nil {
+			errs[i] = err
+			continue
+		}
+		errs[i] = l.inParent(dirs, "check", key, func(dir *os.Root, name string) error {
+			return l.checkIn(dir, "check", key, name)
+		})
+	}
+	return errs
 }
 
 // Remove removes the files named by keys, one after another, and returns one
@@ -86,17 +98,6 @@ func (l *Local) remove(dirs dirCache, key string) error {
 			return nil
 		}
 		return fmt.Errorf("remove %q: %w", key, err)
-	})
-}
-
-func (l *Local) check(op, key string) error {
-	if err := ValidateKey(key); err != nil {
-		return err
-	}
-	dirs := dirCache{}
-	defer dirs.close()
-	return l.inParent(dirs, op, key, func(dir *os.Root, name string) error {
-		return l.checkIn(dir, op, key, name)
 	})
 }
 

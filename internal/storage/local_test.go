@@ -81,7 +81,7 @@ func mustSymlink(t *testing.T, target, link string) {
 // requireRefused checks that key is refused as unsafe by Check and by Remove.
 func requireRefused(t *testing.T, l *Local, key string) {
 	t.Helper()
-	if err := l.Check(t.Context(), key); !errors.Is(err, ErrUnsafeKey) {
+	if err := l.Check(t.Context(), []string{key})[0]; !errors.Is(err, ErrUnsafeKey) {
 		t.Errorf("Check(%q) = %v, want ErrUnsafeKey", key, err)
 	}
 	if errs := l.Remove(t.Context(), []string{key}); !errors.Is(errs[0], ErrUnsafeKey) {
@@ -147,7 +147,7 @@ func TestLocalDirectoryKey(t *testing.T) {
 	mustWrite(t, filepath.Join(root, "b.jpg"))
 
 	for _, key := range []string{"full", "empty"} {
-		err := l.Check(t.Context(), key)
+		err := l.Check(t.Context(), []string{key})[0]
 		if !errors.Is(err, errIsDir) || errors.Is(err, ErrUnsafeKey) {
 			t.Errorf("Check(%q) = %v, want a directory error", key, err)
 		}
@@ -190,7 +190,7 @@ func TestLocalLinkedDirectoryInsideRootIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, key := range []string{"alias/sub/f.jpg", "alias/missing.jpg"} {
-		if err := l.Check(context.Background(), key); !errors.Is(err, ErrUnsafeKey) {
+		if err := l.Check(context.Background(), []string{key})[0]; !errors.Is(err, ErrUnsafeKey) {
 			t.Errorf("Check(%q) = %v, want ErrUnsafeKey", key, err)
 		}
 		if errs := l.Remove(context.Background(), []string{key}); !errors.Is(errs[0], ErrUnsafeKey) {

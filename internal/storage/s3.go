@@ -104,10 +104,15 @@ func refusedCredentials(err error) bool {
 	return false
 }
 
-// Check reports whether key is safe to remove. It makes no request: a
-// missing object counts as removed, and S3 has no links to follow.
-func (s *S3) Check(ctx context.Context, key string) error {
-	return ValidateKey(key)
+// Check reports, for each key, whether it is safe to remove. It makes no
+// request: a missing object counts as removed, and S3 has no links to
+// follow.
+func (s *S3) Check(_ context.Context, keys []string) []error {
+	errs := make([]error, len(keys))
+	for i, key := range keys {
+		errs[i] = ValidateKey(key)
+	}
+	return errs
 }
 
 // Remove removes the objects named by keys with bulk DeleteObjects requests

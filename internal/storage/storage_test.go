@@ -17,7 +17,7 @@ func TestMain(m *testing.M) {
 
 // store is what package reconciler asks of a backend.
 type store interface {
-	Check(ctx context.Context, key string) error
+	Check(ctx context.Context, keys []string) []error
 	Remove(ctx context.Context, keys []string) []error
 }
 
@@ -130,7 +130,7 @@ func runStoreSuite(t *testing.T, newFixture func(t *testing.T) *fixture) {
 		keys := []string{"forum/attachments/2025/10/04/leaf.jpg", "top.txt", " spaced .jpg", "ctl\x01.jpg"}
 		f.mustPut(t, keys...)
 		for _, key := range keys {
-			if err := f.store.Check(t.Context(), key); err != nil {
+			if err := f.store.Check(t.Context(), []string{key})[0]; err != nil {
 				t.Errorf("Check(%q) = %v", key, err)
 			}
 		}
@@ -146,7 +146,7 @@ func runStoreSuite(t *testing.T, newFixture func(t *testing.T) *fixture) {
 		f := newFixture(t)
 		keys := []string{"never/was.jpg", "nor.jpg"}
 		for _, key := range keys {
-			if err := f.store.Check(t.Context(), key); err != nil {
+			if err := f.store.Check(t.Context(), []string{key})[0]; err != nil {
 				t.Errorf("Check(%q) = %v", key, err)
 			}
 		}
@@ -182,7 +182,7 @@ func runStoreSuite(t *testing.T, newFixture func(t *testing.T) *fixture) {
 		}
 		unsafe := []string{"../x", "/etc/passwd", "a/../../b", "a\x00b", "", "a\xffb", `..\x`, "c/../x", "./x", "c//x", "c/x/"}
 		for _, key := range unsafe {
-			if err := f.store.Check(t.Context(), key); !errors.Is(err, ErrUnsafeKey) {
+			if err := f.store.Check(t.Context(), []string{key})[0]; !errors.Is(err, ErrUnsafeKey) {
 				t.Errorf("Check(%q) = %v, want ErrUnsafeKey", key, err)
 			}
 		}

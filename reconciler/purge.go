@@ -7,7 +7,6 @@ import (
 	"hash/fnv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,8 +60,8 @@ func (t *tally) add(o Summary) Summary {
 func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(handled int)) (Summary, error) {
 	var (
 		t       tally
-		handled atomic.Int64
 		mu      sync.Mutex // orders progress calls
+		handled int
 	)
 	report := func(n int) {
 		if progress == nil {
@@ -70,7 +69,8 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		progress(int(handled.Add(int64(n))))
+		handled += n
+		progress(handled)
 	}
 
 	g, ctx := errgroup.WithContext(ctx)

@@ -109,23 +109,67 @@ func (r *Reconciler) Cutoff(ctx context.Context) (time.Time, error) {
 	return cutoff, nil
 }
 
+// LockConn is the connection that holds the advisory lock for a run;
+// *pgxpool.Conn has it.
+type LockConn interface {
+	DB
+	Ping(ctx context.Context) error
+}
+
+// lockCheckEvery is how often the lock's session is checked.
+const lockCheckEvery = 2 * time.Second
+
 // Lock takes the session advisory lock that makes this process the only one
 // purging the table, on a connection the caller keeps for the whole run.
-// The returned function releases it.
-func (r *Reconciler) Lock(ctx context.Context, conn DB) (func(context.Context) error, error) {
+// The purge relies on it: rows sharing a file are ordered within one
+// process only. The returned context ends, with ErrLockLost as its cause,
+// as soon as that session is gone (the lock went with it); release stops
+// the watch and unlocks. conn belongs to the watch until release.
+func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
 	name := "reconcile:" + r.table.qualified()
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, name).Scan(&ok); err != nil {
-		return nil, fmt.Errorf("take advisory lock: %w", err)
+		return nil, nil, fmt.Errorf("take advisory lock: %w", err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w", r.table.qualified(), name, ErrBusy)
+		return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w", r.table.qualified(), name, ErrBusy)
 	}
-	return func(ctx context.Context) error {
+	held, lost := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(lockCheckEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-held.Done():
+				return
+			case <-tick.C:
+				pingCtx, cancel := context.WithTimeout(held, lockCheckEvery)
+				err := conn.Ping(pingCtx)
+				cancel()
+				if err != nil && held.Err() == nil {
+					lost(fmt.Errorf("%w: %w", ErrLockLost, err))
+					return
+				}
+			}
+		}
+	}()
+	release := func(ctx context.Context) error {
+		close(stop)
+		<-done
+		lost(nil)
 		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, name)
 		return err
-	}, nil
+	}
+	return held, release, nil
 }
+
+// ErrLockLost means the session holding the advisory lock ended mid-run.
+var ErrLockLost = errors.New("lost the database session holding the advisory lock")
 
 // ErrBusy means another process is purging the same table.
 var ErrBusy = errors.New("table is busy")

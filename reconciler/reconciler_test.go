@@ -3,6 +3,7 @@ package reconciler_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -354,4 +355,44 @@ func waitForLockWait(t *testing.T, b *bundle) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	t.Fatal("the purge never waited on the restore's row lock")
+}
+
+// One purger per table: a second Lock is refused, and losing the session
+// that holds the lock ends the run's context.
+func TestLockIsExclusiveAndWatched(t *testing.T) {
+	b := setup(t)
+	conn, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	var pid int // asked before Lock: from then on the lock's watch owns conn
+	if err := conn.QueryRow(b.ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	held, release, err := b.r.Lock(b.ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.r.Lock(b.ctx, other); !errors.Is(err, reconciler.ErrBusy) {
+		t.Fatalf("second Lock: %v, want ErrBusy", err)
+	}
+	other.Release()
+
+	if _, err := b.pool.Exec(b.ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.Done():
+		if !errors.Is(context.Cause(held), reconciler.ErrLockLost) {
+			t.Fatalf("cause = %v, want ErrLockLost", context.Cause(held))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run went on after its lock's session was terminated")
+	}
+	_ = release(b.ctx) // the session is gone; unlocking fails, and that is fine
 }

@@ -181,6 +181,9 @@ func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 	// A run that stops short is a failure the cron job's monitoring
 	// (grep "CLEANUP.*Failed") must see too; it is logged here, once.
 	defer func() {
+		if errors.Is(err, context.Canceled) && context.Cause(ctx) != nil {
+			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
+		}
 		if err != nil && !errors.Is(err, errSomeFailed) && !isUsage(err) {
 			log.Error("[CLEANUP] Failed: run aborted", "error", err)
 			err = errSomeFailed
@@ -212,7 +215,7 @@ func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 		return fmt.Errorf("connect to database: %w", err)
 	}
 	defer conn.Release()
-	unlock, err := r.Lock(ctx, conn)
+	ctx, unlock, err := r.Lock(ctx, conn)
 	if err != nil {
 		return err
 	}

@@ -34,51 +34,18 @@ func NewLocal(root string) (*Local, error) {
 // fine; a symbolic link anywhere on the path (ErrUnsafeKey) and a directory
 // are refused.
 func (l *Local) Check(ctx context.Context, keys []string) []error {
-	errs := make([]error, len(keys))
-	dirs := dirCache{}
-	defer dirs.close()
-	for i, key := range keys {
-		if err := ValidateKey(key); err != nil {
-			errs[i] = err
-			continue
-		}
-		errs[i] = l.inParent(dirs, "check", key, func(dir *os.Root, name string) error {
-			return l.checkIn(dir, "check", key, name)
-		})
-	}
-	return errs
+	return l.each(ctx, "check", keys, func(dir *os.Root, key, name string) error {
+		return l.checkIn(dir, "check", key, name)
+	})
 }
 
 // Remove removes the files named by keys, one after another, and returns one
 // error per key, nil for a file removed or already missing. Each key is
 // checked again, as in Check, because the tree may have changed since.
-// Once ctx is done, the remaining valid keys fail with its error.
 func (l *Local) Remove(ctx context.Context, keys []string) []error {
-	errs := make([]error, len(keys))
-	// The directories opened for this call serve its later keys: the
-	// upper levels of a storage tree are the same for every key. They never
-	// outlive the call, so a directory moved meanwhile is soon resolved
-	// again.
-	dirs := dirCache{}
-	defer dirs.close()
-	for i, key := range keys {
-		if err := ValidateKey(key); err != nil {
-			errs[i] = err
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			errs[i] = fmt.Errorf("remove %q: %w", key, err)
-			continue
-		}
-		errs[i] = l.remove(dirs, key)
-	}
-	return errs
-}
-
-func (l *Local) remove(dirs dirCache, key string) error {
-	return l.inParent(dirs, "remove", key, func(dir *os.Root, name string) error {
-		// The check and the removal share the opened parent directory, so
-		// the path is resolved once; Remove never follows a link.
+	return l.each(ctx, "remove", keys, func(dir *os.Root, key, name string) error {
+		// The check and the removal share the opened parent directory;
+		// Remove never follows a link.
 		if err := l.checkIn(dir, "remove", key, name); err != nil {
 			return err
 		}
@@ -88,6 +55,31 @@ func (l *Local) remove(dirs dirCache, key string) error {
 		}
 		return fmt.Errorf("remove %q: %w", key, err)
 	})
+}
+
+// each validates every key and calls fn with the directory that holds it.
+// The directories opened for one call serve its later keys (the upper
+// levels of a storage tree are the same for every key) and never outlive
+// the call, so a directory moved meanwhile is soon resolved again. Once ctx
+// is done, the remaining valid keys fail with its error.
+func (l *Local) each(ctx context.Context, op string, keys []string, fn func(dir *os.Root, key, name string) error) []error {
+	errs := make([]error, len(keys))
+	dirs := dirCache{}
+	defer dirs.close()
+	for i, key := range keys {
+		if err := ValidateKey(key); err != nil {
+			errs[i] = err
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("%s %q: %w", op, key, err)
+			continue
+		}
+		errs[i] = l.inParent(dirs, op, key, func(dir *os.Root, name string) error {
+			return fn(dir, key, name)
+		})
+	}
+	return errs
 }
 
 // inParent opens the directory that holds key, one element at a time from

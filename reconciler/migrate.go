@@ -94,6 +94,7 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 		       -- an expression column has no name: '' matches no column
 		       array(SELECT coalesce(a.attname, '') FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
 		             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum AND k.attnum > 0
+		             WHERE k.n <= i.indnkeyatts -- INCLUDE columns cannot be searched
 		             ORDER BY k.n)
 		FROM pg_index i
 		JOIN pg_class ic ON ic.oid = i.indexrelid

@@ -121,6 +121,7 @@ func TestMigrateEquivalentIndexDetection(t *testing.T) {
 		{`CREATE INDEX theirs ON forum_attachment (lower(image), is_active, deleted_at) WHERE NOT is_active`, true},
 		{`CREATE INDEX theirs ON forum_attachment (is_active, deleted_at) WHERE is_active`, true},
 		{`CREATE INDEX theirs ON forum_attachment USING brin (deleted_at) WHERE NOT is_active`, true},
+		{`CREATE INDEX theirs ON forum_attachment (is_active) INCLUDE (deleted_at) WHERE NOT is_active`, true},
 	} {
 		_, pool := testdb.NewDjango(t)
 		if _, err := pool.Exec(ctx, `DROP INDEX forum_attac_is_acti_8d0ac7_idx; `+tc.ddl); err != nil {

@@ -156,7 +156,10 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 			return nil
 		}
 		defer func() { batch = batch[:0] }()
-		safe := r.refuseUnsafe(ctx, batch, t)
+		safe, err := r.refuseUnsafe(ctx, batch, t)
+		if err != nil {
+			return err
+		}
 		s, keys, err := r.purgeBatch(ctx, safe)
 		if err != nil {
 			return err
@@ -190,12 +193,15 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 // refuseUnsafe reports and counts the entries whose storage key the store
 // refuses, and returns the others. Rule 7: a refused row stays, and so does
 // everything on disk.
-func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *tally) []index.Entry {
+func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *tally) ([]index.Entry, error) {
 	keys := make([]string, len(batch))
 	for i, e := range batch {
 		keys[i] = e.Key
 	}
 	errs := r.store.Check(ctx, keys)
+	if err := ctx.Err(); err != nil {
+		return nil, err // the keys were not judged, only interrupted
+	}
 	safe := make([]index.Entry, 0, len(batch))
 	for i, e := range batch {
 		if errs[i] == nil {
@@ -206,7 +212,7 @@ func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *t
 			"id", e.ID, "storage_key", e.Key, "error", errs[i])
 		t.add(Summary{Failed: 1})
 	}
-	return safe
+	return safe, nil
 }
 
 // purgedRow is a row the purge statement deleted.

@@ -116,8 +116,13 @@ type LockConn interface {
 	Ping(ctx context.Context) error
 }
 
-// lockCheckEvery is how often the lock's session is checked.
-const lockCheckEvery = 2 * time.Second
+const (
+	// lockCheckEvery is how often the lock's session is checked.
+	lockCheckEvery = 2 * time.Second
+	// lockPingTimeout lets a slow database answer: a ping cut short closes
+	// the connection, and the lock with it.
+	lockPingTimeout = 15 * time.Second
+)
 
 // Lock takes the session advisory lock that makes this process the only one
 // purging the table, on a connection the caller keeps for the whole run.
@@ -148,7 +153,7 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 			case <-held.Done():
 				return
 			case <-tick.C:
-				pingCtx, cancel := context.WithTimeout(held, lockCheckEvery)
+				pingCtx, cancel := context.WithTimeout(held, lockPingTimeout)
 				err := conn.Ping(pingCtx)
 				cancel()
 				if err != nil && held.Err() == nil {

@@ -3,8 +3,10 @@ package reconciler
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -25,8 +27,16 @@ type Table struct {
 // schema, each with its own storage, never drain each other's keys.
 func objectName(table, what string) string {
 	prefix, suffix := "reconcile_"+table, "_"+what
-	if len(prefix)+len(suffix) > 63 {
-		prefix = prefix[:63-len(suffix)]
+	if len(prefix)+len(suffix) <= 63 {
+		return prefix + suffix
+	}
+	// Too long: cut on a character boundary and add a hash of the whole
+	// table name, so two long names that start alike stay apart.
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(table))
+	suffix = fmt.Sprintf("_%08x%s", h.Sum32(), suffix)
+	for len(prefix)+len(suffix) > 63 || !utf8.ValidString(prefix) {
+		prefix = prefix[:len(prefix)-1]
 	}
 	return prefix + suffix
 }

@@ -75,6 +75,9 @@ func (l *Local) each(ctx context.Context, op string, keys []string, fn func(dir 
 			errs[i] = fmt.Errorf("%s %q: %w", op, key, err)
 			continue
 		}
+		if len(dirs) >= maxOpenDirs {
+			dirs.close() // keys spread over many directories: start afresh
+		}
 		errs[i] = l.inParent(dirs, op, key, func(dir *os.Root, name string) error {
 			return fn(dir, key, name)
 		})
@@ -119,6 +122,12 @@ func (l *Local) inParent(dirs dirCache, op, key string, fn func(dir *os.Root, na
 		case err != nil:
 			return fmt.Errorf("%s %q: %w", op, key, err)
 		}
+		// OpenRoot follows a link that stays inside the root: make sure the
+		// directory opened is the one just checked, not a link swapped in.
+		if opened, err := next.Stat("."); err != nil || !os.SameFile(fi, opened) {
+			next.Close()
+			return unsafeKey(key, "changed into a symbolic link while being opened")
+		}
 		dirs[walked] = next
 		dir = next
 	}
@@ -129,10 +138,14 @@ func (l *Local) inParent(dirs dirCache, op, key string, fn func(dir *os.Root, na
 // trailing slash.
 type dirCache map[string]*os.Root
 
+// maxOpenDirs bounds the directories one call holds open.
+const maxOpenDirs = 64
+
 func (c dirCache) close() {
 	for _, d := range c {
 		d.Close()
 	}
+	clear(c)
 }
 
 // checkIn refuses a key whose last element is a symbolic link or a

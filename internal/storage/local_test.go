@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // localSetup returns a Local over dir/root, and dir, which holds the root and
@@ -230,4 +231,48 @@ func TestLocalConcurrentRemovals(t *testing.T) {
 			t.Fatalf("%s survived", k)
 		}
 	}
+}
+
+// A directory swapped for a link between the check and the open is caught:
+// the key "a/f" never removes "b/f" through a link a -> b.
+func TestLocalLinkSwappedInWhileOpeningIsRefused(t *testing.T) {
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	target := filepath.Join(root, "b", "f")
+	mustWrite(t, target)
+	a, realDir, link := filepath.Join(root, "a"), filepath.Join(root, "real"), filepath.Join(root, "link")
+	if err := os.Mkdir(realDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("b", link); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// a is a directory, then a link to b, each swapped in whole.
+			_ = os.Rename(realDir, a)
+			_ = os.Rename(a, realDir)
+			_ = os.Rename(link, a)
+			_ = os.Rename(a, link)
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		_ = l.Remove(context.Background(), []string{"a/f"})
+		if !fileExists(t, target) {
+			close(stop)
+			<-done
+			t.Fatal("b/f was removed through a link swapped in for a/")
+		}
+	}
+	close(stop)
+	<-done
 }

@@ -1,0 +1,26 @@
+package reconciler
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// Names of what reconcile creates stay within Postgres's 63 bytes, stay
+// valid UTF-8, and stay apart for long table names that start alike.
+func TestObjectNameStaysUniqueAndShort(t *testing.T) {
+	long := strings.Repeat("attachment_", 6)
+	a, b := objectName(long+"a", "outbox"), objectName(long+"b", "outbox")
+	accented := objectName(strings.Repeat("é", 40), "due_idx")
+	for _, name := range []string{a, b, accented} {
+		if len(name) > 63 || !utf8.ValidString(name) {
+			t.Errorf("%q: %d bytes, valid UTF-8 %v", name, len(name), utf8.ValidString(name))
+		}
+	}
+	if a == b {
+		t.Errorf("two tables share the outbox %q", a)
+	}
+	if got := objectName("forum_attachment", "outbox"); got != "reconcile_forum_attachment_outbox" {
+		t.Errorf("short name = %q", got)
+	}
+}

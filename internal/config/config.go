@@ -18,9 +18,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// EnvPrefix starts every environment variable: storage.s3.bucket is read
+// envPrefix starts every environment variable: storage.s3.bucket is read
 // from RECONCILE_STORAGE_S3_BUCKET.
-const EnvPrefix = "RECONCILE"
+const envPrefix = "RECONCILE"
 
 // MaxBatchSize bounds batch_size: Postgres takes arrays of any length, but a
 // batch holds its row locks until it commits.
@@ -125,8 +125,8 @@ var defaults = map[string]any{
 	"log.format":                      "text",
 }
 
-// FlagKeys maps command-line flags to the keys they override.
-var FlagKeys = map[string]string{
+// flagKeys maps command-line flags to the keys they override.
+var flagKeys = map[string]string{
 	"batch-size": "batch_size",
 }
 
@@ -137,7 +137,7 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	for key, value := range defaults {
 		v.SetDefault(key, value)
 	}
-	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvPrefix(envPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
 	// A variable set to "" means empty, not unset: RECONCILE_STORAGE_S3_PREFIX=""
@@ -155,7 +155,7 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	}
 
 	if flags != nil {
-		for flag, key := range FlagKeys {
+		for flag, key := range flagKeys {
 			if f := flags.Lookup(flag); f != nil {
 				if err := v.BindPFlag(key, f); err != nil {
 					return nil, fmt.Errorf("bind flag --%s: %w", flag, err)

@@ -276,3 +276,21 @@ func TestLocalLinkSwappedInWhileOpeningIsRefused(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+// One call over more directories than it may hold open still removes every
+// file: the handles are closed and the walk starts afresh.
+func TestLocalOneCallOverManyDirectories(t *testing.T) {
+	l, dir := localSetup(t)
+	root := filepath.Join(dir, "root")
+	var keys []string
+	for i := range 3 * maxOpenDirs {
+		k := fmt.Sprintf("x/d%03d/f.jpg", i)
+		mustWrite(t, filepath.Join(root, k))
+		keys = append(keys, k)
+	}
+	for i, err := range l.Remove(context.Background(), keys) {
+		if err != nil || fileExists(t, filepath.Join(root, keys[i])) {
+			t.Fatalf("%s: err %v, or the file survived", keys[i], err)
+		}
+	}
+}

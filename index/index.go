@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -25,6 +26,11 @@ var (
 	bucketDue     = []byte("due")     // deleted_at (8 bytes) + id -> nothing
 	bucketMeta    = []byte("meta")
 	keySchema     = []byte("schema")
+	// The stream's state: it is cleared with the entries, so an index that
+	// a rescan has not finished filling never claims a stream position.
+	keyCheckpoint = []byte("checkpoint")   // LSN the entries are complete up to
+	keyOrigin     = []byte("origin")       // database, slot and table the entries come from
+	keyRescanned  = []byte("rescanned_at") // when the last rescan finished
 )
 
 // ErrLocked means another process holds the index file.
@@ -43,6 +49,11 @@ type Index struct {
 	// Discarded names the file an unreadable index was moved to, if Open
 	// had to start afresh.
 	Discarded string
+
+	updates  chan struct{} // signalled after a change that may bring a due time forward
+	mu       sync.Mutex
+	earliest time.Time // the earliest deleted_at written since the last TakeEarliest
+	restart  bool      // entries were removed wholesale: walks start over
 }
 
 // Open opens or creates the index at path. An index that bbolt cannot read
@@ -61,7 +72,7 @@ func Open(path string) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := &Index{db: db, Discarded: discarded}
+	x := &Index{db: db, Discarded: discarded, updates: make(chan struct{}, 1)}
 	if err := x.init(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -103,11 +114,13 @@ func (x *Index) Close() error {
 	return x.db.Close()
 }
 
-// Reset empties the index, ahead of a rescan.
+// Reset empties the index, and forgets its stream position, ahead of a
+// rescan.
 func (x *Index) Reset() error {
 	if err := x.db.Update(resetBuckets); err != nil {
 		return fmt.Errorf("reset index: %w", err)
 	}
+	x.signal(time.Time{}, true)
 	return nil
 }
 
@@ -117,6 +130,12 @@ func resetBuckets(tx *bolt.Tx) error {
 			return err
 		}
 		if _, err := tx.CreateBucket(name); err != nil {
+			return err
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	for _, k := range [][]byte{keyCheckpoint, keyOrigin, keyRescanned} {
+		if err := meta.Delete(k); err != nil {
 			return err
 		}
 	}
@@ -157,6 +176,7 @@ func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []b
 	if err != nil {
 		return fmt.Errorf("load %d index entries into %s: %w", len(entries), bucket, err)
 	}
+	x.signal(time.Time{}, true)
 	return nil
 }
 

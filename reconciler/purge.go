@@ -58,6 +58,11 @@ func (t *tally) add(o Summary) Summary {
 // the other's commit: two workers deleting them at once could each find the
 // other's row still there and both leave the file behind, tracked by nothing.
 func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(handled int)) (Summary, error) {
+	return r.purgeFrom(ctx, nil, cutoff, progress)
+}
+
+// purgeFrom purges the entries from position from up to cutoff.
+func (r *Reconciler) purgeFrom(ctx context.Context, from index.Position, cutoff time.Time, progress func(handled int)) (Summary, error) {
 	var (
 		t       tally
 		mu      sync.Mutex // orders progress calls
@@ -86,7 +91,7 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 				close(lane)
 			}
 		}()
-		return r.walkDue(ctx, cutoff, lanes)
+		return r.walkDue(ctx, from, cutoff, lanes)
 	})
 
 	var batchers sync.WaitGroup
@@ -120,12 +125,14 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 }
 
 // walkDue reads due entries in pages and deals them to the lanes.
-func (r *Reconciler) walkDue(ctx context.Context, cutoff time.Time, lanes []chan index.Entry) error {
+func (r *Reconciler) walkDue(ctx context.Context, from index.Position, cutoff time.Time, lanes []chan index.Entry) error {
 	page := r.cfg.BatchSize * r.cfg.Concurrency
-	var from index.Position
 	for {
 		entries, next, err := r.index.Due(from, cutoff, page)
 		if err != nil {
+			return err
+		}
+		if err := r.fillKeys(ctx, entries); err != nil {
 			return err
 		}
 		for _, e := range entries {
@@ -140,6 +147,40 @@ func (r *Reconciler) walkDue(ctx context.Context, cutoff time.Time, lanes []chan
 		}
 		from = next
 	}
+}
+
+// fillKeys reads from the database the storage keys the index lacks: the
+// stream does not carry a key that an update left unchanged in TOAST
+// storage. A row that is gone keeps its empty key; the purge then skips it.
+func (r *Reconciler) fillKeys(ctx context.Context, entries []index.Entry) error {
+	var ids []string
+	for _, e := range entries {
+		if e.Key == "" {
+			ids = append(ids, e.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := r.db.Query(ctx, r.sql.keysOf, ids)
+	if err != nil {
+		return fmt.Errorf("read storage keys missing from the index: %w", err)
+	}
+	keys := map[string]string{}
+	var id, key string
+	_, err = pgx.ForEachRow(rows, []any{&id, &key}, func() error {
+		keys[id] = key
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read storage keys missing from the index: %w", err)
+	}
+	for i := range entries {
+		if entries[i].Key == "" {
+			entries[i].Key = keys[entries[i].ID]
+		}
+	}
+	return nil
 }
 
 func laneOf(key string, n int) int {

@@ -6,6 +6,7 @@ import "strings"
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
+	keysOf, stillDue                                                                                         string
 }
 
 func buildQueries(t Table, idType string) queries {
@@ -110,5 +111,19 @@ func buildQueries(t Table, idType string) queries {
 			LIMIT $3`),
 
 		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
+
+		// The storage keys of rows by id; $1 ids.
+		keysOf: r.Replace(`
+			SELECT {ID}::text, coalesce({KEY}::text, '')
+			FROM {T} WHERE {ID} = ANY($1::text[]::{IDTYPE}[])`),
+
+		// Which of these rows are due now, for the service's dry run; $1
+		// ids, $2 retention in microseconds.
+		stillDue: r.Replace(`
+			SELECT {ID}::text
+			FROM {T}
+			WHERE {ID} = ANY($1::text[]::{IDTYPE}[])
+			  AND {ACTIVE} = false
+			  AND {DELETED} <= now() - $2 * interval '1 microsecond'`),
 	}
 }

@@ -41,6 +41,10 @@ type Index interface {
 	LoadEntries(byID []index.Entry) error
 	LoadDue(byDue []index.Entry) error
 	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
+	// For the service's timer.
+	Next(from index.Position) (time.Time, bool, error)
+	Updates() <-chan struct{}
+	TakeEarliest() (time.Time, bool)
 }
 
 // Config tunes the purge.

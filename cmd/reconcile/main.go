@@ -3,6 +3,8 @@
 // their row. It replaces `python manage.py cleanup_attachments`.
 //
 //	reconcile migrate                  create the outbox table and indexes
+//	reconcile                          the service: tail the table, purge each row as it falls due
+//	reconcile --dry-run                the service, logging what it would purge, purging nothing
 //	reconcile --rescan                 purge everything due, print a summary, exit
 //	reconcile --rescan --dry-run       report what would be purged, change nothing
 package main
@@ -22,6 +24,7 @@ import (
 
 	"github.com/reconcile/reconcile/internal/config"
 	"github.com/reconcile/reconcile/reconciler"
+	"github.com/reconcile/reconcile/replication"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -81,18 +84,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // isUsage tells errors that mean bad usage or configuration.
 func isUsage(err error) bool {
 	var usage usageError
-	return errors.As(err, &usage) || errors.Is(err, reconciler.ErrSetup)
+	return errors.As(err, &usage) || errors.Is(err, reconciler.ErrSetup) || errors.Is(err, replication.ErrSetup)
 }
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	var opts options
 	root := &cobra.Command{
-		Use:   "reconcile --rescan [--dry-run]",
+		Use:   "reconcile [--rescan] [--dry-run]",
 		Short: "Purge soft-deleted attachments once their retention has passed",
 		Long: `reconcile hard-deletes attachment rows that have been soft-deleted
 (is_active = false) for longer than the retention, and removes their files
 from local disk or S3. Every deletion is re-checked by the database; files go
 only after the rows are committed, through an outbox table.
+
+Without --rescan it runs as a service: it tails the table through logical
+replication into a local index and purges each attachment when it falls due.
+With --rescan it purges everything due once and exits, as the cron job did.
 
 Configuration comes from a YAML file (--config or RECONCILE_CONFIG), then
 RECONCILE_* environment variables, then flags.`,
@@ -101,17 +108,17 @@ RECONCILE_* environment variables, then flags.`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !opts.rescan {
-				return usageError{errors.New("--rescan is required: this build runs one pass and exits (see --help)")}
-			}
-			if !opts.dryRun && (cmd.Flags().Changed("format") || cmd.Flags().Changed("output")) {
-				return usageError{errors.New("--format and --output shape the audit report: use them with --dry-run")}
+			if !(opts.rescan && opts.dryRun) && (cmd.Flags().Changed("format") || cmd.Flags().Changed("output")) {
+				return usageError{errors.New("--format and --output shape the audit report: use them with --rescan --dry-run")}
 			}
 			cfg, err := loadConfig(cmd, opts.configPath)
 			if err != nil {
 				return err
 			}
 			log := newLogger(cfg, stderr)
+			if !opts.rescan {
+				return serve(cmd.Context(), cfg, opts.dryRun, log)
+			}
 			if opts.dryRun {
 				return audit(cmd.Context(), cfg, opts, log, stdout, stderr)
 			}
@@ -126,7 +133,7 @@ RECONCILE_* environment variables, then flags.`,
 	pf.StringVar(&opts.configPath, "config", os.Getenv("RECONCILE_CONFIG"), "YAML configuration file (env RECONCILE_CONFIG)")
 
 	f := root.Flags()
-	f.BoolVar(&opts.rescan, "rescan", false, "scan the table, rebuild the index, purge everything due, then exit")
+	f.BoolVar(&opts.rescan, "rescan", false, "scan the table, rebuild the index, purge everything due, then exit (without it: run as a service)")
 	f.BoolVar(&opts.dryRun, "dry-run", false, "change nothing: report what would be purged")
 	f.Int("days", 30, "retention in whole days (sets the retention key)")
 	f.Int("batch-size", 100, "rows per DELETE statement (sets batch_size)")

@@ -195,9 +195,10 @@ func TestUsageAndConfigurationErrorsExitTwo(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no mode", nil, nil, "--rescan is required"},
+		{"bad slot name", map[string]string{"RECONCILE_REPLICATION_SLOT": "Reconcile-Slot"}, nil, "replication.slot: must be 1 to 63 lower-case"},
+		{"report flags in service mode", nil, []string{"--dry-run", "--format", "json"}, "use them with --rescan --dry-run"},
 		{"unknown flag", nil, []string{"--rescan", "--bogus"}, "unknown flag: --bogus"},
-		{"format without dry run", nil, []string{"--rescan", "--format", "json"}, "use them with --dry-run"},
+		{"format without dry run", nil, []string{"--rescan", "--format", "json"}, "use them with --rescan --dry-run"},
 		{"bad format", nil, []string{"--rescan", "--dry-run", "--format", "xml"}, `report format "xml"`},
 		{"bad batch size", nil, []string{"--rescan", "--batch-size", "0"}, "batch_size: must be between 1 and 10000"},
 		{"bad retention", map[string]string{"RECONCILE_RETENTION": "-1h"}, []string{"--rescan"}, "retention: must be a positive duration"},

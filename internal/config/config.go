@@ -32,6 +32,9 @@ type Config struct {
 	Table       Table         `mapstructure:"table"`
 	Storage     Storage       `mapstructure:"storage"`
 	Index       Index         `mapstructure:"index"`
+	Replication Replication   `mapstructure:"replication"`
+	Rescan      Rescan        `mapstructure:"rescan"`
+	Sweep       Sweep         `mapstructure:"sweep"`
 	Retention   time.Duration `mapstructure:"retention"`
 	BatchSize   int           `mapstructure:"batch_size"`
 	Concurrency int           `mapstructure:"concurrency"`
@@ -89,6 +92,25 @@ type Index struct {
 	Path string `mapstructure:"path"`
 }
 
+// Replication says how the service tails the table.
+type Replication struct {
+	Slot           string        `mapstructure:"slot"`
+	Publication    string        `mapstructure:"publication"`
+	StatusInterval time.Duration `mapstructure:"status_interval"`
+	Watchdog       time.Duration `mapstructure:"watchdog"`
+	MaxBackoff     time.Duration `mapstructure:"max_backoff"`
+}
+
+// Rescan sets the service's periodic rescan.
+type Rescan struct {
+	Every time.Duration `mapstructure:"every"`
+}
+
+// Sweep sets the service's timer.
+type Sweep struct {
+	MaxWait time.Duration `mapstructure:"max_wait"`
+}
+
 // Log sets the structured log output.
 type Log struct {
 	Level  string `mapstructure:"level"`
@@ -118,6 +140,13 @@ var defaults = map[string]any{
 	"storage.s3.region":               "",
 	"storage.s3.use_ssl":              true,
 	"index.path":                      "reconcile-index.db",
+	"replication.slot":                "reconcile_attachments",
+	"replication.publication":         "reconcile_attachments",
+	"replication.status_interval":     "10s",
+	"replication.watchdog":            "30s",
+	"replication.max_backoff":         "30s",
+	"rescan.every":                    "24h",
+	"sweep.max_wait":                  "1m",
 	"retention":                       "720h",
 	"batch_size":                      100,
 	"concurrency":                     4,
@@ -211,6 +240,10 @@ func parseYAML(v *viper.Viper, raw []byte) error {
 	}
 	return nil
 }
+
+// slotName is what PostgreSQL accepts as a replication slot name; the
+// publication is held to it too, so it passes unquoted in START_REPLICATION.
+var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
@@ -307,6 +340,30 @@ func (c *Config) Validate() error {
 
 	if c.Index.Path == "" {
 		bad("index.path", "is required (a file path for the local bbolt index)")
+	}
+	for _, n := range []struct{ key, name string }{
+		{"replication.slot", c.Replication.Slot},
+		{"replication.publication", c.Replication.Publication},
+	} {
+		if !slotName.MatchString(n.name) {
+			bad(n.key, "must be 1 to 63 lower-case letters, digits or underscores, got %q", n.name)
+		}
+	}
+	if c.Replication.StatusInterval <= 0 || c.Replication.StatusInterval > time.Minute {
+		bad("replication.status_interval", "must be a duration between 1ms and 1m (the server's wal_sender_timeout is 60s by default), got %s", c.Replication.StatusInterval)
+	}
+	if c.Replication.Watchdog <= c.Replication.StatusInterval {
+		bad("replication.watchdog", "must be longer than replication.status_interval (%s): the server answers each status report, got %s",
+			c.Replication.StatusInterval, c.Replication.Watchdog)
+	}
+	if c.Replication.MaxBackoff <= 0 {
+		bad("replication.max_backoff", "must be a positive duration such as 30s, got %s", c.Replication.MaxBackoff)
+	}
+	if c.Rescan.Every < 0 {
+		bad("rescan.every", "must be a positive duration such as 24h, or 0 for never, got %s", c.Rescan.Every)
+	}
+	if c.Sweep.MaxWait <= 0 {
+		bad("sweep.max_wait", "must be a positive duration such as 1m, got %s", c.Sweep.MaxWait)
 	}
 	if c.Retention <= 0 {
 		bad("retention", "must be a positive duration such as 720h (30 days), got %s", c.Retention)

@@ -75,6 +75,17 @@ func New(t testing.TB) (string, *pgxpool.Pool) {
 			return
 		}
 		defer conn.Close(ctx)
+		// Replication slots hold on to their database; a test's service may
+		// still be letting go of its slot.
+		for ctx.Err() == nil {
+			_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active`, name)
+			_, _ = conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active`, name)
+			var left int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = $1`, name).Scan(&left); err != nil || left == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 			t.Errorf("drop test database %s: %v", name, err)
 		}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/reconciler"
+	"github.com/reconcile/reconcile/replication"
+)
+
+var _ replication.Index = (*index.Index)(nil)
+
+// lockRetry is how often a waiting replica tries the advisory lock again,
+// and the longest wait after losing it.
+const lockRetry = 5 * time.Second
+
+// serve runs the service until ctx ends: the stream fills the index and the
+// timer purges what falls due. With dryRun it purges nothing and logs what
+// it would purge. Only the process holding the advisory lock runs; another
+// waits and takes over when the holder goes.
+func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logger) error {
+	use := forPurge
+	if dryRun {
+		use = forAudit
+	}
+	pool, st, closeAll, err := openBoth(ctx, cfg, use)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	idx, err := index.Open(cfg.Index.Path)
+	if err != nil {
+		return err
+	}
+	defer idx.Close()
+	if idx.Discarded != "" {
+		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
+	}
+	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if err := r.CheckOutbox(ctx); err != nil {
+		return err
+	}
+	stream := replication.New(replicationConfig(cfg), idx, func(ctx context.Context) error {
+		cutoff, err := r.Cutoff(ctx)
+		if err != nil {
+			return err
+		}
+		due, err := r.Rescan(ctx, cutoff)
+		if err != nil {
+			return err
+		}
+		log.Info("rescan complete", "due", due, "cutoff", cutoff.UTC().Format(reconciler.TimeLayout))
+		return nil
+	}, log)
+	sweep := reconciler.SweepConfig{MaxWait: cfg.Sweep.MaxWait, DryRun: dryRun}
+
+	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
+	for {
+		held, unlock, err := hold(ctx, pool, r, dryRun, log)
+		if err != nil {
+			return nil // ctx ended while waiting
+		}
+		g, gctx := errgroup.WithContext(held)
+		g.Go(func() error { return stream.Run(gctx) })
+		g.Go(func() error { return r.Sweep(gctx, sweep) })
+		err = g.Wait()
+		unlock()
+		switch {
+		case err != nil:
+			return err
+		case ctx.Err() != nil:
+			log.Info("reconcile service stopped")
+			return nil
+		}
+		log.Warn("lost the advisory lock; taking it again", "error", context.Cause(held))
+		sleepCtx(ctx, lockRetry)
+	}
+}
+
+// hold takes the advisory lock, waiting while the database is away or
+// another process holds it. It fails only when ctx ends. The dry run takes
+// no lock: it changes nothing.
+func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dryRun bool, log *slog.Logger) (context.Context, func(), error) {
+	if dryRun {
+		return ctx, func() {}, nil
+	}
+	waiting := false
+	for {
+		conn, err := pool.Acquire(ctx)
+		if err == nil {
+			held, release, lerr := r.Lock(ctx, conn)
+			if lerr == nil {
+				if waiting {
+					log.Info("took the advisory lock")
+				}
+				return held, func() {
+					rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_ = release(rctx) // a lost session has released it already
+					conn.Release()
+				}, nil
+			}
+			conn.Release()
+			err = lerr
+		}
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		if errors.Is(err, reconciler.ErrBusy) {
+			if !waiting {
+				log.Info("another reconcile holds the advisory lock; waiting to take over", "error", err)
+			}
+			waiting = true
+		} else {
+			log.Warn("take the advisory lock", "error", err, "retry_in", lockRetry)
+		}
+		sleepCtx(ctx, lockRetry)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func replicationConfig(cfg *config.Config) replication.Config {
+	c := cfg.Table.Columns
+	return replication.Config{
+		URL:            cfg.Database.URL,
+		Slot:           cfg.Replication.Slot,
+		Publication:    cfg.Replication.Publication,
+		Schema:         cfg.Table.Schema,
+		Table:          cfg.Table.Name,
+		ID:             c.ID,
+		Key:            c.Key,
+		IsActive:       c.IsActive,
+		DeletedAt:      c.DeletedAt,
+		StatusInterval: cfg.Replication.StatusInterval,
+		Watchdog:       cfg.Replication.Watchdog,
+		RescanEvery:    cfg.Rescan.Every,
+		MaxBackoff:     cfg.Replication.MaxBackoff,
+	}
+}

@@ -1,0 +1,593 @@
+// Package replication tails the attachment table through a logical
+// replication slot (pgoutput) into the index. It creates the slot and the
+// publication when they are missing, rebuilds the index through a rescan
+// when the index cannot be trusted to continue from the slot, and tells the
+// server only what the index has committed, so that after any crash the
+// stream replays what the index lacks.
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/reconcile/reconcile/index"
+)
+
+// ErrSetup means the server or the configuration must be changed before
+// the stream can run; retrying would not help.
+var ErrSetup = errors.New("replication not possible")
+
+// Config says what to stream and how.
+type Config struct {
+	URL         string // the database, as for every other connection
+	Slot        string
+	Publication string
+	Schema      string
+	Table       string
+	ID          string // column names
+	Key         string
+	IsActive    string
+	DeletedAt   string
+	// StatusInterval is how often the committed position is reported, and
+	// a reply asked for, while the stream is quiet.
+	StatusInterval time.Duration
+	// Watchdog is how long a connection may stay silent before it is taken
+	// for dead and dialled again.
+	Watchdog time.Duration
+	// RescanEvery rebuilds the index from the database this often, to
+	// repair any drift; 0 never.
+	RescanEvery time.Duration
+	// MaxBackoff caps the wait between reconnection attempts.
+	MaxBackoff time.Duration
+}
+
+// Index is where the changes go; *index.Index has it.
+type Index interface {
+	State() (index.State, error)
+	Apply(changes []index.Change, checkpoint uint64) error
+	Rescanned(origin string, checkpoint uint64, at time.Time) error
+}
+
+// RescanFunc rebuilds the index from the database (it empties it first).
+type RescanFunc func(ctx context.Context) error
+
+// Stream tails the table into the index.
+type Stream struct {
+	cfg    Config
+	idx    Index
+	rescan RescanFunc
+	log    *slog.Logger
+
+	// rescanReason, when set, makes the next session rescan first: the
+	// table was truncated, or the periodic rescan is due.
+	rescanReason string
+}
+
+const (
+	// applyChunk bounds the changes one index transaction writes, and so
+	// the memory a large database transaction takes.
+	applyChunk = 8192
+	// flushDelay lets a burst of small transactions share one index commit.
+	flushDelay = 20 * time.Millisecond
+	// pollEvery bounds how long a read waits before the loop looks at its
+	// timers and at shutdown again.
+	pollEvery = time.Second
+	// minBackoff is the first wait before dialling again.
+	minBackoff = 500 * time.Millisecond
+)
+
+// New returns a stream; Run starts it.
+func New(cfg Config, idx Index, rescan RescanFunc, log *slog.Logger) *Stream {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Stream{cfg: cfg, idx: idx, rescan: rescan, log: log.With("component", "replication")}
+}
+
+// Run streams until ctx ends, dialling again with capped backoff after any
+// connection error. It returns nil when ctx ends and an ErrSetup error when
+// the server or the configuration must change.
+func (s *Stream) Run(ctx context.Context) error {
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		err := s.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var again errRescan
+		switch {
+		case errors.As(err, &again):
+			s.rescanReason = again.reason
+			backoff = minBackoff
+			continue
+		case errors.Is(err, ErrSetup):
+			return err
+		}
+		if time.Since(started) > s.cfg.MaxBackoff {
+			backoff = minBackoff // it had been running: start the backoff over
+		}
+		s.log.Warn("replication interrupted; reconnecting", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, s.cfg.MaxBackoff)
+	}
+}
+
+// errRescan ends a session so that the next one starts with a rescan.
+type errRescan struct{ reason string }
+
+func (e errRescan) Error() string { return "rescan needed: " + e.reason }
+
+// session is one connection: checks, setup, an optional rescan, then the
+// stream until an error.
+func (s *Stream) session(ctx context.Context) error {
+	cat, err := pgx.Connect(ctx, s.cfg.URL)
+	if err != nil {
+		return fmt.Errorf("connect to database: %w", err)
+	}
+	defer cat.Close(context.WithoutCancel(ctx))
+	if err := s.checkServer(ctx, cat); err != nil {
+		return err
+	}
+	if err := s.ensurePublication(ctx, cat); err != nil {
+		return err
+	}
+
+	rc, err := pgconn.ParseConfig(s.cfg.URL)
+	if err != nil {
+		return fmt.Errorf("database.url: %w: %w", err, ErrSetup)
+	}
+	rc.RuntimeParams["replication"] = "database"
+	rc.RuntimeParams["application_name"] = "reconcile"
+	// Timestamps arrive as text in the sending session's style.
+	rc.RuntimeParams["DateStyle"] = "ISO"
+	rc.RuntimeParams["TimeZone"] = "UTC"
+	conn, err := pgconn.ConnectConfig(ctx, rc)
+	if err != nil {
+		return fmt.Errorf("open replication connection: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("identify system: %w", err)
+	}
+	origin := fmt.Sprintf("%s/%s/%s/%s.%s", sys.SystemID, sys.DBName, s.cfg.Slot, s.cfg.Schema, s.cfg.Table)
+
+	fresh, confirmed, err := s.ensureSlot(ctx, cat, conn, sys.DBName)
+	if err != nil {
+		return err
+	}
+	st, err := s.idx.State()
+	if err != nil {
+		return err
+	}
+	start := st.Checkpoint
+	reason := s.rescanReason
+	switch {
+	case fresh != "":
+		reason = fresh
+	case st.Origin == "":
+		reason = "the index is new or was never filled"
+	case st.Origin != origin:
+		reason = "the index was filled from another database, slot or table"
+	case uint64(confirmed) > st.Checkpoint && st.Checkpoint != 0:
+		reason = fmt.Sprintf("the index (at %s) is behind the slot (at %s)", pglogrepl.LSN(st.Checkpoint), confirmed)
+	case reason == "" && s.cfg.RescanEvery > 0 && time.Since(st.RescannedAt) >= s.cfg.RescanEvery:
+		reason = "periodic rescan"
+	}
+	if reason != "" {
+		// The rescan reads the table after the slot's position: replaying
+		// the stream from there over it converges on the table's state.
+		keep := st.Origin == origin && fresh == "" && uint64(confirmed) <= st.Checkpoint
+		if !keep {
+			start = 0 // from the slot's own position
+		}
+		s.log.Info("rescanning the table into the index", "reason", reason)
+		if err := s.rescan(ctx); err != nil {
+			return fmt.Errorf("rescan: %w", err)
+		}
+		if err := s.idx.Rescanned(origin, start, time.Now()); err != nil {
+			return err
+		}
+		s.rescanReason = ""
+		st.RescannedAt = time.Now()
+	}
+
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
+	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{PluginArgs: args})
+	if err != nil {
+		return fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
+	}
+	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
+	l := &loop{s: s, conn: conn, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
+	return l.run(ctx)
+}
+
+// checkServer makes the checks that need a person to fix something.
+func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
+	var walLevel string
+	if err := cat.QueryRow(ctx, "SHOW wal_level").Scan(&walLevel); err != nil {
+		return fmt.Errorf("read wal_level: %w", err)
+	}
+	if walLevel != "logical" {
+		return fmt.Errorf("the server's wal_level is %q: set wal_level = logical in postgresql.conf and restart PostgreSQL: %w", walLevel, ErrSetup)
+	}
+	var user string
+	var canReplicate bool
+	err := cat.QueryRow(ctx, `SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&user, &canReplicate)
+	if err != nil {
+		return fmt.Errorf("read role attributes: %w", err)
+	}
+	if !canReplicate {
+		return fmt.Errorf("role %q lacks the REPLICATION attribute: run ALTER ROLE %s REPLICATION as a superuser: %w",
+			user, pgx.Identifier{user}.Sanitize(), ErrSetup)
+	}
+	// Publishing a table without a replica identity makes every UPDATE and
+	// DELETE on it fail, and without the id in it a DELETE cannot be told.
+	var identity string
+	var idInIdentity bool
+	err = cat.QueryRow(ctx, `
+		SELECT c.relreplident::text,
+		       EXISTS (SELECT 1 FROM pg_index i
+		               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		               WHERE i.indrelid = c.oid AND a.attname = $3
+		                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
+		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname = $2`, s.cfg.Schema, s.cfg.Table, s.cfg.ID).Scan(&identity, &idInIdentity)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("table %s.%s does not exist: %w", s.cfg.Schema, s.cfg.Table, ErrSetup)
+	}
+	if err != nil {
+		return fmt.Errorf("read the table's replica identity: %w", err)
+	}
+	if identity != "f" && !idInIdentity {
+		return fmt.Errorf("the replica identity of %s.%s does not include %q: give the table that primary key, or ALTER TABLE ... REPLICA IDENTITY FULL: %w",
+			s.cfg.Schema, s.cfg.Table, s.cfg.ID, ErrSetup)
+	}
+	return nil
+}
+
+// ensurePublication creates the publication of the table alone when it is
+// missing, and refuses one that does not publish the table's changes.
+func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
+	var exists, all, hasTable bool
+	err := cat.QueryRow(ctx, `
+		SELECT count(*) > 0,
+		       coalesce(bool_and(p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate), false),
+		       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3)
+		FROM pg_publication p WHERE p.pubname = $1`, s.cfg.Publication, s.cfg.Schema, s.cfg.Table).Scan(&exists, &all, &hasTable)
+	if err != nil {
+		return fmt.Errorf("look for publication %q: %w", s.cfg.Publication, err)
+	}
+	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
+	if !exists {
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{s.cfg.Publication}.Sanitize(), table)
+		if _, err := cat.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("create publication (run `%s` as the table's owner, or give reconcile's role ownership): %w: %w", sql, err, ErrSetup)
+		}
+		s.log.Info("created publication", "publication", s.cfg.Publication, "table", table)
+		return nil
+	}
+	if !hasTable || !all {
+		return fmt.Errorf("publication %q exists but does not publish every change of %s: set replication.publication to a new name and reconcile creates its own: %w",
+			s.cfg.Publication, table, ErrSetup)
+	}
+	return nil
+}
+
+// ensureSlot makes sure the slot exists, can be used and has kept its WAL.
+// fresh says why the slot is new (then the index needs a rescan); confirmed
+// is the slot's confirmed position.
+func (s *Stream) ensureSlot(ctx context.Context, cat *pgx.Conn, conn *pgconn.PgConn, dbName string) (fresh string, confirmed pglogrepl.LSN, err error) {
+	var (
+		plugin, database, walStatus string
+		active                      bool
+		pid                         *int32
+		flushed                     *string
+	)
+	err = cat.QueryRow(ctx, `
+		SELECT coalesce(plugin, ''), coalesce(database, ''), active, active_pid, coalesce(wal_status, ''), confirmed_flush_lsn::text
+		FROM pg_replication_slots WHERE slot_name = $1`, s.cfg.Slot).Scan(&plugin, &database, &active, &pid, &walStatus, &flushed)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return s.createSlot(ctx, conn, "the replication slot was created")
+	case err != nil:
+		return "", 0, fmt.Errorf("look for replication slot %q: %w", s.cfg.Slot, err)
+	}
+	if plugin != "pgoutput" || database != dbName {
+		return "", 0, fmt.Errorf("replication slot %q belongs to another database or output plugin (%s, %s): set replication.slot to another name: %w",
+			s.cfg.Slot, database, plugin, ErrSetup)
+	}
+	if active {
+		who := "another process"
+		if pid != nil {
+			who = fmt.Sprintf("process %d", *pid)
+		}
+		return "", 0, fmt.Errorf("replication slot %q is in use by %s: stop the other consumer, or set replication.slot to another name", s.cfg.Slot, who)
+	}
+	if walStatus == "lost" {
+		s.log.Warn("the replication slot lost WAL it needed (wal_status lost); dropping and recreating it, then rescanning", "slot", s.cfg.Slot)
+		if err := pglogrepl.DropReplicationSlot(ctx, conn, s.cfg.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+			return "", 0, fmt.Errorf("drop lost replication slot %q: %w", s.cfg.Slot, err)
+		}
+		return s.createSlot(ctx, conn, "the replication slot had lost WAL and was recreated")
+	}
+	if flushed != nil {
+		if confirmed, err = pglogrepl.ParseLSN(*flushed); err != nil {
+			return "", 0, fmt.Errorf("read the slot's position: %w", err)
+		}
+	}
+	return "", confirmed, nil
+}
+
+func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn, why string) (string, pglogrepl.LSN, error) {
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		return "", 0, fmt.Errorf("create replication slot %q: %w", s.cfg.Slot, err)
+	}
+	at, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return "", 0, fmt.Errorf("read the new slot's position: %w", err)
+	}
+	s.log.Info("created replication slot", "slot", s.cfg.Slot, "at", at)
+	return why, at, nil
+}
+
+// loop reads one replication connection.
+type loop struct {
+	s    *Stream
+	conn *pgconn.PgConn
+	rels map[uint32]*relation // per connection: cleared on reconnect
+
+	pending   []index.Change // not yet in the index
+	inTx      bool
+	complete  uint64 // the end of the last whole transaction seen, or a keepalive's position between transactions
+	committed uint64 // what the index holds: the only position reported
+	flushAt   time.Time
+
+	rescannedAt time.Time
+	truncated   bool
+}
+
+func (l *loop) run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { _ = l.conn.Conn().SetReadDeadline(time.Now()) })
+	defer stop()
+	cfg := l.s.cfg
+	lastMsg := time.Now()
+	nextStatus := time.Now() // report at once: the server then knows where we stand
+	var deadline time.Time
+	for {
+		now := time.Now()
+		if ctx.Err() != nil {
+			return l.shutdown()
+		}
+		if !now.Before(nextStatus) {
+			if err := l.report(true); err != nil {
+				return err
+			}
+			nextStatus = now.Add(cfg.StatusInterval)
+		}
+		if now.Sub(lastMsg) > cfg.Watchdog {
+			return fmt.Errorf("no message from the server for %s: taking the connection for dead", cfg.Watchdog)
+		}
+		if !l.flushAt.IsZero() && !now.Before(l.flushAt) {
+			if err := l.flush(); err != nil {
+				return err
+			}
+		}
+		if !l.inTx && cfg.RescanEvery > 0 && now.Sub(l.rescannedAt) >= cfg.RescanEvery {
+			if err := l.flush(); err != nil {
+				return err
+			}
+			return errRescan{"periodic rescan"}
+		}
+
+		want := earliest(nextStatus, lastMsg.Add(cfg.Watchdog), now.Add(pollEvery), l.flushAt)
+		if !want.Equal(deadline) {
+			if err := l.conn.Conn().SetReadDeadline(want); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+			deadline = want
+		}
+		msg, err := l.conn.ReceiveMessage(context.Background())
+		if pgconn.Timeout(err) {
+			deadline = time.Time{}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		lastMsg = time.Now()
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := l.handle(msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("server: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyDone:
+			return errors.New("the server ended replication")
+		}
+		if l.truncated && !l.inTx {
+			if err := l.flush(); err != nil {
+				return err
+			}
+			if err := l.report(false); err != nil {
+				return err
+			}
+			return errRescan{"the table was truncated"}
+		}
+	}
+}
+
+// earliest returns the earliest of times that are set.
+func earliest(times ...time.Time) time.Time {
+	var first time.Time
+	for _, t := range times {
+		if !t.IsZero() && (first.IsZero() || t.Before(first)) {
+			first = t
+		}
+	}
+	return first
+}
+
+func (l *loop) handle(data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		k, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse keepalive: %w", err)
+		}
+		// Between transactions the server has sent everything before this
+		// position that concerns the table: it can be acknowledged, once
+		// the index has it as its checkpoint, so the slot lets WAL go.
+		if !l.inTx && uint64(k.ServerWALEnd) > l.complete {
+			l.complete = uint64(k.ServerWALEnd)
+		}
+		if k.ReplyRequested {
+			return l.report(false)
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return fmt.Errorf("parse WAL data: %w", err)
+		}
+		m, err := pglogrepl.Parse(xld.WALData)
+		if err != nil {
+			return fmt.Errorf("parse logical message: %w", err)
+		}
+		return l.apply(m)
+	}
+	return nil
+}
+
+func (l *loop) apply(m pglogrepl.Message) error {
+	var (
+		c   index.Change
+		err error
+		ok  bool
+	)
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		if m.Namespace != l.s.cfg.Schema || m.RelationName != l.s.cfg.Table {
+			l.rels[m.RelationID] = nil // another table: its changes are dropped
+			return nil
+		}
+		rel, err := l.s.newRelation(m)
+		if err != nil {
+			return err
+		}
+		l.rels[m.RelationID] = rel
+		return nil
+	case *pglogrepl.BeginMessage:
+		l.inTx = true
+		return nil
+	case *pglogrepl.CommitMessage:
+		l.inTx = false
+		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
+		if len(l.pending) > 0 && l.flushAt.IsZero() {
+			l.flushAt = time.Now().Add(flushDelay)
+		}
+		return nil
+	case *pglogrepl.InsertMessage:
+		if rel := l.rels[m.RelationID]; rel != nil {
+			c, err = rel.rowChange(m.Tuple)
+			ok = true
+		}
+	case *pglogrepl.UpdateMessage:
+		if rel := l.rels[m.RelationID]; rel != nil {
+			c, err = rel.rowChange(m.NewTuple)
+			ok = true
+		}
+	case *pglogrepl.DeleteMessage:
+		if rel := l.rels[m.RelationID]; rel != nil {
+			c, err = rel.removal(m.OldTuple)
+			ok = true
+		}
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			if l.rels[id] != nil {
+				c, ok = index.Change{Op: index.Clear}, true
+				l.truncated = true
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("decode change: %w", err)
+	}
+	if !ok {
+		return nil
+	}
+	l.pending = append(l.pending, c)
+	if len(l.pending) >= applyChunk {
+		return l.flush()
+	}
+	return nil
+}
+
+// flush writes the pending changes and the checkpoint of the last whole
+// transaction among them in one index transaction. Changes of a
+// transaction not yet complete go in too: the checkpoint stays before it,
+// so after a crash it is replayed, and replaying is harmless.
+func (l *loop) flush() error {
+	l.flushAt = time.Time{}
+	if len(l.pending) == 0 && l.complete == l.committed {
+		return nil
+	}
+	if err := l.s.idx.Apply(l.pending, l.complete); err != nil {
+		return err
+	}
+	clear(l.pending)
+	l.pending = l.pending[:0]
+	l.committed = l.complete
+	return nil
+}
+
+// report tells the server what the index holds, after writing what can be
+// written without splitting a transaction.
+func (l *loop) report(askReply bool) error {
+	if !l.inTx {
+		if err := l.flush(); err != nil {
+			return err
+		}
+	}
+	pos := pglogrepl.LSN(l.committed)
+	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), l.conn,
+		pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: askReply})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	return nil
+}
+
+// shutdown writes what was received and reports it, so a restart does not
+// replay it.
+func (l *loop) shutdown() error {
+	_ = l.conn.Conn().SetDeadline(time.Now().Add(5 * time.Second))
+	if err := l.flush(); err != nil {
+		return err
+	}
+	if err := l.report(false); err != nil {
+		l.s.log.Warn("report the last position at shutdown", "error", err)
+	}
+	l.s.log.Info("replication stopped", "confirmed", pglogrepl.LSN(l.committed))
+	return nil
+}

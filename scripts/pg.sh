@@ -5,6 +5,7 @@
 #     source scripts/pg.sh
 #     pg_start            # initdb in a temp dir, start on a free 127.0.0.1 port
 #     psql "$PG_URL" ...  # or: pg_psql -c 'select 1'
+#     pg_restart MODE     # pg_ctl restart -m fast|immediate, same port
 #     pg_stop             # pg_ctl stop -m fast, rm -rf the temp dir (idempotent)
 #
 # Run directly:
@@ -180,6 +181,17 @@ CONF
 # pg_psql ARGS...: psql on the throwaway server, quiet, stopping at the first error.
 pg_psql() {
     "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$PG_URL" "$@"
+}
+
+# pg_restart fast|immediate: restart the server started by pg_start (PG_DIR),
+# on the same port; tests use it to cut every connection.
+pg_restart() {
+    local mode=${1:-fast}
+    [[ -n ${PG_DIR:-} && -d $PG_DIR/data ]] || {
+        _pg_log "pg_restart: no server in PG_DIR"
+        return 1
+    }
+    _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -m "$mode" -w -t 60 restart >/dev/null
 }
 
 # pg_stop: stop the server and remove its temp dir; safe to call twice or

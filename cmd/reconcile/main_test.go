@@ -21,7 +21,7 @@ func TestMain(m *testing.M) {
 	// The kill test runs this very binary as reconcile, so that it can
 	// SIGKILL a real process.
 	if os.Getenv("RECONCILE_TEST_AS_MAIN") == "1" {
-		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		os.Exit(runWithSignals(os.Args[1:]))
 	}
 	goleak.VerifyTestMain(m)
 }
@@ -38,6 +38,18 @@ type forum struct {
 func newForum(t *testing.T) *forum {
 	t.Helper()
 	url, pool := testdb.NewDjango(t)
+	return forumOn(t, url, pool)
+}
+
+// newForumOn is newForum on a server of the test's own.
+func newForumOn(t *testing.T, srv *testdb.Server) *forum {
+	t.Helper()
+	url, pool := srv.NewDjango(t)
+	return forumOn(t, url, pool)
+}
+
+func forumOn(t *testing.T, url string, pool *pgxpool.Pool) *forum {
+	t.Helper()
 	f := &forum{t: t, url: url, pool: pool, root: t.TempDir()}
 	t.Setenv("RECONCILE_CONFIG", "")
 	t.Setenv("RECONCILE_DATABASE_URL", url)

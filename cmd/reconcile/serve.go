@@ -43,6 +43,11 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 	if idx.Discarded != "" {
 		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
 	}
+	return runService(ctx, cfg, pool, st, idx, dryRun, log)
+}
+
+// runService is serve on opened resources.
+func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st reconciler.Store, idx *index.Index, dryRun bool, log *slog.Logger) error {
 	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {
 		return err

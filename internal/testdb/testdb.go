@@ -38,10 +38,15 @@ func AdminURL(t testing.TB) string {
 // URL and a pool on it.
 func New(t testing.TB) (string, *pgxpool.Pool) {
 	t.Helper()
+	return newOn(t, AdminURL(t))
+}
+
+func newOn(t testing.TB, adminURL string) (string, *pgxpool.Pool) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	admin, err := pgx.Connect(ctx, AdminURL(t))
+	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
 		t.Fatalf("connect to TEST_DATABASE_URL: %v", err)
 	}
@@ -54,7 +59,7 @@ func New(t testing.TB) (string, *pgxpool.Pool) {
 		t.Fatalf("create test database: %v", err)
 	}
 
-	u, err := url.Parse(AdminURL(t))
+	u, err := url.Parse(adminURL)
 	if err != nil {
 		t.Fatalf("parse TEST_DATABASE_URL: %v", err)
 	}
@@ -69,7 +74,7 @@ func New(t testing.TB) (string, *pgxpool.Pool) {
 		pool.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		conn, err := pgx.Connect(ctx, AdminURL(t))
+		conn, err := pgx.Connect(ctx, adminURL)
 		if err != nil {
 			t.Errorf("connect to drop %s: %v", name, err)
 			return
@@ -96,7 +101,12 @@ func New(t testing.TB) (string, *pgxpool.Pool) {
 // NewDjango is New plus the Django attachment table.
 func NewDjango(t testing.TB) (string, *pgxpool.Pool) {
 	t.Helper()
-	url, pool := New(t)
+	return django(t, AdminURL(t))
+}
+
+func django(t testing.TB, adminURL string) (string, *pgxpool.Pool) {
+	t.Helper()
+	url, pool := newOn(t, adminURL)
 	if _, err := pool.Exec(context.Background(), DjangoSchema); err != nil {
 		t.Fatalf("create Django schema: %v", err)
 	}

@@ -1,0 +1,619 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/storage"
+	"github.com/reconcile/reconcile/internal/testdb"
+)
+
+// syncBuffer is a log sink that the test reads while the service writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) count(substr string) int { return strings.Count(s.String(), substr) }
+
+// service is the service running in the test's process, on the forum that
+// the environment names; the test reads its index as it runs.
+type service struct {
+	t      *testing.T
+	idx    *index.Index
+	logs   *syncBuffer
+	cancel context.CancelFunc
+	done   chan error
+	closed bool
+}
+
+// serviceEnv makes the service quick to observe: frequent status reports.
+// Slot names are the server's, not the database's: each test has its own.
+func serviceEnv(t *testing.T, f *forum, retention string) {
+	t.Setenv("RECONCILE_REPLICATION_SLOT", f.slot())
+	t.Setenv("RECONCILE_RETENTION", retention)
+	t.Setenv("RECONCILE_REPLICATION_STATUS_INTERVAL", "200ms")
+	t.Setenv("RECONCILE_REPLICATION_WATCHDOG", "5s")
+	t.Setenv("RECONCILE_REPLICATION_MAX_BACKOFF", "1s")
+}
+
+func startService(t *testing.T, dryRun bool) *service {
+	t.Helper()
+	cfg, err := config.Load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	use := forPurge
+	if dryRun {
+		use = forAudit
+	}
+	pool, err := openDB(ctx, cfg, use)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := storage.NewLocal(cfg.Storage.Local.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := index.Open(cfg.Index.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &service{t: t, idx: idx, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	log := slog.New(slog.NewTextHandler(s.logs, nil))
+	go func() {
+		err := runService(ctx, cfg, pool, st, idx, dryRun, log)
+		if err != nil {
+			log.Error("service ended", "error", err)
+		}
+		s.done <- err
+		pool.Close()
+		_ = st.Close()
+	}()
+	t.Cleanup(func() {
+		if !s.closed {
+			_ = s.stop()
+		}
+	})
+	s.waitLog("streaming changes", 1)
+	return s
+}
+
+func (s *service) stop() error {
+	s.closed = true
+	s.cancel()
+	err := <-s.done
+	if cerr := s.idx.Close(); cerr != nil {
+		s.t.Errorf("close index: %v", cerr)
+	}
+	return err
+}
+
+func (s *service) waitLog(substr string, n int) {
+	s.t.Helper()
+	eventually(s.t, 30*time.Second, func() bool { return s.logs.count(substr) >= n },
+		func() string { return fmt.Sprintf("log line %q (%d times) never came:\n%s", substr, n, s.logs) })
+}
+
+// entries lists the index: id -> deleted_at.
+func entries(t *testing.T, idx *index.Index) map[string]time.Time {
+	t.Helper()
+	due, _, err := idx.Due(nil, time.Now().Add(100*365*24*time.Hour), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(map[string]time.Time, len(due))
+	for _, e := range due {
+		out[e.ID] = e.DeletedAt
+	}
+	return out
+}
+
+// truth is what the index must hold: every soft-deleted row.
+func (f *forum) truth() map[string]time.Time {
+	f.t.Helper()
+	rows, err := f.pool.Query(context.Background(),
+		`SELECT id::text, deleted_at FROM forum_attachment WHERE is_active = false AND deleted_at IS NOT NULL`)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var id string
+		var at time.Time
+		if err := rows.Scan(&id, &at); err != nil {
+			f.t.Fatal(err)
+		}
+		out[id] = at.UTC()
+	}
+	if err := rows.Err(); err != nil {
+		f.t.Fatal(err)
+	}
+	return out
+}
+
+func sameEntries(a, b map[string]time.Time) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, at := range a {
+		if other, ok := b[id]; !ok || !other.Equal(at) {
+			return false
+		}
+	}
+	return true
+}
+
+func eventually(t *testing.T, timeout time.Duration, cond func() bool, msg func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// softDelete soft-deletes a row now and returns its deleted_at.
+func (f *forum) softDelete(id string) time.Time {
+	f.t.Helper()
+	var at time.Time
+	err := f.pool.QueryRow(context.Background(),
+		`UPDATE forum_attachment SET is_active = false, deleted_at = now() WHERE id = $1 RETURNING deleted_at`, id).Scan(&at)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return at.UTC()
+}
+
+func (f *forum) exists(id string) bool {
+	return f.count(fmt.Sprintf(`SELECT count(*) FROM forum_attachment WHERE id = '%s'`, id)) == 1
+}
+
+func (f *forum) migrate() {
+	f.t.Helper()
+	if code, out, stderr := reconcile("migrate"); code != exitOK {
+		f.t.Fatalf("migrate: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+func TestServicePurgesEachRowWhenDue(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "3s")
+	f.migrate()
+	s := startService(t, false)
+
+	for round := range 3 {
+		key := fmt.Sprintf("forum/attachments/round-%d.jpg", round)
+		id := f.add(key, -1)
+		due := f.softDelete(id).Add(3 * time.Second)
+		eventually(t, 15*time.Second, func() bool { return !f.exists(id) },
+			func() string { return fmt.Sprintf("row %s never purged:\n%s", id, s.logs) })
+		if late := time.Since(due); late > 2*time.Second {
+			t.Errorf("round %d: purged %s after its due time; want within 2s", round, late)
+		}
+		if _, err := os.Stat(filepath.Join(f.root, key)); !os.IsNotExist(err) {
+			t.Errorf("round %d: file still there: %v", round, err)
+		}
+	}
+	if n := s.logs.count("rescanning the table"); n != 1 {
+		t.Errorf("%d rescans; want only the first, for the new slot:\n%s", n, s.logs)
+	}
+}
+
+func TestServiceFollowsRestoreAndRedeletion(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "4s")
+	f.migrate()
+	s := startService(t, false)
+
+	restored := f.add("forum/attachments/restored.jpg", -1)
+	redeleted := f.add("forum/attachments/redeleted.jpg", -1)
+	first := f.softDelete(restored)
+	f.softDelete(redeleted)
+	eventually(t, 10*time.Second, func() bool { return len(entries(t, s.idx)) == 2 },
+		func() string { return fmt.Sprintf("soft-deletes never indexed: %v", entries(t, s.idx)) })
+
+	time.Sleep(2 * time.Second)
+	if _, err := f.pool.Exec(context.Background(),
+		`UPDATE forum_attachment SET is_active = true, deleted_at = NULL WHERE id = $1`, restored); err != nil {
+		t.Fatal(err)
+	}
+	again := f.softDelete(redeleted)
+	eventually(t, 5*time.Second, func() bool {
+		e := entries(t, s.idx)
+		_, has := e[restored]
+		return !has && e[redeleted].Equal(again)
+	}, func() string {
+		return fmt.Sprintf("index %v; want no %s and %s at %s", entries(t, s.idx), restored, redeleted, again)
+	})
+
+	// Past the first due time: both rows stay.
+	time.Sleep(time.Until(first.Add(4*time.Second + time.Second)))
+	if !f.exists(restored) || !f.exists(redeleted) {
+		t.Fatalf("restored row kept: %v, re-deleted row kept: %v; want both kept\n%s", f.exists(restored), f.exists(redeleted), s.logs)
+	}
+	eventually(t, 10*time.Second, func() bool { return !f.exists(redeleted) },
+		func() string { return fmt.Sprintf("re-deleted row never purged:\n%s", s.logs) })
+	if early := again.Add(4 * time.Second).Sub(time.Now()); early > 0 {
+		t.Fatalf("re-deleted row purged %s before its new due time", early)
+	}
+	if !f.exists(restored) {
+		t.Fatal("the restored row was purged")
+	}
+	if _, err := os.Stat(filepath.Join(f.root, "forum/attachments/restored.jpg")); err != nil {
+		t.Fatalf("the restored row's file: %v", err)
+	}
+}
+
+func TestServiceRescansAfterTruncateAndLostSlot(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	s := startService(t, false)
+	ctx := context.Background()
+
+	for i := range 5 {
+		f.add(fmt.Sprintf("forum/attachments/old-%d.jpg", i), 0)
+	}
+	eventually(t, 10*time.Second, func() bool { return len(entries(t, s.idx)) == 5 },
+		func() string { return "inserts never indexed" })
+	if _, err := f.pool.Exec(ctx, `TRUNCATE forum_attachment`); err != nil {
+		t.Fatal(err)
+	}
+	f.add("forum/attachments/after-truncate.jpg", 0)
+	s.waitLog("the table was truncated", 1)
+	eventually(t, 10*time.Second, func() bool { return sameEntries(entries(t, s.idx), f.truth()) },
+		func() string { return fmt.Sprintf("after TRUNCATE: index %v, table %v", entries(t, s.idx), f.truth()) })
+
+	// The slot dropped under the service: it is taken from the walsender
+	// first, then dropped before the service dials again.
+	eventually(t, 20*time.Second, func() bool {
+		_, _ = f.pool.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active`, f.slot())
+		_, err := f.pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, f.slot())
+		return err == nil
+	}, func() string { return "could not drop the slot" })
+	f.add("forum/attachments/while-no-slot.jpg", 0)
+	s.waitLog("the replication slot was created", 2)
+	f.add("forum/attachments/after-new-slot.jpg", 0)
+	eventually(t, 10*time.Second, func() bool { return sameEntries(entries(t, s.idx), f.truth()) },
+		func() string { return fmt.Sprintf("after the slot was dropped: index %v, table %v", entries(t, s.idx), f.truth()) })
+	if n := s.logs.count("rescanning the table"); n != 3 {
+		t.Errorf("%d rescans; want 3 (new slot, TRUNCATE, dropped slot):\n%s", n, s.logs)
+	}
+}
+
+func TestServiceAcknowledgesWhileItsTableIsIdle(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	startService(t, false)
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `CREATE TABLE other (n int)`); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if _, err := f.pool.Exec(ctx, `INSERT INTO other SELECT generate_series(1, 1000)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var written pglogrepl.LSN
+	if err := f.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&written); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() bool { return confirmedFlush(t, f) >= written },
+		func() string {
+			return fmt.Sprintf("confirmed_flush_lsn stays at %s, behind %s", confirmedFlush(t, f), written)
+		})
+}
+
+// slot is the test's replication slot: named after its database.
+func (f *forum) slot() string {
+	return f.pool.Config().ConnConfig.Database
+}
+
+func confirmedFlush(t *testing.T, f *forum) pglogrepl.LSN {
+	t.Helper()
+	var lsn pglogrepl.LSN
+	err := f.pool.QueryRow(context.Background(),
+		`SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1`, f.slot()).Scan(&lsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+func TestServiceDryRunLogsAndKeepsEverything(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "2s")
+	f.migrate()
+	s := startService(t, true)
+
+	id := f.add("forum/attachments/audited.jpg", -1)
+	f.softDelete(id)
+	s.waitLog("[CLEANUP] Dry run: would delete attachment", 1)
+	if !strings.Contains(s.logs.String(), id) {
+		t.Fatalf("the dry run did not name %s:\n%s", id, s.logs)
+	}
+	time.Sleep(time.Second)
+	if !f.exists(id) || f.files() != 1 {
+		t.Fatalf("the dry run purged: row kept %v, %d files", f.exists(id), f.files())
+	}
+	if _, ok := entries(t, s.idx)[id]; !ok {
+		t.Fatal("the dry run's index lost the row")
+	}
+	if n := s.logs.count("would delete"); n != 1 {
+		t.Fatalf("logged %d times; want once, at its due time:\n%s", n, s.logs)
+	}
+}
+
+func TestServiceRefusesARoleWithoutReplication(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	role := "norepl_" + f.slot()
+	if _, err := f.pool.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO %s`, role, role)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = f.pool.Exec(ctx, fmt.Sprintf(`DROP OWNED BY %s; DROP ROLE %s`, role, role))
+	})
+	t.Setenv("RECONCILE_DATABASE_URL", strings.Replace(f.url, "postgres@", role+"@", 1))
+	code, out, stderr := reconcile()
+	if code != exitUsage || !strings.Contains(stderr, "lacks the REPLICATION attribute") || !strings.Contains(stderr, "ALTER ROLE") {
+		t.Fatalf("exit %d; want %d naming the fix\n%s%s", code, exitUsage, out, stderr)
+	}
+}
+
+// reconcileProcess runs the service as a real process, for signals.
+func reconcileProcess(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = append(os.Environ(), "RECONCILE_TEST_AS_MAIN=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	eventually(t, 30*time.Second, func() bool { return strings.Contains(out.String(), "streaming changes") },
+		func() string { return "the service never streamed:\n" + out.String() })
+	return cmd, out
+}
+
+// Rule 5 and 6: killed while changes stream, the service restarts from its
+// checkpoint (no rescan) and ends with the index equal to the table; the
+// server never held a position the index had not committed.
+func TestServiceKilledWhileStreamingCatchesUp(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	indexPath := os.Getenv("RECONCILE_INDEX_PATH")
+
+	cmd, out := reconcileProcess(t)
+	stopWrites := make(chan struct{})
+	writes := make(chan error, 1)
+	go func() { writes <- churn(f, stopWrites) }()
+	time.Sleep(1500 * time.Millisecond)
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	time.Sleep(500 * time.Millisecond) // changes go on while it is down
+	close(stopWrites)
+	if err := <-writes; err != nil {
+		t.Fatal(err)
+	}
+
+	eventually(t, 10*time.Second, func() bool {
+		return f.count(`SELECT count(*) FROM pg_replication_slots WHERE active`) == 0
+	}, func() string { return "the killed service's slot stays active" })
+	idx, err := index.Open(indexPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := idx.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	killedAt := len(entries(t, idx))
+	if err := idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if flushed := confirmedFlush(t, f); uint64(flushed) > st.Checkpoint {
+		t.Fatalf("the slot confirmed %s, ahead of the index checkpoint %s", flushed, pglogrepl.LSN(st.Checkpoint))
+	}
+	t.Logf("killed with %d entries indexed at %s:\n%s", killedAt, pglogrepl.LSN(st.Checkpoint), out)
+
+	var end pglogrepl.LSN
+	if err := f.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		t.Fatal(err)
+	}
+	cmd, out = reconcileProcess(t)
+	eventually(t, 20*time.Second, func() bool { return confirmedFlush(t, f) >= end },
+		func() string { return "the restarted service never caught up:\n" + out.String() })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+	if strings.Contains(out.String(), "rescanning the table") {
+		t.Fatalf("the restart rescanned; it should have continued from its checkpoint:\n%s", out)
+	}
+	idx, err = index.Open(indexPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idx.Close()
+	if err := idx.Check(); err != nil {
+		t.Fatal(err)
+	}
+	got, want := entries(t, idx), f.truth()
+	if !sameEntries(got, want) {
+		t.Fatalf("index holds %d entries, the table %d soft-deleted rows; they differ:\n%s", len(got), len(want), diff(got, want))
+	}
+	t.Logf("index equals the table: %d soft-deleted rows", len(want))
+}
+
+// churn soft-deletes, restores, re-deletes and deletes rows until stop.
+func churn(f *forum, stop <-chan struct{}) error {
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		_, err := f.pool.Exec(ctx, `
+			WITH ins AS (
+				INSERT INTO forum_attachment (id, image, original_filename, is_active, deleted_at)
+				SELECT gen_random_uuid(), 'forum/churn/' || $1::int || '-' || g || '.jpg', 'c.jpg', g % 3 = 0, CASE WHEN g % 3 <> 0 THEN now() END
+				FROM generate_series(1, 20) g
+			)
+			UPDATE forum_attachment SET is_active = NOT is_active,
+			       deleted_at = CASE WHEN is_active THEN now() END
+			WHERE id IN (SELECT id FROM forum_attachment ORDER BY random() LIMIT 5)`, i)
+		if err != nil {
+			return err
+		}
+		if _, err := f.pool.Exec(ctx, `
+			DELETE FROM forum_attachment WHERE id IN (SELECT id FROM forum_attachment ORDER BY random() LIMIT 2)`); err != nil {
+			return err
+		}
+		if _, err := f.pool.Exec(ctx, `
+			UPDATE forum_attachment SET deleted_at = now()
+			WHERE id IN (SELECT id FROM forum_attachment WHERE is_active = false ORDER BY random() LIMIT 2)`); err != nil {
+			return err
+		}
+	}
+}
+
+func diff(got, want map[string]time.Time) string {
+	var lines []string
+	for id, at := range got {
+		if w, ok := want[id]; !ok || !w.Equal(at) {
+			lines = append(lines, fmt.Sprintf("  index has %s at %s, table %s", id, at, w))
+		}
+	}
+	for id, at := range want {
+		if _, ok := got[id]; !ok {
+			lines = append(lines, fmt.Sprintf("  index lacks %s at %s", id, at))
+		}
+	}
+	sort.Strings(lines)
+	if len(lines) > 20 {
+		lines = append(lines[:20], "  ...")
+	}
+	return strings.Join(lines, "\n")
+}
+
+// SIGTERM stops the service within a few seconds, reporting its last
+// committed position and leaving a sound index.
+func TestServiceStopsCleanlyOnSIGTERM(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_REPLICATION_STATUS_INTERVAL", "10s") // the final report is the one that counts
+	t.Setenv("RECONCILE_REPLICATION_WATCHDOG", "30s")
+	f.migrate()
+	cmd, out := reconcileProcess(t)
+	for i := range 20 {
+		f.add(fmt.Sprintf("forum/attachments/term-%d.jpg", i), 0)
+	}
+	time.Sleep(300 * time.Millisecond)
+	sent := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, out)
+	}
+	// A hang detector, not a speed claim.
+	if took := time.Since(sent); took > 10*time.Second {
+		t.Fatalf("took %s to stop", took)
+	}
+	idx, err := index.Open(os.Getenv("RECONCILE_INDEX_PATH"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idx.Close()
+	if err := idx.Check(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := idx.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flushed := confirmedFlush(t, f); uint64(flushed) != st.Checkpoint || flushed == 0 {
+		t.Fatalf("slot confirmed %s, index checkpoint %s; want the same\n%s", flushed, pglogrepl.LSN(st.Checkpoint), out)
+	}
+	if got := len(entries(t, idx)); got != 20 {
+		t.Fatalf("index holds %d entries; want 20", got)
+	}
+}
+
+// A restart of PostgreSQL, fast or immediate, cuts every connection: the
+// service dials again and continues from its checkpoint, without a rescan.
+func TestServiceSurvivesPostgresRestarts(t *testing.T) {
+	srv := testdb.StartServer(t)
+	f := newForumOn(t, srv)
+	serviceEnv(t, f, "2s")
+	f.migrate()
+	s := startService(t, false)
+
+	for _, mode := range []string{"fast", "immediate"} {
+		before := f.add("forum/attachments/before-"+mode+".jpg", -1)
+		f.softDelete(before)
+		eventually(t, 10*time.Second, func() bool { return !f.exists(before) },
+			func() string { return fmt.Sprintf("%s: row never purged before the restart:\n%s", mode, s.logs) })
+		srv.Restart(t, mode)
+		f.pool.Reset()
+		after := f.add("forum/attachments/after-"+mode+".jpg", -1)
+		f.softDelete(after)
+		eventually(t, 40*time.Second, func() bool { return !f.exists(after) },
+			func() string { return fmt.Sprintf("%s: row never purged after the restart:\n%s", mode, s.logs) })
+	}
+	if n := s.logs.count("rescanning the table"); n != 1 {
+		t.Errorf("%d rescans; want only the first, for the new slot:\n%s", n, s.logs)
+	}
+	if f.files() != 0 {
+		t.Errorf("%d files left", f.files())
+	}
+}

@@ -265,7 +265,7 @@ func TestServiceFollowsRestoreAndRedeletion(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, func() bool { return !f.exists(redeleted) },
 		func() string { return fmt.Sprintf("re-deleted row never purged:\n%s", s.logs) })
-	if early := again.Add(4 * time.Second).Sub(time.Now()); early > 0 {
+	if early := time.Until(again.Add(4 * time.Second)); early > 0 {
 		t.Fatalf("re-deleted row purged %s before its new due time", early)
 	}
 	if !f.exists(restored) {
@@ -307,7 +307,9 @@ func TestServiceRescansAfterTruncateAndLostSlot(t *testing.T) {
 	s.waitLog("the replication slot was created", 2)
 	f.add("forum/attachments/after-new-slot.jpg", 0)
 	eventually(t, 10*time.Second, func() bool { return sameEntries(entries(t, s.idx), f.truth()) },
-		func() string { return fmt.Sprintf("after the slot was dropped: index %v, table %v", entries(t, s.idx), f.truth()) })
+		func() string {
+			return fmt.Sprintf("after the slot was dropped: index %v, table %v", entries(t, s.idx), f.truth())
+		})
 	if n := s.logs.count("rescanning the table"); n != 3 {
 		t.Errorf("%d rescans; want 3 (new slot, TRUNCATE, dropped slot):\n%s", n, s.logs)
 	}

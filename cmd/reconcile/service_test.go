@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/reconcile/reconcile/index"
@@ -617,5 +618,88 @@ func TestServiceSurvivesPostgresRestarts(t *testing.T) {
 	}
 	if f.files() != 0 {
 		t.Errorf("%d files left", f.files())
+	}
+}
+
+// A storage key long enough to live in TOAST storage is not sent again by
+// an update that leaves it unchanged: the index keeps the one it had, or
+// the purge reads it from the database.
+func TestServiceHandlesUnchangedToastedKeys(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "2s")
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `ALTER TABLE forum_attachment ALTER COLUMN image TYPE text`); err != nil {
+		t.Fatal(err)
+	}
+	f.migrate()
+	s := startService(t, false)
+
+	// About 2.3 kB that do not compress: stored out of line, and still
+	// short enough for the key index.
+	longKey := func(name string) string {
+		parts := []string{"forum"}
+		for range 12 {
+			parts = append(parts, uuid.NewString()+uuid.NewString()+uuid.NewString()+uuid.NewString()+uuid.NewString())
+		}
+		return strings.Join(append(parts, name), "/")
+	}
+	unknown := longKey("unknown.jpg") // soft-deleted by an update: the index never saw the key
+	known := longKey("known.jpg")     // inserted soft-deleted, then re-deleted: the key stays
+	unknownID := f.add(unknown, -1)
+	knownID := f.add(known, 0)
+	var toast string
+	if err := f.pool.QueryRow(ctx, `SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'forum_attachment'`).Scan(&toast); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count(`SELECT count(DISTINCT chunk_id) FROM ` + toast); n != 2 {
+		t.Fatalf("%d keys stored out of line; want 2, or the test proves nothing", n)
+	}
+	f.softDelete(unknownID)
+	f.softDelete(knownID)
+	eventually(t, 5*time.Second, func() bool { return len(entries(t, s.idx)) == 2 },
+		func() string { return "soft-deletes never indexed" })
+	due, _, err := s.idx.Due(nil, time.Now().Add(time.Hour), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range due {
+		want := map[string]string{unknownID: "", knownID: known}[e.ID]
+		if e.Key != want {
+			t.Errorf("index key of %s is %.40q...; want %.40q", e.ID, e.Key, want)
+		}
+	}
+	eventually(t, 10*time.Second, func() bool { return !f.exists(unknownID) && !f.exists(knownID) },
+		func() string { return "rows never purged:\n" + s.logs.String() })
+	if n := f.files(); n != 0 {
+		t.Fatalf("%d files left; want both removed\n%s", n, s.logs)
+	}
+}
+
+// A publication that also carries another table: only the configured
+// table's changes reach the index.
+func TestServiceIndexesOnlyItsTable(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	ctx := context.Background()
+	_, err := f.pool.Exec(ctx, `
+		CREATE TABLE other_attachment (LIKE forum_attachment INCLUDING ALL);
+		CREATE PUBLICATION shared FOR TABLE forum_attachment, other_attachment`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("RECONCILE_REPLICATION_PUBLICATION", "shared")
+	f.migrate()
+	s := startService(t, false)
+	if _, err := f.pool.Exec(ctx, `
+		INSERT INTO other_attachment (id, image, is_active, deleted_at)
+		SELECT gen_random_uuid(), 'other/' || g, false, now() FROM generate_series(1, 50) g`); err != nil {
+		t.Fatal(err)
+	}
+	id := f.add("forum/attachments/ours.jpg", 0)
+	eventually(t, 5*time.Second, func() bool { return len(entries(t, s.idx)) > 0 },
+		func() string { return "our row never indexed" })
+	time.Sleep(300 * time.Millisecond)
+	if got := entries(t, s.idx); len(got) != 1 || got[id].IsZero() {
+		t.Fatalf("index holds %d entries; want only %s", len(got), id)
 	}
 }

@@ -1,0 +1,115 @@
+package index
+
+import (
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func all(t *testing.T, x *Index) []Entry {
+	t.Helper()
+	entries, _, err := x.Due(nil, time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+func TestApplyFollowsTheTableAndReplaysHarmlessly(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	t0 := time.Date(2026, 10, 4, 12, 0, 0, 0, time.UTC)
+	changes := []Change{
+		{Op: Upsert, Entry: Entry{ID: "a", DeletedAt: t0, Key: "a.jpg"}},
+		{Op: Upsert, Entry: Entry{ID: "b", DeletedAt: t0, Key: "b.jpg"}},
+		{Op: Upsert, Entry: Entry{ID: "c", DeletedAt: t0, Key: "c.jpg"}},
+		{Op: Remove, Entry: Entry{ID: "a"}},                                                   // restored
+		{Op: Upsert, Entry: Entry{ID: "b", DeletedAt: t0.Add(time.Hour)}, KeyUnchanged: true}, // re-deleted, key in TOAST
+		{Op: Remove, Entry: Entry{ID: "zz"}},                                                  // never indexed
+		{Op: Upsert, Entry: Entry{ID: "d", DeletedAt: t0.Add(-time.Hour)}, KeyUnchanged: true},
+	}
+	want := []Entry{
+		{ID: "d", DeletedAt: t0.Add(-time.Hour)},
+		{ID: "c", DeletedAt: t0, Key: "c.jpg"},
+		{ID: "b", DeletedAt: t0.Add(time.Hour), Key: "b.jpg"},
+	}
+	for replay := range 2 {
+		if err := x.Apply(changes, 100); err != nil {
+			t.Fatal(err)
+		}
+		if got := all(t, x); !reflect.DeepEqual(got, want) {
+			t.Fatalf("replay %d: %+v; want %+v", replay, got, want)
+		}
+	}
+	earliest, restart := x.TakeEarliest()
+	if restart || !earliest.Equal(t0.Add(-time.Hour)) {
+		t.Fatalf("TakeEarliest = %s, %v; want %s", earliest, restart, t0.Add(-time.Hour))
+	}
+
+	// The checkpoint never goes back.
+	if err := x.Apply(nil, 50); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := x.State(); err != nil || st.Checkpoint != 100 {
+		t.Fatalf("checkpoint %d (%v); want 100", st.Checkpoint, err)
+	}
+
+	if err := x.Apply([]Change{{Op: Clear}, {Op: Upsert, Entry: Entry{ID: "e", DeletedAt: t0, Key: "e.jpg"}}}, 200); err != nil {
+		t.Fatal(err)
+	}
+	if got := all(t, x); len(got) != 1 || got[0].ID != "e" {
+		t.Fatalf("after Clear: %+v; want only e", got)
+	}
+	if _, restart := x.TakeEarliest(); !restart {
+		t.Fatal("Clear did not ask walks to start over")
+	}
+}
+
+func TestResetForgetsTheStreamPosition(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	if err := x.Rescanned("sys/db/slot/public.t", 42, at); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := x.State(); err != nil || st != (State{Checkpoint: 42, Origin: "sys/db/slot/public.t", RescannedAt: at}) {
+		t.Fatalf("state %+v (%v)", st, err)
+	}
+	if err := x.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	// A rescan that stops half-way leaves an index that claims no origin,
+	// so the next start rescans again.
+	if st, err := x.State(); err != nil || st != (State{}) {
+		t.Fatalf("state after Reset %+v (%v); want empty", st, err)
+	}
+}
+
+func TestNextFindsTheFirstEntryFromAPosition(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	t0 := time.Date(2026, 10, 4, 12, 0, 0, 0, time.UTC)
+	if _, ok, err := x.Next(nil); ok || err != nil {
+		t.Fatalf("empty index: ok %v, %v", ok, err)
+	}
+	err := x.Apply([]Change{
+		{Op: Upsert, Entry: Entry{ID: "a", DeletedAt: t0, Key: "a"}},
+		{Op: Upsert, Entry: Entry{ID: "b", DeletedAt: t0.Add(time.Minute), Key: "b"}},
+	}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		from Position
+		want time.Time
+		ok   bool
+	}{
+		{nil, t0, true},
+		{After(t0.Add(-time.Nanosecond)), t0, true},
+		{After(t0), t0.Add(time.Minute), true},
+		{After(t0.Add(time.Minute)), time.Time{}, false},
+	} {
+		got, ok, err := x.Next(tc.from)
+		if err != nil || ok != tc.ok || !got.Equal(tc.want) {
+			t.Errorf("Next(%x) = %s, %v, %v; want %s, %v", tc.from, got, ok, err, tc.want, tc.ok)
+		}
+	}
+}

@@ -204,7 +204,7 @@ func (x *Index) Due(from Position, cutoff time.Time, limit int) ([]Entry, Positi
 			id := k[8:]
 			v := ents.Get(id)
 			if v == nil {
-				return fmt.Errorf("due key without entry for id %q", id)
+				continue // a rescan is filling the buckets one after the other
 			}
 			out = append(out, Entry{ID: string(id), DeletedAt: decodeTime(k[:8]), Key: string(v[8:])})
 		}

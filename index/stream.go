@@ -18,14 +18,12 @@ const (
 	Upsert Op = iota + 1
 	// Remove forgets a row: restored or deleted.
 	Remove
-	// Clear forgets every row: the table was truncated.
-	Clear
 )
 
 // Change is one change from the replication stream.
 type Change struct {
 	Op    Op
-	Entry Entry // Remove needs only the ID; Clear nothing
+	Entry Entry // Remove needs only the ID
 	// KeyUnchanged means the stream did not send the storage key (an
 	// unchanged TOAST value): the stored one stays. A row the index does
 	// not hold yet then gets an empty key, which the purge reads from the
@@ -88,23 +86,12 @@ func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error 
 // a change twice leaves the index as applying it once. The checkpoint only
 // moves forward.
 func (x *Index) Apply(changes []Change, checkpoint uint64) error {
-	earliest, cleared := time.Time{}, false
+	var earliest time.Time
 	err := x.db.Update(func(tx *bolt.Tx) error {
 		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
 		for _, c := range changes {
 			id := []byte(c.Entry.ID)
 			switch c.Op {
-			case Clear:
-				for _, name := range [][]byte{bucketEntries, bucketDue} {
-					if err := tx.DeleteBucket(name); err != nil {
-						return err
-					}
-					if _, err := tx.CreateBucket(name); err != nil {
-						return err
-					}
-				}
-				ents, due = tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
-				cleared = true
 			case Remove:
 				if old := ents.Get(id); old != nil {
 					if err := due.Delete(dueKey(old[:8], id)); err != nil {
@@ -149,19 +136,19 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 	if err != nil {
 		return fmt.Errorf("apply %d changes to index: %w", len(changes), err)
 	}
-	if cleared || !earliest.IsZero() {
-		x.signal(earliest, cleared)
+	if !earliest.IsZero() {
+		x.signal(earliest, false)
 	}
 	return nil
 }
 
-// Updates is signalled after entries were added or removed wholesale; then
+// Updates is signalled after entries were added or reloaded; then
 // TakeEarliest tells from where a walk through due order must look again.
 func (x *Index) Updates() <-chan struct{} { return x.updates }
 
 // TakeEarliest returns the earliest deleted_at written since the last call,
-// or restart when entries were replaced wholesale (a rescan, a TRUNCATE)
-// and a walk must start over.
+// or restart when entries were reloaded by a rescan and a walk must start
+// over.
 func (x *Index) TakeEarliest() (earliest time.Time, restart bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()

@@ -54,15 +54,6 @@ func TestApplyFollowsTheTableAndReplaysHarmlessly(t *testing.T) {
 		t.Fatalf("checkpoint %d (%v); want 100", st.Checkpoint, err)
 	}
 
-	if err := x.Apply([]Change{{Op: Clear}, {Op: Upsert, Entry: Entry{ID: "e", DeletedAt: t0, Key: "e.jpg"}}}, 200); err != nil {
-		t.Fatal(err)
-	}
-	if got := all(t, x); len(got) != 1 || got[0].ID != "e" {
-		t.Fatalf("after Clear: %+v; want only e", got)
-	}
-	if _, restart := x.TakeEarliest(); !restart {
-		t.Fatal("Clear did not ask walks to start over")
-	}
 }
 
 func TestResetForgetsTheStreamPosition(t *testing.T) {

@@ -65,16 +65,17 @@ type Stream struct {
 	idx    Index
 	rescan RescanFunc
 	log    *slog.Logger
-
-	// rescanReason, when set, makes the next session rescan first: the
-	// table was truncated, or the periodic rescan is due.
-	rescanReason string
 }
 
 const (
 	// applyChunk bounds the changes one index transaction writes, and so
 	// the memory a large database transaction takes.
-	applyChunk = 8192
+	applyChunk = 4096
+	// rescanOver is the size of a transaction that is cheaper to read back
+	// from the table than to apply change by change: bbolt rewrites a page
+	// for each row of random ids, where a rescan appends in order. Its
+	// changes are then only counted, and the index rebuilt at its commit.
+	rescanOver = 20000
 	// flushDelay lets a burst of small transactions share one index commit.
 	flushDelay = 20 * time.Millisecond
 	// pollEvery bounds how long a read waits before the loop looks at its
@@ -103,13 +104,7 @@ func (s *Stream) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var again errRescan
-		switch {
-		case errors.As(err, &again):
-			s.rescanReason = again.reason
-			backoff = minBackoff
-			continue
-		case errors.Is(err, ErrSetup):
+		if errors.Is(err, ErrSetup) {
 			return err
 		}
 		if time.Since(started) > s.cfg.MaxBackoff {
@@ -124,11 +119,6 @@ func (s *Stream) Run(ctx context.Context) error {
 		backoff = min(2*backoff, s.cfg.MaxBackoff)
 	}
 }
-
-// errRescan ends a session so that the next one starts with a rescan.
-type errRescan struct{ reason string }
-
-func (e errRescan) Error() string { return "rescan needed: " + e.reason }
 
 // session is one connection: checks, setup, an optional rescan, then the
 // stream until an error.
@@ -175,7 +165,7 @@ func (s *Stream) session(ctx context.Context) error {
 		return err
 	}
 	start := st.Checkpoint
-	reason := s.rescanReason
+	var reason string
 	switch {
 	case fresh != "":
 		reason = fresh
@@ -185,7 +175,7 @@ func (s *Stream) session(ctx context.Context) error {
 		reason = "the index was filled from another database, slot or table"
 	case uint64(confirmed) > st.Checkpoint && st.Checkpoint != 0:
 		reason = fmt.Sprintf("the index (at %s) is behind the slot (at %s)", pglogrepl.LSN(st.Checkpoint), confirmed)
-	case reason == "" && s.cfg.RescanEvery > 0 && time.Since(st.RescannedAt) >= s.cfg.RescanEvery:
+	case s.cfg.RescanEvery > 0 && time.Since(st.RescannedAt) >= s.cfg.RescanEvery:
 		reason = "periodic rescan"
 	}
 	if reason != "" {
@@ -199,11 +189,10 @@ func (s *Stream) session(ctx context.Context) error {
 		if err := s.rescan(ctx); err != nil {
 			return fmt.Errorf("rescan: %w", err)
 		}
-		if err := s.idx.Rescanned(origin, start, time.Now()); err != nil {
+		st.RescannedAt = time.Now()
+		if err := s.idx.Rescanned(origin, start, st.RescannedAt); err != nil {
 			return err
 		}
-		s.rescanReason = ""
-		st.RescannedAt = time.Now()
 	}
 
 	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
@@ -212,7 +201,7 @@ func (s *Stream) session(ctx context.Context) error {
 		return fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
-	l := &loop{s: s, conn: conn, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
+	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
 	return l.run(ctx)
 }
 
@@ -349,9 +338,10 @@ func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn, why string
 
 // loop reads one replication connection.
 type loop struct {
-	s    *Stream
-	conn *pgconn.PgConn
-	rels map[uint32]*relation // per connection: cleared on reconnect
+	s      *Stream
+	conn   *pgconn.PgConn
+	origin string
+	rels   map[uint32]*relation // per connection: cleared on reconnect
 
 	pending   []index.Change // not yet in the index
 	inTx      bool
@@ -359,13 +349,18 @@ type loop struct {
 	committed uint64 // what the index holds: the only position reported
 	flushAt   time.Time
 
+	txChanges   int        // changes of the table in the transaction being received
+	skipping    bool       // the transaction is too large to apply: a rescan covers it
+	rescanning  chan error // a rescan running in the background, when not nil
+	stopRescan  context.CancelFunc
+	truncated   bool // the transaction truncated the table: rescan at its commit
 	rescannedAt time.Time
-	truncated   bool
 }
 
 func (l *loop) run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = l.conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
+	defer l.abandonRescan()
 	cfg := l.s.cfg
 	lastMsg := time.Now()
 	nextStatus := time.Now() // report at once: the server then knows where we stand
@@ -390,10 +385,10 @@ func (l *loop) run(ctx context.Context) error {
 			}
 		}
 		if !l.inTx && cfg.RescanEvery > 0 && now.Sub(l.rescannedAt) >= cfg.RescanEvery {
-			if err := l.flush(); err != nil {
+			l.startRescan(ctx, "periodic rescan")
+			if err := l.finishRescan(l.complete); err != nil {
 				return err
 			}
-			return errRescan{"periodic rescan"}
 		}
 
 		want := earliest(nextStatus, lastMsg.Add(cfg.Watchdog), now.Add(pollEvery), l.flushAt)
@@ -414,22 +409,13 @@ func (l *loop) run(ctx context.Context) error {
 		lastMsg = time.Now()
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := l.handle(msg.Data); err != nil {
+			if err := l.handle(ctx, msg.Data); err != nil {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("server: %w", pgconn.ErrorResponseToPgError(msg))
 		case *pgproto3.CopyDone:
 			return errors.New("the server ended replication")
-		}
-		if l.truncated && !l.inTx {
-			if err := l.flush(); err != nil {
-				return err
-			}
-			if err := l.report(false); err != nil {
-				return err
-			}
-			return errRescan{"the table was truncated"}
 		}
 	}
 }
@@ -445,7 +431,7 @@ func earliest(times ...time.Time) time.Time {
 	return first
 }
 
-func (l *loop) handle(data []byte) error {
+func (l *loop) handle(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
@@ -470,16 +456,23 @@ func (l *loop) handle(data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse WAL data: %w", err)
 		}
+		if l.skipping && len(xld.WALData) > 0 {
+			switch pglogrepl.MessageType(xld.WALData[0]) {
+			case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
+				l.txChanges++
+				return nil // a rescan at the commit covers it
+			}
+		}
 		m, err := pglogrepl.Parse(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("parse logical message: %w", err)
 		}
-		return l.apply(m)
+		return l.apply(ctx, m)
 	}
 	return nil
 }
 
-func (l *loop) apply(m pglogrepl.Message) error {
+func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 	var (
 		c   index.Change
 		err error
@@ -498,11 +491,18 @@ func (l *loop) apply(m pglogrepl.Message) error {
 		l.rels[m.RelationID] = rel
 		return nil
 	case *pglogrepl.BeginMessage:
-		l.inTx = true
+		l.inTx, l.txChanges = true, 0
 		return nil
 	case *pglogrepl.CommitMessage:
 		l.inTx = false
 		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
+		if l.truncated && l.rescanning == nil {
+			l.startRescan(ctx, "the table was truncated")
+		}
+		l.truncated, l.skipping = false, false
+		if l.rescanning != nil {
+			return l.finishRescan(l.complete)
+		}
 		if len(l.pending) > 0 && l.flushAt.IsZero() {
 			l.flushAt = time.Now().Add(flushDelay)
 		}
@@ -525,7 +525,6 @@ func (l *loop) apply(m pglogrepl.Message) error {
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if l.rels[id] != nil {
-				c, ok = index.Change{Op: index.Clear}, true
 				l.truncated = true
 			}
 		}
@@ -536,6 +535,16 @@ func (l *loop) apply(m pglogrepl.Message) error {
 	if !ok {
 		return nil
 	}
+	if l.txChanges++; l.txChanges > rescanOver {
+		// The server sends a transaction only once it has committed: the
+		// table already holds all of it, and a rescan can start now,
+		// while the rest of it is received and dropped.
+		l.skipping = true
+		if l.rescanning == nil {
+			l.startRescan(ctx, fmt.Sprintf("a transaction changes more than %d rows", rescanOver))
+		}
+		return nil
+	}
 	l.pending = append(l.pending, c)
 	if len(l.pending) >= applyChunk {
 		return l.flush()
@@ -543,32 +552,47 @@ func (l *loop) apply(m pglogrepl.Message) error {
 	return nil
 }
 
-// flush writes the pending changes and the checkpoint of the last whole
+// flush commits the pending changes to the index and reports the new
+// position at once, so the server can let go of their WAL.
+func (l *loop) flush() error {
+	wrote, err := l.commit()
+	if err != nil || !wrote {
+		return err
+	}
+	return l.send(false)
+}
+
+// commit writes the pending changes and the checkpoint of the last whole
 // transaction among them in one index transaction. Changes of a
 // transaction not yet complete go in too: the checkpoint stays before it,
 // so after a crash it is replayed, and replaying is harmless.
-func (l *loop) flush() error {
+func (l *loop) commit() (bool, error) {
 	l.flushAt = time.Time{}
 	if len(l.pending) == 0 && l.complete == l.committed {
-		return nil
+		return false, nil
 	}
 	if err := l.s.idx.Apply(l.pending, l.complete); err != nil {
-		return err
+		return false, err
 	}
 	clear(l.pending)
 	l.pending = l.pending[:0]
 	l.committed = l.complete
-	return nil
+	return true, nil
 }
 
-// report tells the server what the index holds, after writing what can be
-// written without splitting a transaction.
+// report tells the server what the index holds, after committing what can
+// be committed without splitting a transaction.
 func (l *loop) report(askReply bool) error {
 	if !l.inTx {
-		if err := l.flush(); err != nil {
+		if _, err := l.commit(); err != nil {
 			return err
 		}
 	}
+	return l.send(askReply)
+}
+
+// send reports the committed position: the only one the server ever hears.
+func (l *loop) send(askReply bool) error {
 	pos := pglogrepl.LSN(l.committed)
 	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), l.conn,
 		pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: askReply})
@@ -578,14 +602,69 @@ func (l *loop) report(askReply bool) error {
 	return nil
 }
 
+// startRescan starts rebuilding the index from the table in the
+// background. The changes received so far are dropped: the table holds
+// them (the rescan waits until every committed transaction is visible to
+// it).
+func (l *loop) startRescan(ctx context.Context, reason string) {
+	clear(l.pending)
+	l.pending, l.flushAt = l.pending[:0], time.Time{}
+	l.s.log.Info("rescanning the table into the index", "reason", reason)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- l.s.rescan(ctx) }()
+	l.rescanning, l.stopRescan = done, cancel
+}
+
+// abandonRescan stops a rescan the loop will not wait for: the index must
+// be left alone before the next session or the shutdown.
+func (l *loop) abandonRescan() {
+	if l.rescanning != nil {
+		l.stopRescan()
+		<-l.rescanning
+		l.rescanning = nil
+	}
+}
+
+// finishRescan waits for the rescan, then makes at, a position it covers,
+// the checkpoint. Until then the server hears the old position, so that a
+// crash meanwhile replays what the rescan was to cover. The connection is
+// not read meanwhile, only reported on, so the server keeps it.
+func (l *loop) finishRescan(at uint64) error {
+	done := l.rescanning
+	defer l.stopRescan()
+	l.rescanning = nil
+	tick := time.NewTicker(l.s.cfg.StatusInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("rescan: %w", err)
+			}
+			l.rescannedAt = time.Now()
+			if err := l.s.idx.Rescanned(l.origin, at, l.rescannedAt); err != nil {
+				return err
+			}
+			l.committed, l.complete = at, max(l.complete, at)
+			return l.send(false)
+		case <-tick.C:
+			if err := l.send(false); err != nil {
+				<-done
+				return err
+			}
+		}
+	}
+}
+
 // shutdown writes what was received and reports it, so a restart does not
 // replay it.
 func (l *loop) shutdown() error {
 	_ = l.conn.Conn().SetDeadline(time.Now().Add(5 * time.Second))
-	if err := l.flush(); err != nil {
+	if _, err := l.commit(); err != nil {
 		return err
 	}
-	if err := l.report(false); err != nil {
+	if err := l.send(false); err != nil {
 		l.s.log.Warn("report the last position at shutdown", "error", err)
 	}
 	l.s.log.Info("replication stopped", "confirmed", pglogrepl.LSN(l.committed))

@@ -223,9 +223,11 @@ func TestServicePurgesEachRowWhenDue(t *testing.T) {
 		if late := time.Since(due); late > 2*time.Second {
 			t.Errorf("round %d: purged %s after its due time; want within 2s", round, late)
 		}
-		if _, err := os.Stat(filepath.Join(f.root, key)); !os.IsNotExist(err) {
-			t.Errorf("round %d: file still there: %v", round, err)
-		}
+		// The file goes once the row's deletion has committed.
+		eventually(t, 5*time.Second, func() bool {
+			_, err := os.Stat(filepath.Join(f.root, key))
+			return os.IsNotExist(err)
+		}, func() string { return fmt.Sprintf("round %d: file still there", round) })
 	}
 	if n := s.logs.count("rescanning the table"); n != 1 {
 		t.Errorf("%d rescans; want only the first, for the new slot:\n%s", n, s.logs)
@@ -701,5 +703,41 @@ func TestServiceIndexesOnlyItsTable(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if got := entries(t, s.idx); len(got) != 1 || got[id].IsZero() {
 		t.Fatalf("index holds %d entries; want only %s", len(got), id)
+	}
+}
+
+// A transaction too large to apply change by change is covered by a rescan
+// that starts while it is still being received; the stream goes on after.
+func TestServiceRescansForALargeTransaction(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `
+		INSERT INTO forum_attachment (id, image, is_active)
+		SELECT gen_random_uuid(), 'forum/bulk/' || g || '.jpg', true FROM generate_series(1, 25000) g`); err != nil {
+		t.Fatal(err)
+	}
+	s := startService(t, false)
+	if _, err := f.pool.Exec(ctx, `
+		UPDATE forum_attachment SET is_active = false, deleted_at = now() - (random() * interval '1 day')
+		WHERE image LIKE 'forum/bulk/%'`); err != nil {
+		t.Fatal(err)
+	}
+	s.waitLog("a transaction changes more than", 1)
+	after := f.add("forum/attachments/after-bulk.jpg", 0)
+	eventually(t, 30*time.Second, func() bool {
+		e := entries(t, s.idx)
+		_, ok := e[after]
+		return ok && sameEntries(e, f.truth())
+	}, func() string {
+		return fmt.Sprintf("index holds %d entries, the table %d", len(entries(t, s.idx)), len(f.truth()))
+	})
+	st, err := s.idx.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flushed := confirmedFlush(t, f); uint64(flushed) > st.Checkpoint {
+		t.Fatalf("slot confirmed %s, ahead of the checkpoint %s", flushed, pglogrepl.LSN(st.Checkpoint))
 	}
 }

@@ -1,0 +1,215 @@
+// Command reconcile-service-bench measures the service (reconcile without
+// --rescan) against a throwaway PostgreSQL:
+//
+//   - apply: one transaction soft-deletes -rows rows. Timed from the start of
+//     the service, stopped while the transaction committed, until the slot's
+//     confirmed LSN passes the commit (the index then holds every row); in the
+//     same run pg_recvlogical receives the same changes from a slot of its own
+//     into /dev/null (the floor). Also the service's peak Go heap (from
+//     GODEBUG=gctrace=1) and the index's bytes per entry.
+//
+//   - latency: -rate soft-deletes a second for -duration, retention -retention;
+//     p50 and p99 of (purge time - due time), the purge time taken from the
+//     service's log line for each row.
+//
+//     go run ./cmd/reconcile-service-bench -database-url URL -reconcile bin/reconcile
+//
+// It creates, and drops at the end, a database of its own. Progress goes to
+// stderr, the figures to stdout.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+const benchDatabase = "reconcile_service_bench"
+
+type options struct {
+	databaseURL string
+	reconcile   string
+	pgBin       string
+	rows        int
+	runs        int
+	rate        int
+	duration    time.Duration
+	retention   time.Duration
+	only        string
+	keep        bool
+}
+
+func main() {
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	var o options
+	fs := flag.NewFlagSet("reconcile-service-bench", flag.ContinueOnError)
+	fs.StringVar(&o.databaseURL, "database-url", "", "superuser `URL` of a throwaway PostgreSQL (wal_level=logical)")
+	fs.StringVar(&o.reconcile, "reconcile", "bin/reconcile", "`path` of the reconcile binary")
+	fs.StringVar(&o.pgBin, "pg-bin", "/usr/lib/postgresql/15/bin", "`directory` of pg_recvlogical")
+	fs.IntVar(&o.rows, "rows", 1_000_000, "rows the apply benchmark soft-deletes in one transaction")
+	fs.IntVar(&o.runs, "runs", 1, "apply runs; the order of reconcile and pg_recvlogical alternates")
+	fs.IntVar(&o.rate, "rate", 1000, "soft-deletes a second in the latency benchmark")
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long the latency benchmark soft-deletes")
+	fs.DurationVar(&o.retention, "retention", 3*time.Second, "retention in the latency benchmark")
+	fs.StringVar(&o.only, "only", "apply,latency", "benchmarks to run, comma-separated: apply, latency")
+	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, index files)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if o.databaseURL == "" || o.rows < 1 || o.runs < 1 || o.rate < 1 || o.duration <= 0 || o.retention <= 0 {
+		fmt.Fprintln(os.Stderr, "reconcile-service-bench: -database-url is required; -rows, -runs, -rate, -duration and -retention must be positive")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintf(os.Stderr, "reconcile-service-bench: %v\n", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// bench is the benchmark database, its media root and the service's files.
+type bench struct {
+	o     options
+	admin string
+	url   string
+	pool  *pgxpool.Pool
+	dir   string
+	media string
+}
+
+func run(ctx context.Context, o options) (err error) {
+	abs, err := filepath.Abs(o.reconcile)
+	if err != nil {
+		return err
+	}
+	o.reconcile = abs
+	if _, err := os.Stat(o.reconcile); err != nil {
+		return fmt.Errorf("-reconcile: %w (build it: go build -o bin/reconcile ./cmd/reconcile)", err)
+	}
+	schema, err := os.ReadFile(filepath.Join(moduleRoot(), "internal/testdb/django_attachment.sql"))
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, admin: o.databaseURL}
+	if b.dir, err = os.MkdirTemp("", "reconcile-service-bench-"); err != nil {
+		return err
+	}
+	b.media = filepath.Join(b.dir, "media")
+	if err := os.Mkdir(b.media, 0o755); err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := b.close(context.WithoutCancel(ctx)); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if err := b.createDatabase(ctx, string(schema)); err != nil {
+		return err
+	}
+	if out, err := b.reconcileCmd(ctx, filepath.Join(b.dir, "migrate-index.db"), "migrate").CombinedOutput(); err != nil {
+		return fmt.Errorf("reconcile migrate: %w\n%s", err, out)
+	}
+	fmt.Printf("reconcile service benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
+	for _, name := range strings.Split(o.only, ",") {
+		switch strings.TrimSpace(name) {
+		case "apply":
+			if err := b.apply(ctx); err != nil {
+				return fmt.Errorf("apply: %w", err)
+			}
+		case "latency":
+			if err := b.latency(ctx); err != nil {
+				return fmt.Errorf("latency: %w", err)
+			}
+		default:
+			return fmt.Errorf("-only: unknown benchmark %q (apply, latency)", name)
+		}
+	}
+	return nil
+}
+
+func (b *bench) createDatabase(ctx context.Context, schema string) error {
+	conn, err := pgx.Connect(ctx, b.admin)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(ctx)
+	if err := dropDatabase(ctx, conn); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+benchDatabase); err != nil {
+		return fmt.Errorf("create database: %w", err)
+	}
+	cfg, err := pgxpool.ParseConfig(b.admin)
+	if err != nil {
+		return err
+	}
+	cfg.ConnConfig.Database = benchDatabase
+	b.url = strings.Replace(b.admin, "/postgres?", "/"+benchDatabase+"?", 1)
+	if !strings.Contains(b.url, benchDatabase) {
+		return errors.New("-database-url must name the postgres database, as in postgres://user@host:port/postgres?sslmode=disable")
+	}
+	if b.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return err
+	}
+	_, err = b.pool.Exec(ctx, schema)
+	return err
+}
+
+func dropDatabase(ctx context.Context, conn *pgx.Conn) error {
+	_, _ = conn.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active`, benchDatabase)
+	time.Sleep(200 * time.Millisecond)
+	if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, benchDatabase); err != nil {
+		return fmt.Errorf("drop the benchmark's slots: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+benchDatabase+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("drop database: %w", err)
+	}
+	return nil
+}
+
+func (b *bench) close(ctx context.Context) error {
+	if b.pool != nil {
+		b.pool.Close()
+	}
+	if b.o.keep {
+		fmt.Fprintf(os.Stderr, "kept %s and database %s\n", b.dir, benchDatabase)
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, b.admin)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	if err := dropDatabase(ctx, conn); err != nil {
+		return err
+	}
+	return os.RemoveAll(b.dir)
+}
+
+func moduleRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}

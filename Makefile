@@ -7,6 +7,8 @@
 #   make demo    the end-to-end demo on a throwaway PostgreSQL (scripts/demo.sh)
 #   make bench   the benchmark, PostgreSQL with fsync on (scripts/bench.sh);
 #                make bench BENCH_ARGS='-rows 20000 -runs 3'
+#   make bench-service  the service's benchmark: applying a million changes
+#                against pg_recvlogical, memory, purge latency
 #   make clean   remove bin/
 #
 # The scripts install what they need when it is missing: postgresql-15
@@ -16,7 +18,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build test demo bench clean
+.PHONY: all build test demo bench bench-service clean
 
 all: build
 
@@ -31,6 +33,9 @@ demo:
 
 bench:
 	bash scripts/bench.sh $(BENCH_ARGS)
+
+bench-service:
+	bash scripts/bench.sh service $(BENCH_ARGS)
 
 clean:
 	rm -rf bin

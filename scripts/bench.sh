@@ -6,7 +6,12 @@
 # and stops PostgreSQL. Extra args go to reconcile-bench, e.g.
 #     scripts/bench.sh -rows 20000 -runs 3
 #     make bench BENCH_ARGS='-rows 20000 -skip-mem'
-# Progress is on stderr, the figures on stdout. Exit status: reconcile-bench's.
+# With "service" first it runs the service's benchmark instead
+# (cmd/reconcile-service-bench: apply throughput against pg_recvlogical,
+# memory, purge latency):
+#     scripts/bench.sh service -runs 3
+#     make bench-service BENCH_ARGS='-rows 200000'
+# Progress is on stderr, the figures on stdout. Exit status: the benchmark's.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,10 +32,15 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "bench.sh: building bin/reconcile and bin/reconcile-bench" >&2
+bench=reconcile-bench
+if [[ ${1:-} == service ]]; then
+    bench=reconcile-service-bench
+    shift
+fi
+echo "bench.sh: building bin/reconcile and bin/$bench" >&2
 go build -o bin/reconcile ./cmd/reconcile
-go build -o bin/reconcile-bench ./cmd/reconcile-bench
+go build -o "bin/$bench" "./cmd/$bench"
 
 PG_FSYNC=on pg_start
 
-bin/reconcile-bench -database-url "$PG_URL" -reconcile bin/reconcile "$@"
+"bin/$bench" -database-url "$PG_URL" -reconcile bin/reconcile "$@"

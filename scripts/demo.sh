@@ -9,6 +9,9 @@
 #   3. reconcile --rescan --dry-run: the audit (text, then CSV)
 #   4. reconcile --rescan: the purge
 #   5. what was purged and what stayed, from SQL and the media root
+#   6. reconcile as a service: it tails the table through logical
+#      replication, purges a row the moment it falls due and leaves a row
+#      restored in time alone; then SIGTERM
 #
 # Needs nothing running; stops and removes everything it started on exit.
 # Options (environment): RECONCILE_BIN=path (use this binary, skip the build),
@@ -26,9 +29,13 @@ fi
 source scripts/pg.sh
 
 DEMO_DIR=
+SERVICE_PID=
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [[ -n $SERVICE_PID ]]; then
+        kill -TERM "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
+    fi
     pg_stop 2>/dev/null
     if [[ -n $DEMO_DIR ]]; then
         if [[ ${DEMO_KEEP:-} == 1 ]]; then
@@ -226,5 +233,47 @@ while IFS= read -r key; do
     [[ -f $MEDIA/$key ]] || missing=$((missing + 1))
 done < <(sql -At -c "SELECT DISTINCT image FROM forum_attachment")
 [[ $missing -eq 0 ]] || die "$missing rows left point at a missing file"
+echo "rescan: $due_before due rows purged, $((due_before - 1)) files removed, every remaining row has its file"
+
+# --- 6. the service ---------------------------------------------------------------------
+say "The service: reconcile (no --rescan) purges each row when it falls due (logs to service.log)"
+printf '%s$ reconcile &%s\n' "$bold" "$plain"
+"$RECONCILE" 2>"$DEMO_DIR/service.log" &
+SERVICE_PID=$!
+for ((i = 0; i < 150; i++)); do
+    grep -q "streaming changes" "$DEMO_DIR/service.log" && break
+    kill -0 "$SERVICE_PID" 2>/dev/null || break
+    sleep 0.2
+done
+grep -q "streaming changes" "$DEMO_DIR/service.log" || {
+    tail -n 20 "$DEMO_DIR/service.log" >&2
+    die "the service did not start streaming"
+}
+grep -E "created|rescan|streaming" "$DEMO_DIR/service.log" | sed 's/^/  /'
+
+# Two active rows soft-deleted so that they fall due in 5 seconds; one of
+# them is restored 2 seconds later.
+read -r purge_id purge_key < <(sql1 "SELECT id, image FROM forum_attachment WHERE is_active AND image <> '$SHARED_KEY' ORDER BY id LIMIT 1" | tr '|' ' ')
+read -r keep_id keep_key < <(sql1 "SELECT id, image FROM forum_attachment WHERE is_active AND image <> '$SHARED_KEY' ORDER BY id OFFSET 1 LIMIT 1" | tr '|' ' ')
+show sql -c "UPDATE forum_attachment SET is_active = false, deleted_at = now() - interval '30 days' + interval '5 seconds'
+             WHERE id IN ('$purge_id', '$keep_id')"
+sleep 2
+show sql -c "UPDATE forum_attachment SET is_active = true, deleted_at = NULL WHERE id = '$keep_id'"
+start=$SECONDS
+while [[ $(sql1 "SELECT count(*) FROM forum_attachment WHERE id = '$purge_id'") -ne 0 ]]; do
+    ((SECONDS - start < 30)) || die "the service did not purge $purge_id"
+    sleep 0.2
+done
+echo "purged $purge_id about $((SECONDS - start + 2))s after it was soft-deleted (due after 5s):"
+grep "Hard-deleted" "$DEMO_DIR/service.log" | sed 's/^/  /'
+[[ ! -e $MEDIA/$purge_key ]] || die "the purged row's file $purge_key is still there"
+[[ $(sql1 "SELECT count(*) FROM forum_attachment WHERE id = '$keep_id' AND is_active") -eq 1 && -f $MEDIA/$keep_key ]] ||
+    die "the restored row $keep_id or its file is gone"
+echo "restored in time, kept: $keep_id ($keep_key)"
+
+show kill -TERM "$SERVICE_PID"
+wait "$SERVICE_PID" || die "the service exited with status $?"
+SERVICE_PID=
+grep -E "stopped" "$DEMO_DIR/service.log" | sed 's/^/  /'
 echo
-echo "demo: OK: $due_before due rows purged, $((due_before - 1)) files removed, every remaining row has its file"
+echo "demo: OK"

@@ -65,7 +65,15 @@ func serviceEnv(t *testing.T, f *forum, retention string) {
 	t.Setenv("RECONCILE_REPLICATION_MAX_BACKOFF", "1s")
 }
 
+// startService starts the service and waits until it streams.
 func startService(t *testing.T, dryRun bool) *service {
+	t.Helper()
+	s := launchService(t, dryRun)
+	s.waitLog("streaming changes", 1)
+	return s
+}
+
+func launchService(t *testing.T, dryRun bool) *service {
 	t.Helper()
 	cfg, err := config.Load("", nil)
 	if err != nil {
@@ -104,7 +112,6 @@ func startService(t *testing.T, dryRun bool) *service {
 			_ = s.stop()
 		}
 	})
-	s.waitLog("streaming changes", 1)
 	return s
 }
 
@@ -739,5 +746,85 @@ func TestServiceRescansForALargeTransaction(t *testing.T) {
 	}
 	if flushed := confirmedFlush(t, f); uint64(flushed) > st.Checkpoint {
 		t.Fatalf("slot confirmed %s, ahead of the checkpoint %s", flushed, pglogrepl.LSN(st.Checkpoint))
+	}
+}
+
+// A slot another process reads is reported, with the fix, and tried again.
+func TestServiceWaitsForASlotInUse(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	startService(t, false)
+	// The dry run takes no lock: it reaches the slot, which the first
+	// service holds.
+	t.Setenv("RECONCILE_INDEX_PATH", filepath.Join(t.TempDir(), "audit-index.db"))
+	audit := launchService(t, true)
+	audit.waitLog("is in use by process", 2)
+	if !strings.Contains(audit.logs.String(), "set replication.slot to another name") {
+		t.Fatalf("the error does not say the fix:\n%s", audit.logs)
+	}
+	if err := audit.stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Checks at start on a server of the test's own: a slot whose WAL is gone
+// is dropped, created again and followed by a rescan; a server without
+// wal_level = logical is refused, saying what to change.
+func TestServiceRecoversALostSlotAndRefusesWalLevelReplica(t *testing.T) {
+	srv := testdb.StartServer(t)
+	f := newForumOn(t, srv)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		t.Fatal(err)
+	}
+	s := startService(t, false)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `CREATE TABLE filler (b text)`); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, func() bool {
+		_, err := f.pool.Exec(ctx, `
+			INSERT INTO filler SELECT repeat(md5(g::text), 32) FROM generate_series(1, 2000) g;
+			SELECT pg_switch_wal();
+			CHECKPOINT`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.count(fmt.Sprintf(`SELECT count(*) FROM pg_replication_slots WHERE slot_name = '%s' AND wal_status = 'lost'`, f.slot())) == 1
+	}, func() string { return "the slot never lost its WAL" })
+
+	id := f.add("forum/attachments/while-lost.jpg", 0)
+	s = startService(t, false)
+	if !strings.Contains(s.logs.String(), "lost WAL it needed") || !strings.Contains(s.logs.String(), "had lost WAL and was recreated") {
+		t.Fatalf("no warning and rescan for the lost slot:\n%s", s.logs)
+	}
+	if _, ok := entries(t, s.idx)[id]; !ok {
+		t.Fatal("the rescan after the lost slot did not index the row")
+	}
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// wal_level = replica: the slot must go first, or the server refuses
+	// to start.
+	if _, err := f.pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, f.slot()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `ALTER SYSTEM SET wal_level = replica`); err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart(t, "fast")
+	f.pool.Reset()
+	code, out, stderr := reconcile()
+	if code != exitUsage || !strings.Contains(stderr, `wal_level is "replica"`) || !strings.Contains(stderr, "wal_level = logical") {
+		t.Fatalf("exit %d; want %d naming the fix\n%s%s", code, exitUsage, out, stderr)
 	}
 }

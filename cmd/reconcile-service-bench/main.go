@@ -1,7 +1,7 @@
 // Command reconcile-service-bench measures the service (reconcile without
 // --rescan) against a throwaway PostgreSQL:
 //
-//   - apply: one transaction soft-deletes -rows rows. Timed from the start of
+//   - apply: one transaction (or transactions of -tx-rows) soft-deletes -rows rows. Timed from the start of
 //     the service, stopped while the transaction committed, until the slot's
 //     confirmed LSN passes the commit (the index then holds every row); in the
 //     same run pg_recvlogical receives the same changes from a slot of its own
@@ -42,6 +42,7 @@ type options struct {
 	reconcile   string
 	pgBin       string
 	rows        int
+	txRows      int
 	runs        int
 	rate        int
 	duration    time.Duration
@@ -58,6 +59,7 @@ func main() {
 	fs.StringVar(&o.reconcile, "reconcile", "bin/reconcile", "`path` of the reconcile binary")
 	fs.StringVar(&o.pgBin, "pg-bin", "/usr/lib/postgresql/15/bin", "`directory` of pg_recvlogical")
 	fs.IntVar(&o.rows, "rows", 1_000_000, "rows the apply benchmark soft-deletes in one transaction")
+	fs.IntVar(&o.txRows, "tx-rows", 0, "rows per transaction in the apply benchmark; 0: all in one (above 20000 the service covers a transaction by a rescan, below it applies each change)")
 	fs.IntVar(&o.runs, "runs", 1, "apply runs; the order of reconcile and pg_recvlogical alternates")
 	fs.IntVar(&o.rate, "rate", 1000, "soft-deletes a second in the latency benchmark")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long the latency benchmark soft-deletes")
@@ -70,8 +72,8 @@ func main() {
 		}
 		os.Exit(2)
 	}
-	if o.databaseURL == "" || o.rows < 1 || o.runs < 1 || o.rate < 1 || o.duration <= 0 || o.retention <= 0 {
-		fmt.Fprintln(os.Stderr, "reconcile-service-bench: -database-url is required; -rows, -runs, -rate, -duration and -retention must be positive")
+	if o.databaseURL == "" || o.rows < 1 || o.txRows < 0 || o.runs < 1 || o.rate < 1 || o.duration <= 0 || o.retention <= 0 {
+		fmt.Fprintln(os.Stderr, "reconcile-service-bench: -database-url is required; -rows, -runs, -rate, -duration and -retention must be positive, -tx-rows not negative")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

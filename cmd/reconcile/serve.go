@@ -25,7 +25,8 @@ const lockRetry = 5 * time.Second
 // timer purges what falls due. With dryRun it purges nothing and logs what
 // it would purge. Only the process holding the advisory lock runs; another
 // waits and takes over when the holder goes.
-func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logger) error {
+func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logger) (err error) {
+	defer logAbort(ctx, log, "service stopped", &err)
 	use := forPurge
 	if dryRun {
 		use = forAudit
@@ -35,14 +36,11 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 		return err
 	}
 	defer closeAll()
-	idx, err := index.Open(cfg.Index.Path)
+	idx, err := openIndex(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer idx.Close()
-	if idx.Discarded != "" {
-		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
-	}
 	return runService(ctx, cfg, pool, st, idx, dryRun, log)
 }
 

@@ -177,31 +177,44 @@ func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logg
 	return nil
 }
 
+// logAbort logs, once, a run that stopped short: a failure the cron job's
+// monitoring (grep "CLEANUP.*Failed") must see too. The error then only
+// sets the exit status.
+func logAbort(ctx context.Context, log *slog.Logger, what string, err *error) {
+	if errors.Is(*err, context.Canceled) && context.Cause(ctx) != nil {
+		*err = fmt.Errorf("%w (%w)", *err, context.Cause(ctx))
+	}
+	if *err != nil && !errors.Is(*err, errSomeFailed) && !isUsage(*err) {
+		log.Error("[CLEANUP] Failed: "+what, "error", *err)
+		*err = errSomeFailed
+	}
+}
+
+// openIndex opens the index file; an unreadable one is moved aside and
+// replaced by an empty one, which a rescan fills.
+func openIndex(cfg *config.Config, log *slog.Logger) (*index.Index, error) {
+	idx, err := index.Open(cfg.Index.Path)
+	if err != nil {
+		return nil, err
+	}
+	if idx.Discarded != "" {
+		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
+	}
+	return idx, nil
+}
+
 func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) (err error) {
-	// A run that stops short is a failure the cron job's monitoring
-	// (grep "CLEANUP.*Failed") must see too; it is logged here, once.
-	defer func() {
-		if errors.Is(err, context.Canceled) && context.Cause(ctx) != nil {
-			err = fmt.Errorf("%w (%w)", err, context.Cause(ctx))
-		}
-		if err != nil && !errors.Is(err, errSomeFailed) && !isUsage(err) {
-			log.Error("[CLEANUP] Failed: run aborted", "error", err)
-			err = errSomeFailed
-		}
-	}()
+	defer logAbort(ctx, log, "run aborted", &err)
 	pool, st, closeAll, err := openBoth(ctx, cfg, forPurge)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	idx, err := index.Open(cfg.Index.Path)
+	idx, err := openIndex(cfg, log)
 	if err != nil {
 		return err
 	}
 	defer idx.Close()
-	if idx.Discarded != "" {
-		log.Warn("index was unreadable; moved aside and rebuilt", "moved_to", idx.Discarded)
-	}
 
 	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {

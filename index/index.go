@@ -176,7 +176,6 @@ func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []b
 	if err != nil {
 		return fmt.Errorf("load %d index entries into %s: %w", len(entries), bucket, err)
 	}
-	x.signal(time.Time{}, true)
 	return nil
 }
 

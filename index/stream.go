@@ -78,6 +78,7 @@ func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error 
 	if err != nil {
 		return fmt.Errorf("record rescan in index: %w", err)
 	}
+	x.signal(time.Time{}, true) // the loads are complete: walks start over
 	return nil
 }
 

@@ -65,6 +65,9 @@ func TestResetForgetsTheStreamPosition(t *testing.T) {
 	if st, err := x.State(); err != nil || st != (State{Checkpoint: 42, Origin: "sys/db/slot/public.t", RescannedAt: at}) {
 		t.Fatalf("state %+v (%v)", st, err)
 	}
+	if _, restart := x.TakeEarliest(); !restart {
+		t.Fatal("a completed rescan did not ask walks to start over")
+	}
 	if err := x.Reset(); err != nil {
 		t.Fatal(err)
 	}

@@ -21,15 +21,32 @@ const rescanChunk = 10000
 // snapshot, so the buckets agree: one connection exports it, the other
 // imports it.
 func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) {
-	if err := r.index.Reset(); err != nil {
-		return 0, err
+	return r.rescan(ctx, cutoff, false)
+}
+
+// RescanForStream is Rescan for the replication stream: it first waits for
+// the transactions open when it begins, so that it covers every change the
+// stream has received.
+func (r *Reconciler) RescanForStream(ctx context.Context, cutoff time.Time) (int, error) {
+	return r.rescan(ctx, cutoff, true)
+}
+
+func (r *Reconciler) rescan(ctx context.Context, cutoff time.Time, complete bool) (int, error) {
+	if complete {
+		if err := r.awaitOpenTransactions(ctx); err != nil {
+			return 0, err
+		}
 	}
 	opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
-	byID, snapshot, err := r.completeSnapshot(ctx, opts)
+	byID, err := r.db.BeginTx(ctx, opts)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("rescan: %w", err)
 	}
 	defer byID.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	var snapshot string
+	if err := byID.QueryRow(ctx, `SELECT pg_export_snapshot()`).Scan(&snapshot); err != nil {
+		return 0, fmt.Errorf("rescan: export snapshot: %w", err)
+	}
 	byDue, err := r.db.BeginTx(ctx, opts)
 	if err != nil {
 		return 0, fmt.Errorf("rescan: %w", err)
@@ -37,6 +54,10 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 	defer byDue.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	if _, err := byDue.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", snapshot)); err != nil {
 		return 0, fmt.Errorf("rescan: import snapshot: %w", err)
+	}
+	// Emptied only now, so a rescan that could not start leaves the index.
+	if err := r.index.Reset(); err != nil {
+		return 0, err
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -52,39 +73,44 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 	return due, g.Wait()
 }
 
-// snapshotRetry is how long to wait before taking a snapshot again.
+// snapshotRetry is how often awaitOpenTransactions looks again.
 const snapshotRetry = 10 * time.Millisecond
 
-// completeSnapshot begins a transaction whose snapshot sees every
-// transaction that has committed, and exports it. A commit is in the WAL,
-// and so in the replication stream, a moment before other sessions see it
-// (longer under synchronous replication, which waits in between); the
-// stream relies on a rescan covering everything it has received, so a
-// snapshot that misses a committed transaction is taken again.
-func (r *Reconciler) completeSnapshot(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, string, error) {
-	for {
-		tx, err := r.db.BeginTx(ctx, opts)
+// awaitOpenTransactions waits until every transaction running now has
+// ended, so that a snapshot taken next sees every transaction that has
+// committed by now. That is what the service needs: a commit reaches the
+// WAL, and the replication stream, a moment before other sessions see it
+// (longer under synchronous replication, which waits in between), and the
+// stream counts on a rescan covering every commit it has received.
+func (r *Reconciler) awaitOpenTransactions(ctx context.Context) error {
+	var open []string
+	err := r.db.QueryRow(ctx, `
+		SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x`).Scan(&open)
+	if err != nil {
+		return fmt.Errorf("rescan: list open transactions: %w", err)
+	}
+	since := time.Now()
+	for len(open) > 0 {
+		err := r.db.QueryRow(ctx, `
+			SELECT coalesce(array_agg(x::text), '{}')
+			FROM unnest($1::text[]::xid8[]) AS x
+			WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot()))`, open).Scan(&open)
 		if err != nil {
-			return nil, "", fmt.Errorf("rescan: %w", err)
+			return fmt.Errorf("rescan: wait for open transactions: %w", err)
 		}
-		var missed int
-		var snapshot string
-		err = tx.QueryRow(ctx, `
-			SELECT (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-			        WHERE pg_xact_status(x) = 'committed'),
-			       pg_export_snapshot()`).Scan(&missed, &snapshot)
-		if err == nil && missed == 0 {
-			return tx, snapshot, nil
+		if len(open) == 0 {
+			break
 		}
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		if err != nil {
-			return nil, "", fmt.Errorf("rescan: export snapshot: %w", err)
+		if time.Since(since) > 10*time.Second {
+			r.log.WarnContext(ctx, "the rescan waits for transactions that were open when it began", "xids", open)
+			since = time.Now()
 		}
 		sleep(ctx, snapshotRetry)
 		if err := ctx.Err(); err != nil {
-			return nil, "", err
+			return err
 		}
 	}
+	return nil
 }
 
 // loadIndex streams a query's rows into load, in chunks, and counts those

@@ -93,7 +93,8 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 			if restart {
 				return nil
 			}
-			if !earliest.After(cutoff) {
+			// A zero earliest is a token whose value an earlier call took.
+			if !earliest.IsZero() && !earliest.After(cutoff) {
 				// Due already when it arrived: look again from there.
 				if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, from) < 0 {
 					return at

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -48,7 +49,7 @@ func (rel *relation) rowChange(tuple *pglogrepl.TupleData) (index.Change, error)
 	}
 	at, err := parseTimestamp(string(deleted.Data))
 	if err != nil {
-		return index.Change{}, fmt.Errorf("row %s: deleted_at: %w", id, err)
+		return index.Change{Op: index.Remove, Entry: index.Entry{ID: id}}, fmt.Errorf("row %s: deleted_at: %w: %w", id, err, errUnreadable)
 	}
 	c := index.Change{Op: index.Upsert, Entry: index.Entry{ID: id, DeletedAt: at}}
 	switch key := rel.col(tuple, rel.key); {
@@ -60,6 +61,10 @@ func (rel *relation) rowChange(tuple *pglogrepl.TupleData) (index.Change, error)
 	}
 	return c, nil
 }
+
+// errUnreadable marks a row whose deleted_at is not a time reconcile can
+// use ('infinity', a date before the common era); its change is a removal.
+var errUnreadable = errors.New("unreadable value")
 
 // removal is the change a DELETE makes: its old tuple holds at least the
 // replica identity, which reconcile checked includes the id.

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -49,6 +50,33 @@ func TestRowChangeFollowsIsActiveAndDeletedAt(t *testing.T) {
 		c, err := rel.rowChange(&pglogrepl.TupleData{Columns: tc.cols})
 		if err != nil || c.Op != tc.op || c.Entry.ID != "1" || c.Entry.Key != tc.key || c.KeyUnchanged != tc.keyKept {
 			t.Errorf("%s: %+v, %v", tc.name, c, err)
+		}
+	}
+}
+
+func TestUnreadableDeletedAtIsARemoval(t *testing.T) {
+	rel := &relation{id: 0, key: 1, isActive: 2, deletedAt: 3}
+	text := func(s string) *pglogrepl.TupleDataColumn {
+		return &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeText, Data: []byte(s)}
+	}
+	c, err := rel.rowChange(&pglogrepl.TupleData{Columns: []*pglogrepl.TupleDataColumn{text("1"), text("a.jpg"), text("f"), text("infinity")}})
+	if !errors.Is(err, errUnreadable) || c.Op != index.Remove || c.Entry.ID != "1" {
+		t.Fatalf("%+v, %v; want a removal and errUnreadable", c, err)
+	}
+}
+
+func TestMatchesStandbyNames(t *testing.T) {
+	for setting, want := range map[string]bool{
+		"":                                  false,
+		"*":                                 true,
+		"FIRST 1 (*)":                       true,
+		"ANY 2 (standby1, standby2)":        false,
+		"reconcile_attachments":             true,
+		`FIRST 1 ("Reconcile_Attachments")`: true,
+		"standby1,reconcile_attachments2":   false,
+	} {
+		if got := matchesStandbyNames(setting, "reconcile_attachments"); got != want {
+			t.Errorf("matchesStandbyNames(%q) = %v; want %v", setting, got, want)
 		}
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -47,6 +49,9 @@ type Config struct {
 	RescanEvery time.Duration
 	// MaxBackoff caps the wait between reconnection attempts.
 	MaxBackoff time.Duration
+	// Temporary makes the slot one that goes with the connection: for the
+	// dry run, which must leave nothing holding WAL behind.
+	Temporary bool
 }
 
 // Index is where the changes go; *index.Index has it.
@@ -127,7 +132,7 @@ func (s *Stream) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to database: %w", err)
 	}
-	defer cat.Close(context.WithoutCancel(ctx))
+	defer closeWithin(cat.Close, ctx)
 	if err := s.checkServer(ctx, cat); err != nil {
 		return err
 	}
@@ -140,7 +145,8 @@ func (s *Stream) session(ctx context.Context) error {
 		return fmt.Errorf("database.url: %w: %w", err, ErrSetup)
 	}
 	rc.RuntimeParams["replication"] = "database"
-	rc.RuntimeParams["application_name"] = "reconcile"
+	// Named after the slot, so pg_stat_replication tells which it is.
+	rc.RuntimeParams["application_name"] = s.cfg.Slot
 	// Timestamps arrive as text in the sending session's style.
 	rc.RuntimeParams["DateStyle"] = "ISO"
 	rc.RuntimeParams["TimeZone"] = "UTC"
@@ -148,7 +154,7 @@ func (s *Stream) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open replication connection: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer closeWithin(conn.Close, ctx)
 
 	sys, err := pglogrepl.IdentifySystem(ctx, conn)
 	if err != nil {
@@ -166,6 +172,9 @@ func (s *Stream) session(ctx context.Context) error {
 	}
 	start := st.Checkpoint
 	var reason string
+	if s.cfg.Temporary {
+		fresh = "the dry run's slot is new on every connection"
+	}
 	switch {
 	case fresh != "":
 		reason = fresh
@@ -173,7 +182,7 @@ func (s *Stream) session(ctx context.Context) error {
 		reason = "the index is new or was never filled"
 	case st.Origin != origin:
 		reason = "the index was filled from another database, slot or table"
-	case uint64(confirmed) > st.Checkpoint && st.Checkpoint != 0:
+	case uint64(confirmed) > st.Checkpoint:
 		reason = fmt.Sprintf("the index (at %s) is behind the slot (at %s)", pglogrepl.LSN(st.Checkpoint), confirmed)
 	case s.cfg.RescanEvery > 0 && time.Since(st.RescannedAt) >= s.cfg.RescanEvery:
 		reason = "periodic rescan"
@@ -183,11 +192,11 @@ func (s *Stream) session(ctx context.Context) error {
 		// the stream from there over it converges on the table's state.
 		keep := st.Origin == origin && fresh == "" && uint64(confirmed) <= st.Checkpoint
 		if !keep {
-			start = 0 // from the slot's own position
+			start = uint64(confirmed)
 		}
 		s.log.Info("rescanning the table into the index", "reason", reason)
 		if err := s.rescan(ctx); err != nil {
-			return fmt.Errorf("rescan: %w", err)
+			return err
 		}
 		st.RescannedAt = time.Now()
 		if err := s.idx.Rescanned(origin, start, st.RescannedAt); err != nil {
@@ -203,6 +212,14 @@ func (s *Stream) session(ctx context.Context) error {
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
 	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
 	return l.run(ctx)
+}
+
+// closeWithin closes a connection, giving up after a few seconds: a dead
+// server must not hold up a reconnection or the shutdown.
+func closeWithin(close func(context.Context) error, ctx context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = close(ctx)
 }
 
 // checkServer makes the checks that need a person to fix something.
@@ -223,6 +240,16 @@ func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
 	if !canReplicate {
 		return fmt.Errorf("role %q lacks the REPLICATION attribute: run ALTER ROLE %s REPLICATION as a superuser: %w",
 			user, pgx.Identifier{user}.Sanitize(), ErrSetup)
+	}
+	// A walsender that synchronous_standby_names matches is waited for by
+	// every commit: the forum would stall behind reconcile's index.
+	var syncNames string
+	if err := cat.QueryRow(ctx, "SHOW synchronous_standby_names").Scan(&syncNames); err != nil {
+		return fmt.Errorf("read synchronous_standby_names: %w", err)
+	}
+	if matchesStandbyNames(syncNames, s.cfg.Slot) {
+		return fmt.Errorf("synchronous_standby_names (%q) matches reconcile's replication connection (application_name %q): every commit would wait for reconcile; list the standbys by name: %w",
+			syncNames, s.cfg.Slot, ErrSetup)
 	}
 	// Publishing a table without a replica identity makes every UPDATE and
 	// DELETE on it fail, and without the id in it a DELETE cannot be told.
@@ -249,6 +276,19 @@ func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
 	return nil
 }
 
+// matchesStandbyNames tells whether synchronous_standby_names could pick
+// application name: '*' or the name itself, in any of its forms.
+func matchesStandbyNames(setting, name string) bool {
+	for _, word := range strings.FieldsFunc(strings.ToLower(setting), func(r rune) bool {
+		return !(r == '*' || r == '_' || r == '$' || unicode.IsLetter(r) || unicode.IsDigit(r))
+	}) {
+		if word == "*" || word == strings.ToLower(name) {
+			return true
+		}
+	}
+	return false
+}
+
 // ensurePublication creates the publication of the table alone when it is
 // missing, and refuses one that does not publish the table's changes.
 func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
@@ -270,8 +310,20 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 		s.log.Info("created publication", "publication", s.cfg.Publication, "table", table)
 		return nil
 	}
-	if !hasTable || !all {
-		return fmt.Errorf("publication %q exists but does not publish every change of %s: set replication.publication to a new name and reconcile creates its own: %w",
+	var filtered bool
+	err = cat.QueryRow(ctx, `
+		SELECT current_setting('server_version_num')::int >= 150000 AND EXISTS (
+			SELECT 1 FROM pg_publication_tables t
+			WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3
+			  AND (to_jsonb(t) ->> 'rowfilter' IS NOT NULL OR
+			       cardinality(ARRAY(SELECT jsonb_array_elements_text(to_jsonb(t) -> 'attnames'))) <
+			       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $4::regclass AND a.attnum > 0 AND NOT a.attisdropped)))`,
+		s.cfg.Publication, s.cfg.Schema, s.cfg.Table, table).Scan(&filtered)
+	if err != nil {
+		return fmt.Errorf("read publication %q: %w", s.cfg.Publication, err)
+	}
+	if !hasTable || !all || filtered {
+		return fmt.Errorf("publication %q exists but does not publish every change and column of %s: set replication.publication to a new name and reconcile creates its own: %w",
 			s.cfg.Publication, table, ErrSetup)
 	}
 	return nil
@@ -293,6 +345,8 @@ func (s *Stream) ensureSlot(ctx context.Context, cat *pgx.Conn, conn *pgconn.PgC
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return s.createSlot(ctx, conn, "the replication slot was created")
+	case err == nil && s.cfg.Temporary:
+		return "", 0, fmt.Errorf("replication slot %q already exists: is another dry run reading it? Stop it, or set replication.slot to another name", s.cfg.Slot)
 	case err != nil:
 		return "", 0, fmt.Errorf("look for replication slot %q: %w", s.cfg.Slot, err)
 	}
@@ -324,7 +378,7 @@ func (s *Stream) ensureSlot(ctx context.Context, cat *pgx.Conn, conn *pgconn.PgC
 
 func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn, why string) (string, pglogrepl.LSN, error) {
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, s.cfg.Slot, "pgoutput",
-		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT", Temporary: s.cfg.Temporary})
 	if err != nil {
 		return "", 0, fmt.Errorf("create replication slot %q: %w", s.cfg.Slot, err)
 	}
@@ -349,6 +403,7 @@ type loop struct {
 	committed uint64 // what the index holds: the only position reported
 	flushAt   time.Time
 
+	lastMsg     time.Time  // when the server last sent anything, for the watchdog
 	txChanges   int        // changes of the table in the transaction being received
 	skipping    bool       // the transaction is too large to apply: a rescan covers it
 	rescanning  chan error // a rescan running in the background, when not nil
@@ -362,7 +417,7 @@ func (l *loop) run(ctx context.Context) error {
 	defer stop()
 	defer l.abandonRescan()
 	cfg := l.s.cfg
-	lastMsg := time.Now()
+	l.lastMsg = time.Now()
 	nextStatus := time.Now() // report at once: the server then knows where we stand
 	var deadline time.Time
 	for {
@@ -376,7 +431,7 @@ func (l *loop) run(ctx context.Context) error {
 			}
 			nextStatus = now.Add(cfg.StatusInterval)
 		}
-		if now.Sub(lastMsg) > cfg.Watchdog {
+		if now.Sub(l.lastMsg) > cfg.Watchdog {
 			return fmt.Errorf("no message from the server for %s: taking the connection for dead", cfg.Watchdog)
 		}
 		if !l.flushAt.IsZero() && !now.Before(l.flushAt) {
@@ -391,7 +446,7 @@ func (l *loop) run(ctx context.Context) error {
 			}
 		}
 
-		want := earliest(nextStatus, lastMsg.Add(cfg.Watchdog), now.Add(pollEvery), l.flushAt)
+		want := earliest(nextStatus, l.lastMsg.Add(cfg.Watchdog), now.Add(pollEvery), l.flushAt)
 		if !want.Equal(deadline) {
 			if err := l.conn.Conn().SetReadDeadline(want); err != nil {
 				return fmt.Errorf("set read deadline: %w", err)
@@ -406,7 +461,7 @@ func (l *loop) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("receive: %w", err)
 		}
-		lastMsg = time.Now()
+		l.lastMsg = time.Now()
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := l.handle(ctx, msg.Data); err != nil {
@@ -459,8 +514,7 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 		if l.skipping && len(xld.WALData) > 0 {
 			switch pglogrepl.MessageType(xld.WALData[0]) {
 			case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
-				l.txChanges++
-				return nil // a rescan at the commit covers it
+				return nil // the rescan covers it
 			}
 		}
 		m, err := pglogrepl.Parse(xld.WALData)
@@ -516,6 +570,12 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 		if rel := l.rels[m.RelationID]; rel != nil {
 			c, err = rel.rowChange(m.NewTuple)
 			ok = true
+			// An update of the id itself carries the old one: forget it.
+			if m.OldTuple != nil && err == nil {
+				if old, oerr := rel.removal(m.OldTuple); oerr == nil && old.Entry.ID != c.Entry.ID {
+					l.pending = append(l.pending, old)
+				}
+			}
 		}
 	case *pglogrepl.DeleteMessage:
 		if rel := l.rels[m.RelationID]; rel != nil {
@@ -528,6 +588,12 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 				l.truncated = true
 			}
 		}
+	}
+	if errors.Is(err, errUnreadable) {
+		// It would stop the stream for good, replaying the same change:
+		// the row is left out of the index instead, and never purged.
+		l.s.log.Warn("a soft-deleted row's deleted_at cannot be read; the row is left alone", "error", err)
+		err = nil
 	}
 	if err != nil {
 		return fmt.Errorf("decode change: %w", err)
@@ -639,8 +705,10 @@ func (l *loop) finishRescan(at uint64) error {
 	for {
 		select {
 		case err := <-done:
+			// The connection was not read meanwhile: the silence was ours.
+			l.lastMsg = time.Now()
 			if err != nil {
-				return fmt.Errorf("rescan: %w", err)
+				return err
 			}
 			l.rescannedAt = time.Now()
 			if err := l.s.idx.Rescanned(l.origin, at, l.rescannedAt); err != nil {
@@ -650,6 +718,7 @@ func (l *loop) finishRescan(at uint64) error {
 			return l.send(false)
 		case <-tick.C:
 			if err := l.send(false); err != nil {
+				l.stopRescan()
 				<-done
 				return err
 			}

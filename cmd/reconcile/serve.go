@@ -17,6 +17,9 @@ import (
 
 var _ replication.Index = (*index.Index)(nil)
 
+// dryRunSuffix names the dry run's temporary slot after the service's.
+const dryRunSuffix = "_dry_run"
+
 // lockRetry is how often a waiting replica tries the advisory lock again,
 // and the longest wait after losing it.
 const lockRetry = 5 * time.Second
@@ -53,12 +56,12 @@ func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st 
 	if err := r.CheckOutbox(ctx); err != nil {
 		return err
 	}
-	stream := replication.New(replicationConfig(cfg), idx, func(ctx context.Context) error {
+	stream := replication.New(replicationConfig(cfg, dryRun), idx, func(ctx context.Context) error {
 		cutoff, err := r.Cutoff(ctx)
 		if err != nil {
 			return err
 		}
-		due, err := r.Rescan(ctx, cutoff)
+		due, err := r.RescanForStream(ctx, cutoff)
 		if err != nil {
 			return err
 		}
@@ -140,11 +143,19 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func replicationConfig(cfg *config.Config) replication.Config {
+// replicationConfig is the stream's configuration. The dry run reads a
+// temporary slot of its own, which goes when it stops and never moves the
+// service's slot.
+func replicationConfig(cfg *config.Config, dryRun bool) replication.Config {
 	c := cfg.Table.Columns
+	slot := cfg.Replication.Slot
+	if dryRun {
+		slot = slot[:min(len(slot), 63-len(dryRunSuffix))] + dryRunSuffix
+	}
 	return replication.Config{
+		Temporary:      dryRun,
 		URL:            cfg.Database.URL,
-		Slot:           cfg.Replication.Slot,
+		Slot:           slot,
 		Publication:    cfg.Replication.Publication,
 		Schema:         cfg.Table.Schema,
 		Table:          cfg.Table.Name,

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
@@ -387,6 +388,13 @@ func TestServiceDryRunLogsAndKeepsEverything(t *testing.T) {
 	if n := s.logs.count("would delete"); n != 1 {
 		t.Fatalf("logged %d times; want once, at its due time:\n%s", n, s.logs)
 	}
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Its slot was temporary, and the service's was never made.
+	eventually(t, 5*time.Second, func() bool {
+		return f.count(`SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`) == 0
+	}, func() string { return "the dry run left a replication slot behind" })
 }
 
 func TestServiceRefusesARoleWithoutReplication(t *testing.T) {
@@ -625,9 +633,8 @@ func TestServiceSurvivesPostgresRestarts(t *testing.T) {
 	if n := s.logs.count("rescanning the table"); n != 1 {
 		t.Errorf("%d rescans; want only the first, for the new slot:\n%s", n, s.logs)
 	}
-	if f.files() != 0 {
-		t.Errorf("%d files left", f.files())
-	}
+	eventually(t, 5*time.Second, func() bool { return f.files() == 0 },
+		func() string { return fmt.Sprintf("%d files left", f.files()) })
 }
 
 // A storage key long enough to live in TOAST storage is not sent again by
@@ -754,24 +761,52 @@ func TestServiceWaitsForASlotInUse(t *testing.T) {
 	f := newForum(t)
 	serviceEnv(t, f, "1h")
 	f.migrate()
-	startService(t, false)
-	// The dry run takes no lock: it reaches the slot, which the first
-	// service holds.
-	t.Setenv("RECONCILE_INDEX_PATH", filepath.Join(t.TempDir(), "audit-index.db"))
-	audit := launchService(t, true)
-	audit.waitLog("is in use by process", 2)
-	if !strings.Contains(audit.logs.String(), "set replication.slot to another name") {
-		t.Fatalf("the error does not say the fix:\n%s", audit.logs)
+	s := startService(t, false)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
 	}
-	if err := audit.stop(); err != nil {
+	// Another consumer takes the slot.
+	ctx := context.Background()
+	other, err := pgconn.Connect(ctx, f.url+"&replication=database")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	if err := pglogrepl.StartReplication(ctx, other, f.slot(), 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names 'reconcile_attachments'"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s = launchService(t, false)
+	s.waitLog("is in use by process", 2)
+	if !strings.Contains(s.logs.String(), "set replication.slot to another name") {
+		t.Fatalf("the error does not say the fix:\n%s", s.logs)
+	}
+	if err := s.stop(); err != nil {
 		t.Fatal(err)
 	}
 }
 
+// A publication that leaves out rows or columns would hide changes.
+func TestServiceRefusesAFilteredPublication(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	if _, err := f.pool.Exec(context.Background(), `CREATE PUBLICATION filtered FOR TABLE forum_attachment WHERE (is_active)`); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("RECONCILE_REPLICATION_PUBLICATION", "filtered")
+	f.migrate()
+	code, out, stderr := reconcile()
+	if code != exitUsage || !strings.Contains(stderr, "does not publish every change and column") {
+		t.Fatalf("exit %d; want %d\n%s%s", code, exitUsage, out, stderr)
+	}
+}
+
 // Checks at start on a server of the test's own: a slot whose WAL is gone
-// is dropped, created again and followed by a rescan; a server without
-// wal_level = logical is refused, saying what to change.
-func TestServiceRecoversALostSlotAndRefusesWalLevelReplica(t *testing.T) {
+// is dropped, created again and followed by a rescan; a server that would
+// make reconcile a synchronous standby, or without wal_level = logical, is
+// refused, saying what to change.
+func TestServiceStartChecksOnItsOwnServer(t *testing.T) {
 	srv := testdb.StartServer(t)
 	f := newForumOn(t, srv)
 	serviceEnv(t, f, "1h")
@@ -813,6 +848,20 @@ func TestServiceRecoversALostSlotAndRefusesWalLevelReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if _, err := f.pool.Exec(ctx, `ALTER SYSTEM SET synchronous_standby_names = '*'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := reconcile()
+	if code != exitUsage || !strings.Contains(stderr, "every commit would wait for reconcile") {
+		t.Fatalf("synchronous_standby_names '*': exit %d; want %d\n%s%s", code, exitUsage, out, stderr)
+	}
+	if _, err := f.pool.Exec(ctx, `ALTER SYSTEM RESET synchronous_standby_names`); err != nil {
+		t.Fatal(err)
+	}
+
 	// wal_level = replica: the slot must go first, or the server refuses
 	// to start.
 	if _, err := f.pool.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, f.slot()); err != nil {
@@ -823,7 +872,7 @@ func TestServiceRecoversALostSlotAndRefusesWalLevelReplica(t *testing.T) {
 	}
 	srv.Restart(t, "fast")
 	f.pool.Reset()
-	code, out, stderr := reconcile()
+	code, out, stderr = reconcile()
 	if code != exitUsage || !strings.Contains(stderr, `wal_level is "replica"`) || !strings.Contains(stderr, "wal_level = logical") {
 		t.Fatalf("exit %d; want %d naming the fix\n%s%s", code, exitUsage, out, stderr)
 	}

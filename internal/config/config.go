@@ -349,18 +349,18 @@ func (c *Config) Validate() error {
 			bad(n.key, "must be 1 to 63 lower-case letters, digits or underscores, got %q", n.name)
 		}
 	}
-	if c.Replication.StatusInterval <= 0 || c.Replication.StatusInterval > time.Minute {
-		bad("replication.status_interval", "must be a duration between 1ms and 1m (the server's wal_sender_timeout is 60s by default), got %s", c.Replication.StatusInterval)
+	if c.Replication.StatusInterval < 10*time.Millisecond || c.Replication.StatusInterval > 30*time.Second {
+		bad("replication.status_interval", "must be a duration between 10ms and 30s (half the server's default wal_sender_timeout of 60s), got %s", c.Replication.StatusInterval)
 	}
-	if c.Replication.Watchdog <= c.Replication.StatusInterval {
-		bad("replication.watchdog", "must be longer than replication.status_interval (%s): the server answers each status report, got %s",
+	if c.Replication.Watchdog < 2*c.Replication.StatusInterval {
+		bad("replication.watchdog", "must be at least twice replication.status_interval (%s): the server answers each status report, got %s",
 			c.Replication.StatusInterval, c.Replication.Watchdog)
 	}
 	if c.Replication.MaxBackoff <= 0 {
 		bad("replication.max_backoff", "must be a positive duration such as 30s, got %s", c.Replication.MaxBackoff)
 	}
-	if c.Rescan.Every < 0 {
-		bad("rescan.every", "must be a positive duration such as 24h, or 0 for never, got %s", c.Rescan.Every)
+	if c.Rescan.Every != 0 && c.Rescan.Every < time.Minute {
+		bad("rescan.every", "must be a minute or more, such as 24h, or 0 for never, got %s", c.Rescan.Every)
 	}
 	if c.Sweep.MaxWait <= 0 {
 		bad("sweep.max_wait", "must be a positive duration such as 1m, got %s", c.Sweep.MaxWait)

@@ -85,3 +85,31 @@ func TestAuditReportsDueRefusedAndInconsistentRows(t *testing.T) {
 		t.Fatalf("the audit changed something: %d rows before, %d after", before, after)
 	}
 }
+
+// A deleted_at of ±infinity is no time: the audit lists such rows as
+// inconsistent, and the rescan and the purge leave them alone instead of
+// failing on them.
+func TestInfiniteDeletedAtIsInconsistentAndKept(t *testing.T) {
+	b := setup(t)
+	ids := b.seed(due("inf/due.jpg"), row{key: "inf/past.jpg"}, row{key: "inf/future.jpg"})
+	for i, v := range []string{"-infinity", "infinity"} {
+		if _, err := b.pool.Exec(b.ctx, `UPDATE forum_attachment SET deleted_at = $2::text::timestamptz WHERE id = $1`, ids[i+1], v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	w, err := reconciler.NewAuditWriter("text", &out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	totals, err := b.r.Audit(b.ctx, w)
+	if err != nil || totals.Due != 1 || totals.Inconsistent != 2 {
+		t.Fatalf("totals %+v, %v; want 1 due and 2 inconsistent\n%s", totals, err, out.String())
+	}
+	if s := b.run(); s.Purged != 1 || s.Failed != 0 {
+		t.Fatalf("purge: %+v; want the due row purged and nothing failed", s)
+	}
+	if !b.rowExists(ids[1]) || !b.rowExists(ids[2]) {
+		t.Fatal("a row with an infinite deleted_at was purged")
+	}
+}

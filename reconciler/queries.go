@@ -22,28 +22,30 @@ func buildQueries(t Table, idType string) queries {
 	)
 	return queries{
 		// Every soft-deleted row, twice: in the byte order of each index
-		// bucket (COLLATE "C" compares bytes, as bbolt does).
+		// bucket (COLLATE "C" compares bytes, as bbolt does). A deleted_at
+		// of ±infinity is no time: such rows are listed as inconsistent
+		// and never purged.
 		rescanByID: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL
+			WHERE {ACTIVE} = false AND isfinite({DELETED})
 			ORDER BY {ID}::text COLLATE "C"`),
 		rescanByDue: r.Replace(`
 			SELECT {ID}::text, '', {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} IS NOT NULL
+			WHERE {ACTIVE} = false AND isfinite({DELETED})
 			ORDER BY {DELETED}, {ID}::text COLLATE "C"`),
 
 		audit: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} <= $1
+			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND isfinite({DELETED})
 			ORDER BY {DELETED}, {ID}`),
 
 		inconsistent: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, '')
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} IS NULL
+			WHERE {ACTIVE} = false AND ({DELETED} IS NULL OR NOT isfinite({DELETED}))
 			ORDER BY {ID}`),
 
 		// One statement, so one transaction: delete the rows the database

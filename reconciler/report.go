@@ -58,7 +58,7 @@ func (t *textReport) Due(row AuditRow) error {
 func (t *textReport) Inconsistent(row AuditRow) error {
 	if !t.incHdr {
 		t.incHdr = true
-		t.printf("\nInconsistent rows (is_active = false but no deleted_at; never purged):\n")
+		t.printf("\nInconsistent rows (is_active = false but no deleted_at, or an infinite one; never purged):\n")
 	}
 	t.printf("  %-36s  %s  (%s)\n", row.ID, row.StorageKey, row.OriginalFilename)
 	return t.err
@@ -71,7 +71,7 @@ func (t *textReport) Close(totals AuditTotals) error {
 	t.printf("\nDry run complete:\n")
 	t.printf("  - Would delete: %d attachments\n", totals.Due)
 	t.printf("  - Refused (unsafe storage key, row kept): %d attachments\n", totals.Refused)
-	t.printf("  - Inconsistent (no deleted_at, never purged): %d attachments\n", totals.Inconsistent)
+	t.printf("  - Inconsistent (no usable deleted_at, never purged): %d attachments\n", totals.Inconsistent)
 	t.printf("  - Retention: %s\n", FormatRetention(totals.Retention))
 	t.printf("  - Cutoff date: %s\n", totals.Cutoff.UTC().Format(TimeLayout))
 	return t.err

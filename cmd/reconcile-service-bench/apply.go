@@ -65,7 +65,7 @@ func (b *bench) apply(ctx context.Context) error {
 		if _, err := b.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, floorSlot); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "apply run %d: %s soft-delete %d rows\n", run+1, b.txDescription(), n)
+		fmt.Fprintf(os.Stderr, "apply run %d: %d rows soft-deleted in %s\n", run+1, n, b.txDescription())
 		if err := b.softDeleteAll(ctx); err != nil {
 			return err
 		}
@@ -106,7 +106,7 @@ func (b *bench) apply(ctx context.Context) error {
 		return err
 	}
 
-	fmt.Printf("\napply: %s soft-delete %d rows; from the start of the stream until the last commit is acknowledged (%d runs)\n", b.txDescription(), n, len(runs))
+	fmt.Printf("\napply: %d rows soft-deleted in %s; from the start of the stream until the last commit is acknowledged (%d runs)\n", n, b.txDescription(), len(runs))
 	fmt.Printf("  %-4s %12s %16s %8s %14s %12s\n", "run", "reconcile", "pg_recvlogical", "ratio", "peak heap", "index B/row")
 	var ratios []float64
 	for i, r := range runs {

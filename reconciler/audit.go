@@ -42,7 +42,7 @@ type AuditWriter interface {
 func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, error) {
 	totals := AuditTotals{Retention: r.cfg.Retention}
 	var now time.Time
-	err := r.db.QueryRow(ctx, `SELECT now(), now() - $1 * interval '1 microsecond'`, r.retentionMicros()).Scan(&now, &totals.Cutoff)
+	err := r.db.QueryRow(ctx, r.sql.clock, r.retentionMicros()).Scan(&now, &totals.Cutoff)
 	if err != nil {
 		return totals, fmt.Errorf("read database clock: %w", err)
 	}

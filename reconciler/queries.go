@@ -6,15 +6,24 @@ import "strings"
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
-	keysOf, stillDue                                                                                         string
+	keysOf, stillDue, cutoff, clock                                                                          string
 }
 
-func buildQueries(t Table, idType string) queries {
+func buildQueries(t Table, types columnTypes) queries {
+	// The clock in deleted_at's own terms. A timestamp without time zone
+	// holds the session's wall time, which reads back as if it were UTC,
+	// as the index holds it; comparing it with an instant would be off by
+	// the time zone's offset.
+	now := "now()"
+	if types.naiveTime {
+		now = "localtimestamp"
+	}
 	r := strings.NewReplacer(
+		"{NOW}", now,
 		"{T}", t.qualified(),
 		"{OUTBOX}", t.outbox(),
 		"{ID}", quote(t.ID),
-		"{IDTYPE}", idType, // from the catalog's format_type
+		"{IDTYPE}", types.id, // from the catalog's format_type
 		"{KEY}", quote(t.Key),
 		"{NAME}", quote(t.OriginalFilename),
 		"{ACTIVE}", quote(t.IsActive),
@@ -113,6 +122,11 @@ func buildQueries(t Table, idType string) queries {
 			LIMIT $3`),
 
 		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
+
+		// The latest deleted_at that is due now, by the database's clock
+		// ($1 retention in microseconds); clock adds the time now.
+		cutoff: r.Replace(`SELECT {NOW} - $1 * interval '1 microsecond'`),
+		clock:  r.Replace(`SELECT {NOW}, {NOW} - $1 * interval '1 microsecond'`),
 
 		// The storage keys of rows by id; $1 ids.
 		keysOf: r.Replace(`

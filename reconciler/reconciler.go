@@ -82,7 +82,7 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 	if log == nil {
 		log = slog.Default()
 	}
-	idType, err := table.check(ctx, db)
+	types, err := table.check(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -92,7 +92,7 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 		index: idx,
 		cfg:   cfg,
 		table: table,
-		sql:   buildQueries(table, idType),
+		sql:   buildQueries(table, types),
 		log:   log.With("component", "reconciler"),
 	}, nil
 }
@@ -106,7 +106,7 @@ func (r *Reconciler) retentionMicros() int64 {
 // database's clock decides, not this host's.
 func (r *Reconciler) Cutoff(ctx context.Context) (time.Time, error) {
 	var cutoff time.Time
-	err := r.db.QueryRow(ctx, `SELECT now() - $1 * interval '1 microsecond'`, r.retentionMicros()).Scan(&cutoff)
+	err := r.db.QueryRow(ctx, r.sql.cutoff, r.retentionMicros()).Scan(&cutoff)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("read database clock: %w", err)
 	}

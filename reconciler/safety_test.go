@@ -1,6 +1,7 @@
 package reconciler_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/reconcile/reconcile/internal/storage"
+	"github.com/reconcile/reconcile/internal/testdb"
 	"github.com/reconcile/reconcile/reconciler"
 )
 
@@ -282,5 +287,47 @@ func TestErrorForEveryRowEndsThePurge(t *testing.T) {
 	}
 	if n := b.count(`SELECT count(*) FROM forum_attachment`); n != 40 {
 		t.Fatalf("%d rows left, want 40", n)
+	}
+}
+
+// A deleted_at without time zone holds the session's wall time. East of
+// UTC it would look hours younger than it is if the index took it for UTC
+// and the cutoff were an instant: due rows would wait.
+func TestWallClockDeletedAtIsDueOnTime(t *testing.T) {
+	ctx := context.Background()
+	url, admin := testdb.NewDjango(t)
+	if _, err := admin.Exec(ctx, `
+		DROP INDEX forum_attac_is_acti_8d0ac7_idx;
+		ALTER TABLE forum_attachment ALTER COLUMN deleted_at TYPE timestamp`); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["TimeZone"] = "Asia/Tokyo" // UTC+9, no daylight saving
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	root := t.TempDir()
+	store, err := storage.NewLocal(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	b := newBundle(t, ctx, pool, root, store)
+
+	// Due by an hour, in the forum's own wall time.
+	ids := b.seed(row{key: "wall/due.jpg"}, row{key: "wall/recent.jpg"})
+	if _, err := pool.Exec(ctx, `
+		UPDATE forum_attachment SET is_active = false,
+		       deleted_at = localtimestamp - CASE WHEN id = $1 THEN $3 + interval '1 hour' ELSE $3 - interval '1 hour' END
+		WHERE id IN ($1, $2)`, ids[0], ids[1], retention); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.run(); s.Purged != 1 || b.rowExists(ids[0]) || !b.rowExists(ids[1]) {
+		t.Fatalf("purge: %+v; want the row due by an hour purged and the other kept", s)
 	}
 }

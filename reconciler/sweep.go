@@ -109,7 +109,7 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 func (r *Reconciler) clock(ctx context.Context) (time.Time, time.Duration, error) {
 	var now, cutoff time.Time
 	local := time.Now()
-	err := r.db.QueryRow(ctx, `SELECT now(), now() - $1 * interval '1 microsecond'`, r.retentionMicros()).Scan(&now, &cutoff)
+	err := r.db.QueryRow(ctx, r.sql.clock, r.retentionMicros()).Scan(&now, &cutoff)
 	if err != nil {
 		return time.Time{}, 0, fmt.Errorf("read database clock: %w", err)
 	}

@@ -64,9 +64,15 @@ func (t Table) columns() []column {
 	}
 }
 
-// check compares the configuration with the catalog and returns the id
-// column's type, which the purge statement casts its id parameters to.
-func (t Table) check(ctx context.Context, db DB) (string, error) {
+// columnTypes are what the statements need to know of the table.
+type columnTypes struct {
+	id        string // the id column's type, which id parameters are cast to
+	naiveTime bool   // deleted_at is a timestamp without time zone
+}
+
+// check compares the configuration with the catalog and returns the column
+// types the statements depend on.
+func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 	rows, err := db.Query(ctx, `
 		SELECT a.attname, ty.typname, format_type(a.atttypid, a.atttypmod)
 		FROM pg_attribute a
@@ -76,7 +82,7 @@ func (t Table) check(ctx context.Context, db DB) (string, error) {
 		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
 		  AND a.attnum > 0 AND NOT a.attisdropped`, t.Schema, t.Name)
 	if err != nil {
-		return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+		return columnTypes{}, fmt.Errorf("read columns of %s: %w", t.qualified(), err)
 	}
 	type colType struct{ typname, formatted string }
 	found := map[string]colType{}
@@ -86,16 +92,16 @@ func (t Table) check(ctx context.Context, db DB) (string, error) {
 		var ct colType
 		if err := rows.Scan(&name, &ct.typname, &ct.formatted); err != nil {
 			rows.Close()
-			return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+			return columnTypes{}, fmt.Errorf("read columns of %s: %w", t.qualified(), err)
 		}
 		found[name] = ct
 		names = append(names, name)
 	}
 	if err := rows.Err(); err != nil {
-		return "", fmt.Errorf("read columns of %s: %w", t.qualified(), err)
+		return columnTypes{}, fmt.Errorf("read columns of %s: %w", t.qualified(), err)
 	}
 	if len(found) == 0 {
-		return "", fmt.Errorf("table.schema, table.name: no table %s in the database: %w", t.qualified(), ErrSetup)
+		return columnTypes{}, fmt.Errorf("table.schema, table.name: no table %s in the database: %w", t.qualified(), ErrSetup)
 	}
 	slices.Sort(names)
 	var problems []string
@@ -109,7 +115,7 @@ func (t Table) check(ctx context.Context, db DB) (string, error) {
 		}
 	}
 	if len(problems) > 0 {
-		return "", fmt.Errorf("%s: %w", strings.Join(problems, "; "), ErrSetup)
+		return columnTypes{}, fmt.Errorf("%s: %w", strings.Join(problems, "; "), ErrSetup)
 	}
-	return found[t.ID].formatted, nil
+	return columnTypes{id: found[t.ID].formatted, naiveTime: found[t.DeletedAt].typname == "timestamp"}, nil
 }

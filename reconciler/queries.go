@@ -28,33 +28,35 @@ func buildQueries(t Table, types columnTypes) queries {
 		"{NAME}", quote(t.OriginalFilename),
 		"{ACTIVE}", quote(t.IsActive),
 		"{DELETED}", quote(t.DeletedAt),
+		// The stream's decoder holds to the same range.
+		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01' AND "+quote(t.DeletedAt)+" < '2260-01-01')",
 	)
 	return queries{
 		// Every soft-deleted row, twice: in the byte order of each index
 		// bucket (COLLATE "C" compares bytes, as bbolt does). A deleted_at
-		// of ±infinity is no time: such rows are listed as inconsistent
-		// and never purged.
+		// the index cannot order (±infinity, before 1700, after 2260) is no
+		// time: such rows are listed as inconsistent and never purged.
 		rescanByID: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND isfinite({DELETED})
+			WHERE {ACTIVE} = false AND {DATED}
 			ORDER BY {ID}::text COLLATE "C"`),
 		rescanByDue: r.Replace(`
 			SELECT {ID}::text, '', {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND isfinite({DELETED})
+			WHERE {ACTIVE} = false AND {DATED}
 			ORDER BY {DELETED}, {ID}::text COLLATE "C"`),
 
 		audit: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND isfinite({DELETED})
+			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND {DATED}
 			ORDER BY {DELETED}, {ID}`),
 
 		inconsistent: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, '')
 			FROM {T}
-			WHERE {ACTIVE} = false AND ({DELETED} IS NULL OR NOT isfinite({DELETED}))
+			WHERE {ACTIVE} = false AND ({DELETED} IS NULL OR NOT {DATED})
 			ORDER BY {ID}`),
 
 		// One statement, so one transaction: delete the rows the database

@@ -25,7 +25,7 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 }
 
 // RescanForStream is Rescan for the replication stream: it first waits for
-// the transactions open when it begins, so that it covers every change the
+// every commit so far to be visible, so that it covers every change the
 // stream has received.
 func (r *Reconciler) RescanForStream(ctx context.Context, cutoff time.Time) (int, error) {
 	return r.rescan(ctx, cutoff, true)
@@ -33,7 +33,7 @@ func (r *Reconciler) RescanForStream(ctx context.Context, cutoff time.Time) (int
 
 func (r *Reconciler) rescan(ctx context.Context, cutoff time.Time, complete bool) (int, error) {
 	if complete {
-		if err := r.awaitOpenTransactions(ctx); err != nil {
+		if err := r.awaitCommits(ctx); err != nil {
 			return 0, err
 		}
 	}
@@ -73,44 +73,55 @@ func (r *Reconciler) rescan(ctx context.Context, cutoff time.Time, complete bool
 	return due, g.Wait()
 }
 
-// snapshotRetry is how often awaitOpenTransactions looks again.
-const snapshotRetry = 10 * time.Millisecond
+const (
+	// snapshotRetry is how often awaitCommits looks again.
+	snapshotRetry = 10 * time.Millisecond
+	// commitGrace is how long a transaction still in progress may hide a
+	// commit: the commit log is written right after the commit record
+	// reaches the disk, so one whose commit the stream could have received
+	// shows as committed within microseconds.
+	commitGrace = time.Second
+)
 
-// awaitOpenTransactions waits until every transaction running now has
-// ended, so that a snapshot taken next sees every transaction that has
-// committed by now. That is what the service needs: a commit reaches the
-// WAL, and the replication stream, a moment before other sessions see it
-// (longer under synchronous replication, which waits in between), and the
-// stream counts on a rescan covering every commit it has received.
-func (r *Reconciler) awaitOpenTransactions(ctx context.Context) error {
-	var open []string
-	err := r.db.QueryRow(ctx, `
-		SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x`).Scan(&open)
-	if err != nil {
-		return fmt.Errorf("rescan: list open transactions: %w", err)
+// awaitCommits waits until the transactions that have committed by now are
+// visible, so that a snapshot taken next sees every commit the stream may
+// have received. A commit reaches the WAL, and so the stream, a moment
+// before other sessions see it; under synchronous replication that moment
+// lasts until the standby answers. Transactions still in progress are not
+// waited for past a short grace: their commits are still to come, and the
+// stream will bring them.
+func (r *Reconciler) awaitCommits(ctx context.Context) error {
+	// An xid of our own, finished at once: every transaction that began
+	// before it has a smaller one, and the snapshots below list those still
+	// running (pg_snapshot_xip lists only xids under the snapshot's xmax).
+	var mark string
+	if err := r.db.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&mark); err != nil {
+		return fmt.Errorf("rescan: mark the transactions open now: %w", err)
 	}
-	since := time.Now()
-	for len(open) > 0 {
+	start, warned := time.Now(), time.Now()
+	for {
+		var committed, running int
 		err := r.db.QueryRow(ctx, `
-			SELECT coalesce(array_agg(x::text), '{}')
-			FROM unnest($1::text[]::xid8[]) AS x
-			WHERE x IN (SELECT pg_snapshot_xip(pg_current_snapshot()))`, open).Scan(&open)
+			SELECT count(*) FILTER (WHERE s = 'committed'), count(*) FILTER (WHERE s = 'in progress')
+			FROM (SELECT pg_xact_status(x) AS s
+			      FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+			      WHERE x < $1::text::xid8) t`, mark).Scan(&committed, &running)
 		if err != nil {
-			return fmt.Errorf("rescan: wait for open transactions: %w", err)
+			return fmt.Errorf("rescan: wait for commits to be visible: %w", err)
 		}
-		if len(open) == 0 {
-			break
+		if committed == 0 && (running == 0 || time.Since(start) > commitGrace) {
+			return nil
 		}
-		if time.Since(since) > 10*time.Second {
-			r.log.WarnContext(ctx, "the rescan waits for transactions that were open when it began", "xids", open)
-			since = time.Now()
+		if time.Since(warned) > 10*time.Second {
+			r.log.WarnContext(ctx, "the rescan waits for committed transactions to become visible (a synchronous standby that does not answer?)",
+				"transactions", committed)
+			warned = time.Now()
 		}
 		sleep(ctx, snapshotRetry)
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 	}
-	return nil
 }
 
 // loadIndex streams a query's rows into load, in chunks, and counts those

@@ -100,9 +100,19 @@ var timestampLayouts = []string{
 	"2006-01-02 15:04:05.999999999",
 }
 
+// The times the index can order: reconciler's queries hold rescans to the
+// same range, so both paths agree on which rows are left alone.
+var (
+	earliestTime = time.Date(1700, 1, 1, 0, 0, 0, 0, time.UTC)
+	latestTime   = time.Date(2260, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 func parseTimestamp(s string) (time.Time, error) {
 	for _, layout := range timestampLayouts {
 		if t, err := time.Parse(layout, s); err == nil {
+			if !t.After(earliestTime) || !t.Before(latestTime) {
+				return time.Time{}, fmt.Errorf("timestamp %q is out of range", s)
+			}
 			return t.UTC(), nil
 		}
 	}

@@ -22,8 +22,10 @@ func TestParseTimestampReadsTheServersTextForms(t *testing.T) {
 			t.Errorf("parseTimestamp(%q) = %s, %v; want %s", s, got, err, want)
 		}
 	}
-	if _, err := parseTimestamp("infinity"); err == nil {
-		t.Error("infinity parsed")
+	for _, s := range []string{"infinity", "1500-01-01 00:00:00+00", "2300-01-01 00:00:00+00"} {
+		if _, err := parseTimestamp(s); err == nil {
+			t.Errorf("%s parsed: the index cannot order it", s)
+		}
 	}
 }
 

@@ -310,15 +310,15 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 		s.log.Info("created publication", "publication", s.cfg.Publication, "table", table)
 		return nil
 	}
+	// A row filter or a column list (PostgreSQL 15 and later; to_jsonb
+	// reads the columns where they exist).
 	var filtered bool
 	err = cat.QueryRow(ctx, `
-		SELECT current_setting('server_version_num')::int >= 150000 AND EXISTS (
-			SELECT 1 FROM pg_publication_tables t
-			WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3
-			  AND (to_jsonb(t) ->> 'rowfilter' IS NOT NULL OR
-			       cardinality(ARRAY(SELECT jsonb_array_elements_text(to_jsonb(t) -> 'attnames'))) <
-			       (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = $4::regclass AND a.attnum > 0 AND NOT a.attisdropped)))`,
-		s.cfg.Publication, s.cfg.Schema, s.cfg.Table, table).Scan(&filtered)
+		SELECT EXISTS (
+			SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+			WHERE p.pubname = $1 AND r.prrelid = $2::regclass
+			  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR to_jsonb(r) ->> 'prattrs' IS NOT NULL))`,
+		s.cfg.Publication, table).Scan(&filtered)
 	if err != nil {
 		return fmt.Errorf("read publication %q: %w", s.cfg.Publication, err)
 	}
@@ -571,7 +571,7 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 			c, err = rel.rowChange(m.NewTuple)
 			ok = true
 			// An update of the id itself carries the old one: forget it.
-			if m.OldTuple != nil && err == nil {
+			if m.OldTuple != nil && (err == nil || errors.Is(err, errUnreadable)) {
 				if old, oerr := rel.removal(m.OldTuple); oerr == nil && old.Entry.ID != c.Entry.ID {
 					l.pending = append(l.pending, old)
 				}
@@ -634,6 +634,11 @@ func (l *loop) flush() error {
 // so after a crash it is replayed, and replaying is harmless.
 func (l *loop) commit() (bool, error) {
 	l.flushAt = time.Time{}
+	if l.rescanning != nil {
+		// The changes dropped for the rescan are only covered once it is
+		// done: until then the checkpoint stays where it is.
+		return false, nil
+	}
 	if len(l.pending) == 0 && l.complete == l.committed {
 		return false, nil
 	}

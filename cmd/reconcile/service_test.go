@@ -5,12 +5,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,10 +21,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
-	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/internal/testdb"
 )
 
@@ -89,7 +93,7 @@ func launchService(t *testing.T, dryRun bool) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := storage.NewLocal(cfg.Storage.Local.Root)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -875,5 +879,62 @@ func TestServiceStartChecksOnItsOwnServer(t *testing.T) {
 	code, out, stderr = reconcile()
 	if code != exitUsage || !strings.Contains(stderr, `wal_level is "replica"`) || !strings.Contains(stderr, "wal_level = logical") {
 		t.Fatalf("exit %d; want %d naming the fix\n%s%s", code, exitUsage, out, stderr)
+	}
+}
+
+// A storage outage: the rows are purged, their keys wait in the outbox and
+// are retried with backoff, and the stream goes on meanwhile.
+func TestServiceRetriesRemovalsAfterAStorageOutage(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1s")
+	t.Setenv("RECONCILE_SWEEP_MAX_WAIT", "1s")
+	const bucket = "media"
+	backend := s3mem.New()
+	if err := backend.CreateBucket(bucket); err != nil {
+		t.Fatal(err)
+	}
+	var down atomic.Bool
+	s3 := gofakes3.New(backend).Server()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() && r.Method == http.MethodPost && r.URL.Query().Has("delete") {
+			http.Error(w, "storage is down", http.StatusServiceUnavailable)
+			return
+		}
+		s3.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("RECONCILE_STORAGE_BACKEND", "s3")
+	t.Setenv("RECONCILE_STORAGE_S3_ENDPOINT", strings.TrimPrefix(srv.URL, "http://"))
+	t.Setenv("RECONCILE_STORAGE_S3_BUCKET", bucket)
+	t.Setenv("RECONCILE_STORAGE_S3_USE_SSL", "false")
+	t.Setenv("RECONCILE_STORAGE_S3_ACCESS_KEY", "test")
+	t.Setenv("RECONCILE_STORAGE_S3_SECRET_KEY", "testsecret")
+	t.Setenv("RECONCILE_STORAGE_S3_REGION", "us-east-1")
+	f.migrate()
+	s := startService(t, false)
+
+	down.Store(true)
+	key := "forum/attachments/outage.jpg"
+	meta := map[string]string{"Last-Modified": time.Now().UTC().Format(http.TimeFormat)}
+	if _, err := backend.PutObject(bucket, key, meta, strings.NewReader("img"), 3, nil); err != nil {
+		t.Fatal(err)
+	}
+	id := f.add(key, -1)
+	f.softDelete(id)
+	outbox := `SELECT count(*) FROM reconcile_forum_attachment_outbox WHERE attempts > 0`
+	eventually(t, 15*time.Second, func() bool { return !f.exists(id) && f.count(outbox) == 1 },
+		func() string { return "the row was not purged with its key left in the outbox:\n" + s.logs.String() })
+
+	// The stream goes on meanwhile.
+	later := f.add("forum/attachments/later.jpg", 0)
+	eventually(t, 5*time.Second, func() bool { _, ok := entries(t, s.idx)[later]; return ok },
+		func() string { return "the stream stopped during the outage" })
+
+	down.Store(false)
+	eventually(t, 30*time.Second, func() bool {
+		return f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`) == 0
+	}, func() string { return "the removal was never retried:\n" + s.logs.String() })
+	if _, err := backend.HeadObject(bucket, key); err == nil {
+		t.Fatal("the object is still there")
 	}
 }

@@ -34,7 +34,7 @@ type Change struct {
 // State is where the index stands against the stream.
 type State struct {
 	// Checkpoint is the LSN up to which every change is in the index; 0
-	// when none was applied since the last rescan.
+	// when the stream never recorded one.
 	Checkpoint uint64
 	// Origin names the database, slot and table the entries come from;
 	// empty when no rescan has completed.

@@ -938,3 +938,66 @@ func TestServiceRetriesRemovalsAfterAStorageOutage(t *testing.T) {
 		t.Fatal("the object is still there")
 	}
 }
+
+// A connection that goes silent (its walsender stopped) is taken for dead
+// after the watchdog's deadline and dialled again.
+func TestServiceWatchdogRedialsASilentConnection(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_REPLICATION_WATCHDOG", "1s")
+	f.migrate()
+	s := startService(t, false)
+	var pid int
+	err := f.pool.QueryRow(context.Background(),
+		`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, f.slot()).Scan(&pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	s.waitLog("taking the connection for dead", 1)
+	resume()
+	s.waitLog("streaming changes", 2)
+	id := f.add("forum/attachments/after-silence.jpg", 0)
+	eventually(t, 10*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
+		func() string { return "nothing indexed after the new connection:\n" + s.logs.String() })
+}
+
+// The periodic rescan counts from the last one, across restarts.
+func TestServiceRescansWhenThePeriodicRescanIsDue(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	s := startService(t, false)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	idx, err := index.Open(os.Getenv("RECONCILE_INDEX_PATH"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := idx.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The last rescan was a day and an hour ago.
+	if err := idx.Rescanned(st.Origin, st.Checkpoint, time.Now().Add(-25*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = startService(t, false)
+	if !strings.Contains(s.logs.String(), `reason="periodic rescan"`) {
+		t.Fatalf("no periodic rescan:\n%s", s.logs)
+	}
+}

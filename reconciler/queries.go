@@ -29,7 +29,7 @@ func buildQueries(t Table, types columnTypes) queries {
 		"{ACTIVE}", quote(t.IsActive),
 		"{DELETED}", quote(t.DeletedAt),
 		// The stream's decoder holds to the same range.
-		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01' AND "+quote(t.DeletedAt)+" < '2260-01-01')",
+		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01 00:00:00+00' AND "+quote(t.DeletedAt)+" < '2260-01-01 00:00:00+00')",
 	)
 	return queries{
 		// Every soft-deleted row, twice: in the byte order of each index
@@ -76,7 +76,7 @@ func buildQueries(t Table, types columnTypes) queries {
 				WHERE t.{ID} = c.id::{IDTYPE}
 				  AND t.{KEY} = c.key
 				  AND t.{ACTIVE} = false
-				  AND t.{DELETED} <= now() - $3 * interval '1 microsecond'
+				  AND t.{DELETED} <= {NOW} - $3 * interval '1 microsecond'
 				RETURNING t.{ID} AS pid, t.{ID}::text AS id, t.{KEY}::text AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
@@ -142,6 +142,6 @@ func buildQueries(t Table, types columnTypes) queries {
 			FROM {T}
 			WHERE {ID} = ANY($1::text[]::{IDTYPE}[])
 			  AND {ACTIVE} = false
-			  AND {DELETED} <= now() - $2 * interval '1 microsecond'`),
+			  AND {DELETED} <= {NOW} - $2 * interval '1 microsecond'`),
 	}
 }

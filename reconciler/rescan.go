@@ -76,10 +76,10 @@ func (r *Reconciler) rescan(ctx context.Context, cutoff time.Time, complete bool
 const (
 	// snapshotRetry is how often awaitCommits looks again.
 	snapshotRetry = 10 * time.Millisecond
-	// commitGrace is how long a transaction still in progress may hide a
-	// commit: the commit log is written right after the commit record
-	// reaches the disk, so one whose commit the stream could have received
-	// shows as committed within microseconds.
+	// commitGrace is how long a transaction still running may hide a
+	// commit: a commit record reaches the disk microseconds before its
+	// transaction is visible, unless it then waits for a synchronous
+	// standby, which awaitCommits sees.
 	commitGrace = time.Second
 )
 
@@ -87,34 +87,41 @@ const (
 // visible, so that a snapshot taken next sees every commit the stream may
 // have received. A commit reaches the WAL, and so the stream, a moment
 // before other sessions see it; under synchronous replication that moment
-// lasts until the standby answers. Transactions still in progress are not
-// waited for past a short grace: their commits are still to come, and the
-// stream will bring them.
+// lasts until the standby answers, and the session shows the wait event
+// SyncRep. Those are waited for; other transactions still running are
+// waited for a moment only: their commits are still to come, and the
+// stream will bring them. (A COMMIT PREPARED waiting for a standby is not
+// seen: its session does not own the transaction's id.)
 func (r *Reconciler) awaitCommits(ctx context.Context) error {
-	// An xid of our own, finished at once: every transaction that began
-	// before it has a smaller one, and the snapshots below list those still
-	// running (pg_snapshot_xip lists only xids under the snapshot's xmax).
+	// An xid of our own, finished at once (it writes nothing, so it waits
+	// for no standby): every transaction that began before has a smaller
+	// one, and the snapshots below list those still running
+	// (pg_snapshot_xip lists only xids under the snapshot's xmax).
 	var mark string
 	if err := r.db.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&mark); err != nil {
 		return fmt.Errorf("rescan: mark the transactions open now: %w", err)
 	}
 	start, warned := time.Now(), time.Now()
 	for {
-		var committed, running int
+		var running, syncWaits int
 		err := r.db.QueryRow(ctx, `
-			SELECT count(*) FILTER (WHERE s = 'committed'), count(*) FILTER (WHERE s = 'in progress')
-			FROM (SELECT pg_xact_status(x) AS s
-			      FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-			      WHERE x < $1::text::xid8) t`, mark).Scan(&committed, &running)
+			WITH running AS (
+				SELECT (x::text::bigint % 4294967296)::text AS xid
+				FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+				WHERE x < $1::text::xid8
+			)
+			SELECT (SELECT count(*) FROM running),
+			       (SELECT count(*) FROM pg_stat_activity a
+			        WHERE a.wait_event = 'SyncRep' AND a.backend_xid::text IN (SELECT xid FROM running))`,
+			mark).Scan(&running, &syncWaits)
 		if err != nil {
 			return fmt.Errorf("rescan: wait for commits to be visible: %w", err)
 		}
-		if committed == 0 && (running == 0 || time.Since(start) > commitGrace) {
+		if syncWaits == 0 && (running == 0 || time.Since(start) > commitGrace) {
 			return nil
 		}
-		if time.Since(warned) > 10*time.Second {
-			r.log.WarnContext(ctx, "the rescan waits for committed transactions to become visible (a synchronous standby that does not answer?)",
-				"transactions", committed)
+		if syncWaits > 0 && time.Since(warned) > 10*time.Second {
+			r.log.WarnContext(ctx, "the rescan waits for commits that wait for a synchronous standby", "transactions", syncWaits)
 			warned = time.Now()
 		}
 		sleep(ctx, snapshotRetry)

@@ -310,15 +310,19 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 		s.log.Info("created publication", "publication", s.cfg.Publication, "table", table)
 		return nil
 	}
-	// A row filter or a column list (PostgreSQL 15 and later; to_jsonb
-	// reads the columns where they exist).
+	// A row filter, or a column list without one of reconcile's columns
+	// (PostgreSQL 15 and later; to_jsonb reads the columns where they
+	// exist).
 	var filtered bool
 	err = cat.QueryRow(ctx, `
 		SELECT EXISTS (
 			SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
 			WHERE p.pubname = $1 AND r.prrelid = $2::regclass
-			  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR to_jsonb(r) ->> 'prattrs' IS NOT NULL))`,
-		s.cfg.Publication, table).Scan(&filtered)
+			  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR
+			       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
+			        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $2::regclass AND a.attname = ANY ($3::text[]))
+			        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
+		s.cfg.Publication, table, []string{s.cfg.ID, s.cfg.Key, s.cfg.IsActive, s.cfg.DeletedAt}).Scan(&filtered)
 	if err != nil {
 		return fmt.Errorf("read publication %q: %w", s.cfg.Publication, err)
 	}

@@ -795,15 +795,26 @@ func TestServiceWaitsForASlotInUse(t *testing.T) {
 func TestServiceRefusesAFilteredPublication(t *testing.T) {
 	f := newForum(t)
 	serviceEnv(t, f, "1h")
-	if _, err := f.pool.Exec(context.Background(), `CREATE PUBLICATION filtered FOR TABLE forum_attachment WHERE (is_active)`); err != nil {
+	if _, err := f.pool.Exec(context.Background(), `
+		CREATE PUBLICATION filtered FOR TABLE forum_attachment WHERE (is_active);
+		CREATE PUBLICATION columns FOR TABLE forum_attachment (id, image, is_active);
+		CREATE PUBLICATION enough FOR TABLE forum_attachment (id, image, is_active, deleted_at)`); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("RECONCILE_REPLICATION_PUBLICATION", "filtered")
 	f.migrate()
-	code, out, stderr := reconcile()
-	if code != exitUsage || !strings.Contains(stderr, "does not publish every change and column") {
-		t.Fatalf("exit %d; want %d\n%s%s", code, exitUsage, out, stderr)
+	for _, pub := range []string{"filtered", "columns"} {
+		t.Setenv("RECONCILE_REPLICATION_PUBLICATION", pub)
+		code, out, stderr := reconcile()
+		if code != exitUsage || !strings.Contains(stderr, "does not publish every change and column") {
+			t.Fatalf("%s: exit %d; want %d\n%s%s", pub, code, exitUsage, out, stderr)
+		}
 	}
+	// A column list with reconcile's columns is enough.
+	t.Setenv("RECONCILE_REPLICATION_PUBLICATION", "enough")
+	s := startService(t, false)
+	id := f.add("forum/attachments/listed.jpg", 0)
+	eventually(t, 5*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
+		func() string { return "nothing indexed through a column list:\n" + s.logs.String() })
 }
 
 // Checks at start on a server of the test's own: a slot whose WAL is gone
@@ -999,5 +1010,66 @@ func TestServiceRescansWhenThePeriodicRescanIsDue(t *testing.T) {
 	s = startService(t, false)
 	if !strings.Contains(s.logs.String(), `reason="periodic rescan"`) {
 		t.Fatalf("no periodic rescan:\n%s", s.logs)
+	}
+}
+
+// Under synchronous replication a commit is in the stream before other
+// sessions see it. A rescan the stream relies on waits for it, or the
+// index would lose a change the slot has already acknowledged.
+func TestServiceRescanWaitsForCommitsHeldBySynchronousReplication(t *testing.T) {
+	srv := testdb.StartServer(t)
+	f := newForumOn(t, srv)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	s := startService(t, false)
+
+	// A standby that never answers: commits wait for it, visible to no one.
+	setSync := func(names string) {
+		t.Helper()
+		if _, err := f.pool.Exec(ctx, fmt.Sprintf(`ALTER SYSTEM SET synchronous_standby_names = '%s'`, names)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.pool.Exec(ctx, `SELECT pg_reload_conf()`); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second) // the checkpointer tells the backends
+	}
+	setSync("nosuch")
+	t.Cleanup(func() { setSync("") })
+	held := make(chan error, 1)
+	go func() {
+		_, err := f.pool.Exec(ctx, `
+			INSERT INTO forum_attachment (id, image, is_active, deleted_at)
+			VALUES ('6f1c2c52-7c35-4d1e-9a2b-3c9d0e0f1a2b', 'forum/attachments/held.jpg', false, now())`)
+		held <- err
+	}()
+	const id = "6f1c2c52-7c35-4d1e-9a2b-3c9d0e0f1a2b"
+	eventually(t, 10*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
+		func() string { return "the held commit never reached the index" })
+	if f.exists(id) {
+		t.Fatal("the held commit is visible: the test proves nothing")
+	}
+	time.Sleep(time.Second) // the slot acknowledges it
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new index: the next start rescans, while the commit is still held.
+	if err := os.Remove(os.Getenv("RECONCILE_INDEX_PATH")); err != nil {
+		t.Fatal(err)
+	}
+	s = launchService(t, false)
+	time.Sleep(2 * time.Second)
+	if strings.Contains(s.logs.String(), "streaming changes") {
+		t.Fatalf("the rescan did not wait for the held commit:\n%s", s.logs)
+	}
+	setSync("")
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	s.waitLog("streaming changes", 1)
+	if _, ok := entries(t, s.idx)[id]; !ok {
+		t.Fatalf("the rescan lost the held commit:\n%s", s.logs)
 	}
 }

@@ -20,8 +20,13 @@ type SweepConfig struct {
 	DryRun bool
 }
 
-// sweepBackoff caps the wait after a failed sweep.
-const sweepBackoff = 30 * time.Second
+const (
+	// sweepBackoff caps the wait after a failed sweep.
+	sweepBackoff = 30 * time.Second
+	// outboxEvery is how often, at most, the timer looks for removals to
+	// retry.
+	outboxEvery = time.Second
+)
 
 // Sweep runs the service's timer until ctx ends: it sleeps until the next
 // entry of the index falls due (or a change brings an earlier one), then
@@ -34,8 +39,9 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 		r.drainOutbox(ctx, true)
 	}
 	var (
-		from    index.Position // entries before it have been handled
-		backoff = time.Second
+		from      index.Position // entries before it have been handled
+		backoff   = time.Second
+		lastDrain = time.Now()
 	)
 	for ctx.Err() == nil {
 		cutoff, offset, err := r.clock(ctx)
@@ -43,7 +49,12 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 			if cfg.DryRun {
 				err = r.logDue(ctx, from, cutoff)
 			} else {
-				r.drainOutbox(ctx, false)
+				// Failed removals come back after 10 s at the soonest: a
+				// look a second is enough, however often the timer wakes.
+				if time.Since(lastDrain) >= outboxEvery {
+					r.drainOutbox(ctx, false)
+					lastDrain = time.Now()
+				}
 				_, err = r.purgeFrom(ctx, from, cutoff, nil)
 			}
 		}

@@ -423,6 +423,9 @@ func (l *loop) run(ctx context.Context) error {
 	cfg := l.s.cfg
 	l.lastMsg = time.Now()
 	nextStatus := time.Now() // report at once: the server then knows where we stand
+	// The read deadline moves only when a timer does, not with every
+	// message: the watchdog is checked at the next poll.
+	pollAt := time.Now().Add(pollEvery)
 	var deadline time.Time
 	for {
 		now := time.Now()
@@ -450,7 +453,10 @@ func (l *loop) run(ctx context.Context) error {
 			}
 		}
 
-		want := earliest(nextStatus, l.lastMsg.Add(cfg.Watchdog), now.Add(pollEvery), l.flushAt)
+		if !now.Before(pollAt) {
+			pollAt = now.Add(pollEvery)
+		}
+		want := earliest(nextStatus, pollAt, l.flushAt)
 		if !want.Equal(deadline) {
 			if err := l.conn.Conn().SetReadDeadline(want); err != nil {
 				return fmt.Errorf("set read deadline: %w", err)

@@ -34,16 +34,11 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 	if dryRun {
 		use = forAudit
 	}
-	pool, st, closeAll, err := openBoth(ctx, cfg, use)
+	pool, st, idx, closeAll, err := openAll(ctx, cfg, use, log)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	idx, err := openIndex(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer idx.Close()
 	return runService(ctx, cfg, pool, st, idx, dryRun, log)
 }
 

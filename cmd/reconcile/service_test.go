@@ -70,6 +70,16 @@ func serviceEnv(t *testing.T, f *forum, retention string) {
 	t.Setenv("RECONCILE_REPLICATION_MAX_BACKOFF", "1s")
 }
 
+// serviceOn starts the service, with the given retention, on a migrated
+// forum of the test's own.
+func serviceOn(t *testing.T, retention string) (*forum, *service) {
+	t.Helper()
+	f := newForum(t)
+	serviceEnv(t, f, retention)
+	f.migrate()
+	return f, startService(t, false)
+}
+
 // startService starts the service and waits until it streams.
 func startService(t *testing.T, dryRun bool) *service {
 	t.Helper()
@@ -221,10 +231,7 @@ func (f *forum) migrate() {
 }
 
 func TestServicePurgesEachRowWhenDue(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "3s")
-	f.migrate()
-	s := startService(t, false)
+	f, s := serviceOn(t, "3s")
 
 	for round := range 3 {
 		key := fmt.Sprintf("forum/attachments/round-%d.jpg", round)
@@ -247,10 +254,7 @@ func TestServicePurgesEachRowWhenDue(t *testing.T) {
 }
 
 func TestServiceFollowsRestoreAndRedeletion(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "4s")
-	f.migrate()
-	s := startService(t, false)
+	f, s := serviceOn(t, "4s")
 
 	restored := f.add("forum/attachments/restored.jpg", -1)
 	redeleted := f.add("forum/attachments/redeleted.jpg", -1)
@@ -292,10 +296,7 @@ func TestServiceFollowsRestoreAndRedeletion(t *testing.T) {
 }
 
 func TestServiceRescansAfterTruncateAndLostSlot(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "1h")
-	f.migrate()
-	s := startService(t, false)
+	f, s := serviceOn(t, "1h")
 	ctx := context.Background()
 
 	for i := range 5 {
@@ -762,10 +763,7 @@ func TestServiceRescansForALargeTransaction(t *testing.T) {
 
 // A slot another process reads is reported, with the fix, and tried again.
 func TestServiceWaitsForASlotInUse(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "1h")
-	f.migrate()
-	s := startService(t, false)
+	f, s := serviceOn(t, "1h")
 	if err := s.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -985,10 +983,7 @@ func TestServiceWatchdogRedialsASilentConnection(t *testing.T) {
 
 // The periodic rescan counts from the last one, across restarts.
 func TestServiceRescansWhenThePeriodicRescanIsDue(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "1h")
-	f.migrate()
-	s := startService(t, false)
+	_, s := serviceOn(t, "1h")
 	if err := s.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -1071,5 +1066,38 @@ func TestServiceRescanWaitsForCommitsHeldBySynchronousReplication(t *testing.T) 
 	s.waitLog("streaming changes", 1)
 	if _, ok := entries(t, s.idx)[id]; !ok {
 		t.Fatalf("the rescan lost the held commit:\n%s", s.logs)
+	}
+}
+
+// Rule 6: an index behind its slot (restored from a copy, say) lacks
+// changes the slot will not send again: the next start rescans.
+func TestServiceRescansAStaleIndex(t *testing.T) {
+	f, s := serviceOn(t, "1h")
+	path := os.Getenv("RECONCILE_INDEX_PATH")
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = startService(t, false)
+	id := f.add("forum/attachments/after-the-copy.jpg", 0)
+	eventually(t, 10*time.Second, func() bool {
+		st, err := s.idx.State()
+		return err == nil && confirmedFlush(t, f) == pglogrepl.LSN(st.Checkpoint) && !entries(t, s.idx)[id].IsZero()
+	}, func() string { return "the change was never indexed and acknowledged" })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = startService(t, false)
+	if !strings.Contains(s.logs.String(), "is behind the slot") {
+		t.Fatalf("no rescan for the stale index:\n%s", s.logs)
+	}
+	if got, want := entries(t, s.idx), f.truth(); !sameEntries(got, want) {
+		t.Fatalf("index %v, table %v", got, want)
 	}
 }

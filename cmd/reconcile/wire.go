@@ -190,31 +190,32 @@ func logAbort(ctx context.Context, log *slog.Logger, what string, err *error) {
 	}
 }
 
-// openIndex opens the index file; an unreadable one is moved aside and
-// replaced by an empty one, which a rescan fills.
-func openIndex(cfg *config.Config, log *slog.Logger) (*index.Index, error) {
+// openAll is openBoth plus the index file, for the commands that purge; an
+// unreadable index is moved aside and replaced by an empty one, which a
+// rescan fills. closeAll closes all three.
+func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logger) (*pgxpool.Pool, store, *index.Index, func(), error) {
+	pool, st, closeBoth, err := openBoth(ctx, cfg, use)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
 	idx, err := index.Open(cfg.Index.Path)
 	if err != nil {
-		return nil, err
+		closeBoth()
+		return nil, nil, nil, nil, err
 	}
 	if idx.Discarded != "" {
 		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
 	}
-	return idx, nil
+	return pool, st, idx, func() { idx.Close(); closeBoth() }, nil
 }
 
 func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) (err error) {
 	defer logAbort(ctx, log, "run aborted", &err)
-	pool, st, closeAll, err := openBoth(ctx, cfg, forPurge)
+	pool, st, idx, closeAll, err := openAll(ctx, cfg, forPurge, log)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	idx, err := openIndex(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer idx.Close()
 
 	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {

@@ -35,6 +35,7 @@ type Config struct {
 	Replication Replication   `mapstructure:"replication"`
 	Rescan      Rescan        `mapstructure:"rescan"`
 	Sweep       Sweep         `mapstructure:"sweep"`
+	Safety      Safety        `mapstructure:"safety"`
 	Retention   time.Duration `mapstructure:"retention"`
 	BatchSize   int           `mapstructure:"batch_size"`
 	Concurrency int           `mapstructure:"concurrency"`
@@ -52,6 +53,10 @@ type Table struct {
 	Schema  string  `mapstructure:"schema"`
 	Name    string  `mapstructure:"name"`
 	Columns Columns `mapstructure:"columns"`
+	// TimeZone is Django's TIME_ZONE, for a deleted_at column without time
+	// zone (USE_TZ = False): the zone its wall times are in. Empty: the
+	// database session's TimeZone.
+	TimeZone string `mapstructure:"time_zone"`
 }
 
 // Columns names the columns reconcile reads.
@@ -111,6 +116,13 @@ type Sweep struct {
 	MaxWait time.Duration `mapstructure:"max_wait"`
 }
 
+// Safety bounds what one run, or one hour of the service, may delete. Zero
+// is no bound.
+type Safety struct {
+	MaxDeletes        int `mapstructure:"max_deletes"`
+	MaxDeletesPerHour int `mapstructure:"max_deletes_per_hour"`
+}
+
 // Log sets the structured log output.
 type Log struct {
 	Level  string `mapstructure:"level"`
@@ -129,6 +141,7 @@ var defaults = map[string]any{
 	"table.columns.original_filename": "original_filename",
 	"table.columns.is_active":         "is_active",
 	"table.columns.deleted_at":        "deleted_at",
+	"table.time_zone":                 "",
 	"storage.backend":                 "local",
 	"storage.concurrency":             8,
 	"storage.local.root":              "",
@@ -147,6 +160,8 @@ var defaults = map[string]any{
 	"replication.max_backoff":         "30s",
 	"rescan.every":                    "24h",
 	"sweep.max_wait":                  "1m",
+	"safety.max_deletes":              0,
+	"safety.max_deletes_per_hour":     0,
 	"retention":                       "720h",
 	"batch_size":                      100,
 	"concurrency":                     4,
@@ -156,7 +171,16 @@ var defaults = map[string]any{
 
 // flagKeys maps command-line flags to the keys they override.
 var flagKeys = map[string]string{
-	"batch-size": "batch_size",
+	"batch-size":  "batch_size",
+	"max-deletes": "safety.max_deletes",
+}
+
+// budgetKeys are the deletion bounds, with the flag that may set them. Their
+// zero means no bound, so a zero given on purpose is refused: whoever
+// writes `--max-deletes 0` means "delete nothing", which is --dry-run.
+var budgetKeys = map[string]string{
+	"safety.max_deletes":          "max-deletes",
+	"safety.max_deletes_per_hour": "",
 }
 
 // Load reads the file at path (none when empty), then the environment, then
@@ -197,11 +221,18 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 			if err != nil {
 				return nil, fmt.Errorf("--days: %w", err)
 			}
-			if days <= 0 {
-				return nil, fmt.Errorf("--days: must be at least 1, got %d", days)
+			if days < 1 || days > MaxDays {
+				return nil, fmt.Errorf("--days: must be between 1 and %d, got %d", MaxDays, days)
 			}
 			v.Set("retention", time.Duration(days)*24*time.Hour)
 		}
+	}
+
+	if err := checkDurations(v); err != nil {
+		return nil, err
+	}
+	if err := checkBudgets(v, flags); err != nil {
+		return nil, err
 	}
 
 	var cfg Config
@@ -217,6 +248,53 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// checkDurations reads every duration key through ParseDuration and puts
+// the result back, so that no source can give one a bare number, a unit
+// mapstructure would guess, or a value that overflows.
+func checkDurations(v *viper.Viper) error {
+	var lines []string
+	for _, key := range durationKeys() {
+		d, err := durationValue(v.Get(key))
+		if err != nil {
+			lines = append(lines, fmt.Sprintf("%s: %v; %s", key, err, durationForms))
+			continue
+		}
+		v.Set(key, d)
+	}
+	return invalid(lines)
+}
+
+// checkBudgets refuses a deletion bound set to zero on purpose, in the
+// file, the environment or a flag.
+func checkBudgets(v *viper.Viper, flags *pflag.FlagSet) error {
+	var lines []string
+	for key, flag := range budgetKeys {
+		if strings.TrimSpace(fmt.Sprint(v.Get(key))) != "0" {
+			continue
+		}
+		env := envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+		_, inEnv := os.LookupEnv(env)
+		inFlag := false
+		if flags != nil && flag != "" {
+			f := flags.Lookup(flag)
+			inFlag = f != nil && f.Changed
+		}
+		if v.InConfig(key) || inEnv || inFlag {
+			lines = append(lines, fmt.Sprintf("%s: 0 would mean no bound at all; leave it out for no bound, give the most rows to delete (at least 1), or use --dry-run to delete nothing", key))
+		}
+	}
+	return invalid(lines)
+}
+
+// invalid joins configuration problems into one error, nil when there are
+// none.
+func invalid(lines []string) error {
+	if len(lines) == 0 {
+		return nil
+	}
+	return errors.New("invalid configuration:\n  " + strings.Join(lines, "\n  "))
 }
 
 // parseYAML reads the document and expands ${VAR} references in its values
@@ -365,8 +443,17 @@ func (c *Config) Validate() error {
 	if c.Sweep.MaxWait <= 0 {
 		bad("sweep.max_wait", "must be a positive duration such as 1m, got %s", c.Sweep.MaxWait)
 	}
-	if c.Retention <= 0 {
-		bad("retention", "must be a positive duration such as 720h (30 days), got %s", c.Retention)
+	if c.Retention <= 0 || c.Retention > MaxDuration {
+		bad("retention", "must be a positive duration such as 30d or 720h, at most %dd, got %s", MaxDays, c.Retention)
+	}
+	if c.Safety.MaxDeletes < 0 {
+		bad("safety.max_deletes", "must be a number of rows (at least 1), or left out for no bound, got %d", c.Safety.MaxDeletes)
+	}
+	if c.Safety.MaxDeletesPerHour < 0 {
+		bad("safety.max_deletes_per_hour", "must be a number of rows (at least 1), or left out for no bound, got %d", c.Safety.MaxDeletesPerHour)
+	}
+	if tz := c.Table.TimeZone; strings.ContainsRune(tz, 0) || len(tz) > 64 || strings.TrimSpace(tz) != tz {
+		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), got %q", tz)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
 		bad("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
@@ -384,12 +471,23 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.format", "must be text or json, got %q", c.Log.Format)
 	}
-	if len(errs) == 0 {
-		return nil
-	}
 	lines := make([]string, len(errs))
 	for i, e := range errs {
 		lines[i] = e.Error()
 	}
-	return errors.New("invalid configuration:\n  " + strings.Join(lines, "\n  "))
+	return invalid(lines)
+}
+
+// shortRetention is the retention under which a start is warned: a row
+// soft-deleted by mistake must be restored within it.
+const shortRetention = 24 * time.Hour
+
+// Warnings lists settings that are accepted but that an operator should
+// see at start.
+func (c *Config) Warnings() []string {
+	var w []string
+	if c.Retention < shortRetention {
+		w = append(w, fmt.Sprintf("retention is %s, under a day: an attachment deleted by mistake is purged, file and row, %s after its deletion", c.Retention, c.Retention))
+	}
+	return w
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
 )
 
 func writeConfig(t *testing.T, yaml string) string {
@@ -23,6 +24,7 @@ func flags(args ...string) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("reconcile", pflag.ContinueOnError)
 	fs.Int("days", 30, "")
 	fs.Int("batch-size", 100, "")
+	fs.Int("max-deletes", 0, "")
 	if err := fs.Parse(args); err != nil {
 		panic(err)
 	}
@@ -104,9 +106,16 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 		{"missing bucket", map[string]string{"RECONCILE_STORAGE_BACKEND": "s3", "RECONCILE_STORAGE_S3_ENDPOINT": "s3.local:9000"}, nil, []string{"storage.s3.bucket: is required"}},
 		{"endpoint with scheme", map[string]string{"RECONCILE_STORAGE_BACKEND": "s3", "RECONCILE_STORAGE_S3_ENDPOINT": "https://s3", "RECONCILE_STORAGE_S3_BUCKET": "b"}, nil, []string{"storage.s3.endpoint: must be host[:port]"}},
 		{"zero retention", map[string]string{"RECONCILE_RETENTION": "0s"}, nil, []string{"retention: must be a positive duration"}},
-		{"negative retention", map[string]string{"RECONCILE_RETENTION": "-5m"}, nil, []string{"retention: must be a positive duration"}},
-		{"retention without unit", map[string]string{"RECONCILE_RETENTION": "720"}, nil, []string{"retention", "missing unit"}},
-		{"zero days", nil, []string{"--days", "0"}, []string{"--days: must be at least 1"}},
+		{"negative retention", map[string]string{"RECONCILE_RETENTION": "-5m"}, nil, []string{`retention: "-5m" is negative`}},
+		{"retention without unit", map[string]string{"RECONCILE_RETENTION": "720"}, nil, []string{"retention", "missing a unit", "30d"}},
+		{"zero days", nil, []string{"--days", "0"}, []string{"--days: must be between 1 and 36500, got 0"}},
+		{"days that overflow", nil, []string{"--days", "213504"}, []string{"--days: must be between 1 and 36500, got 213504"}},
+		{"retention over a century", map[string]string{"RECONCILE_RETENTION": "36501d"}, nil, []string{"retention", "longer than 36500 days"}},
+		{"retention that overflows", map[string]string{"RECONCILE_RETENTION": "9999999h"}, nil, []string{"retention", "or is longer than 36500 days"}},
+		{"lock timeout without unit", map[string]string{"RECONCILE_DATABASE_LOCK_TIMEOUT": "5"}, nil, []string{"database.lock_timeout", "missing a unit"}},
+		{"explicit zero budget", map[string]string{"RECONCILE_SAFETY_MAX_DELETES": "0"}, nil, []string{"safety.max_deletes: 0 would mean no bound"}},
+		{"zero budget flag", nil, []string{"--max-deletes", "0"}, []string{"safety.max_deletes: 0 would mean no bound"}},
+		{"negative hourly budget", map[string]string{"RECONCILE_SAFETY_MAX_DELETES_PER_HOUR": "-3"}, nil, []string{"safety.max_deletes_per_hour: must be a number of rows"}},
 		{"batch too small", nil, []string{"--batch-size", "0"}, []string{"batch_size: must be between 1 and 10000, got 0"}},
 		{"batch too large", map[string]string{"RECONCILE_BATCH_SIZE": "20000"}, nil, []string{"batch_size: must be between 1 and 10000, got 20000"}},
 		{"no database", map[string]string{"RECONCILE_DATABASE_URL": ""}, nil, []string{"database.url: is required"}},
@@ -155,31 +164,63 @@ func TestConfigFileErrors(t *testing.T) {
 	}
 }
 
-// The parser never panics and never lets an invalid configuration through.
+// The parser never panics, never lets an invalid configuration through,
+// and never takes a bare number for a duration.
 func FuzzLoad(f *testing.F) {
 	f.Add("retention: 48h\nbatch_size: 50\n")
 	f.Add("storage:\n  backend: s3\n  s3:\n    bucket: b\n    endpoint: e\n")
 	f.Add("database:\n  url: ${HOME}\n")
 	f.Add("retention: -1s\n")
+	f.Add("retention: 30\n")
+	f.Add("retention: 30d\nsweep:\n  max_wait: 60\n")
+	f.Add("database:\n  lock_timeout: 5\n")
+	f.Add("rescan:\n  every: 0\n")
+	f.Add("safety:\n  max_deletes: 0\n")
 	f.Add(": : :\n\t-")
 	root := f.TempDir()
-	f.Fuzz(func(t *testing.T, yaml string) {
+	f.Fuzz(func(t *testing.T, doc string) {
 		t.Setenv("RECONCILE_DATABASE_URL", "postgres://db/forum")
 		t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", root)
-		cfg, err := Load(writeConfig(t, yaml), flags())
+		cfg, err := Load(writeConfig(t, doc), flags())
 		if err != nil {
 			return
 		}
 		if err := cfg.Validate(); err != nil {
 			t.Fatalf("Load returned a configuration that fails Validate: %v", err)
 		}
-		if cfg.Retention <= 0 || cfg.BatchSize < 1 || cfg.BatchSize > MaxBatchSize {
+		if cfg.Retention <= 0 || cfg.Retention > MaxDuration || cfg.BatchSize < 1 || cfg.BatchSize > MaxBatchSize {
 			t.Fatalf("Load accepted %+v", cfg)
+		}
+		var parsed map[string]any
+		if yaml.Unmarshal([]byte(doc), &parsed) != nil {
+			return
+		}
+		for _, key := range durationKeys() {
+			var v any = parsed
+			for part := range strings.SplitSeq(key, ".") {
+				m, ok := v.(map[string]any)
+				if !ok {
+					v = nil
+					break
+				}
+				v = m[part]
+			}
+			switch n := v.(type) {
+			case int:
+				if n != 0 {
+					t.Fatalf("%s: %d accepted as a duration", key, n)
+				}
+			case float64:
+				if n != 0 {
+					t.Fatalf("%s: %v accepted as a duration", key, n)
+				}
+			}
 		}
 	})
 }
 
-// The example configuration documents every key and loads as it is.
+// The example configuration documents every key, by its full path, and
+// loads as it is.
 func TestExampleConfigLoads(t *testing.T) {
 	t.Setenv("RECONCILE_DB_PASSWORD", "pw")
 	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
@@ -195,10 +236,30 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	var walk func(prefix string, m map[string]any)
+	walk = func(prefix string, m map[string]any) {
+		for k, v := range m {
+			if sub, ok := v.(map[string]any); ok {
+				walk(prefix+k+".", sub)
+				continue
+			}
+			documented[prefix+k] = true
+		}
+	}
+	walk("", doc)
 	for key := range defaults {
-		leaf := key[strings.LastIndex(key, ".")+1:]
-		if !strings.Contains(string(raw), leaf+":") {
+		if !documented[key] {
 			t.Errorf("the example does not document %s", key)
+		}
+	}
+	for key := range documented {
+		if _, ok := defaults[key]; !ok {
+			t.Errorf("the example documents %s, which is no key", key)
 		}
 	}
 }

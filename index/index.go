@@ -33,9 +33,6 @@ var (
 	keyRescanned  = []byte("rescanned_at") // when the last rescan finished
 )
 
-// ErrLocked means another process holds the index file.
-var ErrLocked = errors.New("index is in use by another process")
-
 // Entry is one soft-deleted attachment.
 type Entry struct {
 	ID        string

@@ -85,10 +85,15 @@ func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error 
 // Apply writes changes and the checkpoint they bring the index to in one
 // transaction, so the checkpoint never runs ahead of the entries. Applying
 // a change twice leaves the index as applying it once. The checkpoint only
-// moves forward.
+// moves forward. An index that no rescan has filled since it was emptied
+// refuses changes with ErrNotFilled.
 func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 	var earliest time.Time
 	err := x.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(keyOrigin) == nil {
+			return ErrNotFilled
+		}
 		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
 		for _, c := range changes {
 			id := []byte(c.Entry.ID)
@@ -128,7 +133,6 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 				return fmt.Errorf("unknown index change %d", c.Op)
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(keyCheckpoint); v != nil && binary.BigEndian.Uint64(v) >= checkpoint {
 			return nil
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -33,9 +34,6 @@ var (
 	keyRescanned  = []byte("rescanned_at") // when the last rescan finished
 )
 
-// ErrLocked means another process holds the index file.
-var ErrLocked = errors.New("index is in use by another process")
-
 // Entry is one soft-deleted attachment.
 type Entry struct {
 	ID        string
@@ -43,84 +41,105 @@ type Entry struct {
 	Key       string
 }
 
-// Index is an open bbolt index.
+// Index is an open bbolt index. Its methods may be called from several
+// goroutines at once.
 type Index struct {
-	db *bolt.DB
+	path string
 	// Discarded names the file an unreadable index was moved to, if Open
 	// had to start afresh.
 	Discarded string
 
-	updates  chan struct{} // signalled after a change that may bring a due time forward
-	mu       sync.Mutex
-	earliest time.Time // the earliest deleted_at written since the last TakeEarliest
-	restart  bool      // entries were removed wholesale: walks start over
+	// A heal swaps the handle while other operations wait: they hold dbMu
+	// for reading, the heal holds it for writing.
+	dbMu   sync.RWMutex
+	db     *bolt.DB // nil after a heal that could not reopen, or Close
+	file   *os.File // db's file, closed alone when db cannot be closed
+	gen    uint64   // heals so far: operations that found the same garbage heal once
+	moved  string   // where the last heal moved the file
+	lost   error    // why the index was set aside, while no new one could be opened
+	closed bool
+	// writing lets one write run at a time, held through the heal it may
+	// need (see run).
+	writing sync.Mutex
+	// resetGen is gen at the last Reset: a rescan's loads, and its end,
+	// are refused when a heal has emptied the index since.
+	resetGen atomic.Uint64
+
+	updates   chan struct{} // signalled after a change that may bring a due time forward
+	mu        sync.Mutex
+	earliest  time.Time // the earliest deleted_at written since the last TakeEarliest
+	restart   bool      // entries were removed wholesale: walks start over
+	onDiscard func(movedTo string, reason error)
 }
 
 // Open opens or creates the index at path. An index that bbolt cannot read
 // is moved aside and replaced by an empty one: nothing in it is worth more
 // than a rescan.
 func Open(path string) (*Index, error) {
-	db, err := openBolt(path)
-	var discarded string
-	if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch) {
-		discarded = fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
-		if rerr := os.Rename(path, discarded); rerr != nil {
-			return nil, fmt.Errorf("move unreadable index aside: %w", rerr)
-		}
-		db, err = openBolt(path)
-	}
+	x := &Index{path: path, updates: make(chan struct{}, 1)}
+	why, err := x.open()
 	if err != nil {
 		return nil, err
 	}
-	x := &Index{db: db, Discarded: discarded, updates: make(chan struct{}, 1)}
-	if err := x.init(); err != nil {
-		_ = db.Close()
-		return nil, err
+	if why != nil {
+		if x.Discarded, err = x.replace(false); err != nil {
+			return nil, fmt.Errorf("replace unreadable index (%v): %w", why, err)
+		}
 	}
 	return x, nil
 }
 
-func openBolt(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("open index %s: %w", path, ErrLocked)
-	}
+func initSchema(tx *bolt.Tx) error {
+	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
-		return nil, fmt.Errorf("open index %s: %w", path, err)
+		return fmt.Errorf("init index: %w", err)
 	}
-	return db, nil
-}
-
-func (x *Index) init() error {
-	return x.db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
+	if v := meta.Get(keySchema); v == nil || binary.BigEndian.Uint64(v) != schemaVersion {
+		if err := resetBuckets(tx); err != nil {
 			return fmt.Errorf("init index: %w", err)
 		}
-		if v := meta.Get(keySchema); v == nil || binary.BigEndian.Uint64(v) != schemaVersion {
-			if err := resetBuckets(tx); err != nil {
-				return fmt.Errorf("init index: %w", err)
-			}
-			if err := meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion)); err != nil {
-				return fmt.Errorf("init index: %w", err)
-			}
+		if err := meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion)); err != nil {
+			return fmt.Errorf("init index: %w", err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Close closes the file.
 func (x *Index) Close() error {
+	x.dbMu.Lock()
+	defer x.dbMu.Unlock()
+	x.closed = true
+	if x.db == nil {
+		return nil
+	}
 	return x.db.Close()
 }
 
 // Reset empties the index, and forgets its stream position, ahead of a
-// rescan.
+// rescan. An index found corrupt is replaced by an empty one: Reset has
+// done its work.
 func (x *Index) Reset() error {
-	if err := x.db.Update(resetBuckets); err != nil {
+	gen, err := x.run(true, resetBuckets)
+	if errors.Is(err, ErrCorrupt) {
+		// Healed: emptying the new index again tells whether the heal
+		// worked, and the generation the rescan fills.
+		gen, err = x.run(true, resetBuckets)
+	}
+	if err != nil {
 		return fmt.Errorf("reset index: %w", err)
 	}
+	x.resetGen.Store(gen)
 	x.signal(time.Time{}, true)
+	return nil
+}
+
+// healedSinceReset, inside an operation, refuses to go on filling, or to
+// declare filled, an index that a heal emptied after the rescan's Reset.
+func (x *Index) healedSinceReset() error {
+	if x.gen != x.resetGen.Load() {
+		return fmt.Errorf("the index was set aside during the rescan, and what it loaded with it: rescan again: %w", ErrCorrupt)
+	}
 	return nil
 }
 
@@ -162,7 +181,10 @@ func (x *Index) LoadDue(byDue []Entry) error {
 }
 
 func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []byte)) error {
-	err := x.db.Update(func(tx *bolt.Tx) error {
+	err := x.update(func(tx *bolt.Tx) error {
+		if err := x.healedSinceReset(); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucket)
 		b.FillPercent = 1 // appending: full pages, no half-empty splits
 		for _, e := range entries {
@@ -192,7 +214,7 @@ func (x *Index) Due(from Position, cutoff time.Time, limit int) ([]Entry, Positi
 		next Position
 	)
 	end := encodeTime(cutoff)
-	err := x.db.View(func(tx *bolt.Tx) error {
+	err := x.view(func(tx *bolt.Tx) error {
 		ents := tx.Bucket(bucketEntries)
 		c := tx.Bucket(bucketDue).Cursor()
 		for k, _ := c.Seek(from); k != nil && bytes.Compare(k[:8], end) <= 0; k, _ = c.Next() {
@@ -215,9 +237,11 @@ func (x *Index) Due(from Position, cutoff time.Time, limit int) ([]Entry, Positi
 	return out, next, nil
 }
 
-// Check runs bbolt's consistency check.
+// Check runs bbolt's consistency check. It reports garbage rather than
+// healing it (bbolt's check recovers its own panics, on a goroutine of
+// its own): the operations heal when they meet it.
 func (x *Index) Check() error {
-	return x.db.View(func(tx *bolt.Tx) error {
+	return x.view(func(tx *bolt.Tx) error {
 		var errs []error
 		for err := range tx.Check() {
 			errs = append(errs, err)

@@ -45,7 +45,7 @@ type State struct {
 // State reads the stream state.
 func (x *Index) State() (State, error) {
 	var st State
-	err := x.db.View(func(tx *bolt.Tx) error {
+	err := x.view(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(keyCheckpoint); v != nil {
 			st.Checkpoint = binary.BigEndian.Uint64(v)
@@ -63,9 +63,13 @@ func (x *Index) State() (State, error) {
 }
 
 // Rescanned marks a rescan complete: the entries now come from origin and
-// are complete up to checkpoint.
+// are complete up to checkpoint. It fails with ErrCorrupt when the index
+// was found corrupt, and replaced, since the rescan's Reset.
 func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error {
-	err := x.db.Update(func(tx *bolt.Tx) error {
+	err := x.update(func(tx *bolt.Tx) error {
+		if err := x.healedSinceReset(); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyOrigin, []byte(origin)); err != nil {
 			return err
@@ -85,10 +89,16 @@ func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error 
 // Apply writes changes and the checkpoint they bring the index to in one
 // transaction, so the checkpoint never runs ahead of the entries. Applying
 // a change twice leaves the index as applying it once. The checkpoint only
-// moves forward.
+// moves forward. An index that no rescan has filled since it was emptied
+// refuses changes with ErrNotFilled: after a heal on another goroutine, the
+// stream learns so here, and rescans.
 func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 	var earliest time.Time
-	err := x.db.Update(func(tx *bolt.Tx) error {
+	err := x.update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta.Get(keyOrigin) == nil {
+			return ErrNotFilled
+		}
 		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
 		for _, c := range changes {
 			id := []byte(c.Entry.ID)
@@ -128,7 +138,6 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 				return fmt.Errorf("unknown index change %d", c.Op)
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(keyCheckpoint); v != nil && binary.BigEndian.Uint64(v) >= checkpoint {
 			return nil
 		}
@@ -181,7 +190,7 @@ func After(t time.Time) Position {
 // Next returns the deleted_at of the first entry at or after from, in due
 // order; ok is false when there is none.
 func (x *Index) Next(from Position) (deletedAt time.Time, ok bool, err error) {
-	err = x.db.View(func(tx *bolt.Tx) error {
+	err = x.view(func(tx *bolt.Tx) error {
 		k, _ := tx.Bucket(bucketDue).Cursor().Seek(from)
 		if k != nil {
 			deletedAt, ok = decodeTime(k[:8]), true

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"errors"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -16,8 +17,19 @@ func all(t *testing.T, x *Index) []Entry {
 	return entries
 }
 
+// filled marks x filled by a rescan, as the stream does before it applies
+// changes.
+func filled(t *testing.T, x *Index) {
+	t.Helper()
+	if err := x.Rescanned("sys/db/slot/public.t", 0, time.Date(2026, 10, 4, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	x.TakeEarliest() // the rescan's restart
+}
+
 func TestApplyFollowsTheTableAndReplaysHarmlessly(t *testing.T) {
 	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	filled(t, x)
 	t0 := time.Date(2026, 10, 4, 12, 0, 0, 0, time.UTC)
 	changes := []Change{
 		{Op: Upsert, Entry: Entry{ID: "a", DeletedAt: t0, Key: "a.jpg"}},
@@ -53,7 +65,27 @@ func TestApplyFollowsTheTableAndReplaysHarmlessly(t *testing.T) {
 	if st, err := x.State(); err != nil || st.Checkpoint != 100 {
 		t.Fatalf("checkpoint %d (%v); want 100", st.Checkpoint, err)
 	}
+}
 
+func TestApplyRefusesAnIndexNoRescanFilled(t *testing.T) {
+	x := open(t, filepath.Join(t.TempDir(), "index.db"))
+	change := []Change{{Op: Upsert, Entry: Entry{ID: "a", DeletedAt: time.Now(), Key: "a.jpg"}}}
+	if err := x.Apply(change, 1); !errors.Is(err, ErrNotFilled) {
+		t.Fatalf("Apply on a new index: %v; want ErrNotFilled", err)
+	}
+	filled(t, x)
+	if err := x.Apply(change, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Apply(change, 2); !errors.Is(err, ErrNotFilled) {
+		t.Fatalf("Apply after Reset: %v; want ErrNotFilled", err)
+	}
+	if got := all(t, x); len(got) != 0 {
+		t.Fatalf("a refused Apply wrote %+v", got)
+	}
 }
 
 func TestResetForgetsTheStreamPosition(t *testing.T) {
@@ -84,6 +116,7 @@ func TestNextFindsTheFirstEntryFromAPosition(t *testing.T) {
 	if _, ok, err := x.Next(nil); ok || err != nil {
 		t.Fatalf("empty index: ok %v, %v", ok, err)
 	}
+	filled(t, x)
 	err := x.Apply([]Change{
 		{Op: Upsert, Entry: Entry{ID: "a", DeletedAt: t0, Key: "a"}},
 		{Op: Upsert, Entry: Entry{ID: "b", DeletedAt: t0.Add(time.Minute), Key: "b"}},

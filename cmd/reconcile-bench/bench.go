@@ -245,6 +245,18 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 		}
 	}
 
+	return eachRow(ctx, ds, func(r *attachment) error {
+		p := filepath.Join(root, filepath.FromSlash(r.key))
+		if err := os.WriteFile(p, ds.content[:r.size], 0o644); err != nil {
+			return fmt.Errorf("writing media file: %w", err)
+		}
+		return nil
+	})
+}
+
+// eachRow calls store for every row of ds, fileWorkers at a time; a worker
+// stops at its first error, and the errors are joined.
+func eachRow(ctx context.Context, ds *dataset, store func(r *attachment) error) error {
 	next := make(chan int)
 	errs := make(chan error, fileWorkers)
 	for range fileWorkers {
@@ -254,11 +266,7 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 				if err != nil {
 					continue // drain
 				}
-				r := &ds.rows[i]
-				p := filepath.Join(root, filepath.FromSlash(r.key))
-				if werr := os.WriteFile(p, ds.content[:r.size], 0o644); werr != nil {
-					err = fmt.Errorf("writing media file: %w", werr)
-				}
+				err = store(&ds.rows[i])
 			}
 			errs <- err
 		}()

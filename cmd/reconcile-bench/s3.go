@@ -386,39 +386,16 @@ func (s *s3Bench) seed(ctx context.Context, ds *dataset, dir, migrateBin string)
 // putObjects stores every row's object, a few at a time, straight on the
 // server.
 func (s *s3Bench) putObjects(ctx context.Context, ds *dataset) error {
-	next := make(chan int)
-	errs := make(chan error, fileWorkers)
-	for range fileWorkers {
-		go func() {
-			var err error
-			for i := range next {
-				if err != nil {
-					continue // drain
-				}
-				r := &ds.rows[i]
-				_, perr := s.direct.PutObject(ctx, s.bucket, s3Prefix+r.key, bytes.NewReader(ds.content[:r.size]),
-					int64(r.size), minio.PutObjectOptions{ContentType: "image/jpeg"})
-				if perr != nil {
-					err = fmt.Errorf("storing object %s: %w", r.key, perr)
-				}
-			}
-			errs <- err
-		}()
-	}
-	var ctxErr error
-	for i := range ds.rows {
-		if ctxErr = ctx.Err(); ctxErr != nil {
-			break
+	err := eachRow(ctx, ds, func(r *attachment) error {
+		_, err := s.direct.PutObject(ctx, s.bucket, s3Prefix+r.key, bytes.NewReader(ds.content[:r.size]),
+			int64(r.size), minio.PutObjectOptions{ContentType: "image/jpeg"})
+		if err != nil {
+			return fmt.Errorf("storing object %s: %w", r.key, err)
 		}
-		next <- i
-	}
-	close(next)
-	all := []error{ctxErr}
-	for range fileWorkers {
-		all = append(all, <-errs)
-	}
+		return nil
+	})
 	s.storedAt = time.Now()
-	return errors.Join(all...)
+	return err
 }
 
 // settle waits until the objects are settle old.

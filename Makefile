@@ -9,16 +9,20 @@
 #                make bench BENCH_ARGS='-rows 20000 -runs 3'
 #   make bench-service  the service's benchmark: applying a million changes
 #                against pg_recvlogical, memory, purge latency
+#   make bench-s3  the S3 path with 10 ms of latency each way (versitygw behind
+#                toxiproxy): rows/s of --rescan and of the cron algorithm;
+#                make bench-s3 BENCH_ARGS='-baseline-reconcile OLD_BINARY'
 #   make clean   remove bin/
 #
 # The scripts install what they need when it is missing: postgresql-15
-# (apt-get, as root), versitygw and staticcheck (go install into GOPATH/bin).
+# (apt-get, as root), versitygw, staticcheck and toxiproxy (go install into
+# GOPATH/bin).
 
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build test demo bench bench-service clean
+.PHONY: all build test demo bench bench-service bench-s3 clean
 
 all: build
 
@@ -36,6 +40,9 @@ bench:
 
 bench-service:
 	bash scripts/bench.sh service $(BENCH_ARGS)
+
+bench-s3:
+	bash scripts/bench.sh s3 $(BENCH_ARGS)
 
 clean:
 	rm -rf bin

@@ -11,6 +11,12 @@
 # memory, purge latency):
 #     scripts/bench.sh service -runs 3
 #     make bench-service BENCH_ARGS='-rows 200000'
+# With "s3" first it runs the S3 benchmark (reconcile-bench -s3): it also
+# starts versitygw (scripts/s3.sh, with its access log and keep-alive) and
+# toxiproxy (scripts/toxiproxy.sh), which add latency between reconcile and
+# the S3 server:
+#     scripts/bench.sh s3 -runs 3
+#     make bench-s3 BENCH_ARGS='-baseline-reconcile /path/to/older/reconcile'
 # Progress is on stderr, the figures on stdout. Exit status: the benchmark's.
 set -euo pipefail
 
@@ -21,10 +27,16 @@ fi
 
 # shellcheck source=scripts/pg.sh
 source scripts/pg.sh
+# shellcheck source=scripts/s3.sh
+source scripts/s3.sh
+# shellcheck source=scripts/toxiproxy.sh
+source scripts/toxiproxy.sh
 
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    toxiproxy_stop
+    s3_stop
     pg_stop
     exit "$status"
 }
@@ -33,14 +45,26 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 bench=reconcile-bench
-if [[ ${1:-} == service ]]; then
+mode=()
+case ${1:-} in
+service)
     bench=reconcile-service-bench
     shift
-fi
+    ;;
+s3)
+    mode=(-s3)
+    shift
+    ;;
+esac
 echo "bench.sh: building bin/reconcile and bin/$bench" >&2
 go build -o bin/reconcile ./cmd/reconcile
 go build -o "bin/$bench" "./cmd/$bench"
 
 PG_FSYNC=on pg_start
+if [[ ${#mode[@]} -gt 0 ]]; then
+    # reconcile-bench -s3 reads TEST_S3_*, S3_ACCESS_LOG_FILE and TOXIPROXY_URL.
+    S3_ACCESS_LOG=1 S3_KEEP_ALIVE=1 s3_start
+    toxiproxy_start
+fi
 
-"bin/$bench" -database-url "$PG_URL" -reconcile bin/reconcile "$@"
+"bin/$bench" "${mode[@]}" -database-url "$PG_URL" -reconcile bin/reconcile "$@"

@@ -14,6 +14,9 @@
 # Options (environment):
 #     VERSITYGW_VERSION   module version to go install when missing (default v1.8.0)
 #     S3_FIXED_PORT=N     use this port instead of a random free one in 20000-40000
+#     S3_ACCESS_LOG=1     log every request to $S3_DIR/access.log (S3_ACCESS_LOG_FILE)
+#     S3_KEEP_ALIVE=1     keep connections open between requests, as S3 does
+#                         (versitygw closes each one after its response by default)
 #
 # Exported by s3_start:
 #     TEST_S3_ENDPOINT     127.0.0.1:PORT (plain HTTP, path-style)
@@ -21,6 +24,8 @@
 #     TEST_S3_SECRET_KEY   random root secret key
 #     TEST_S3_REGION       us-east-1
 #     S3_DIR, S3_PID, S3_PORT
+#     S3_ACCESS_LOG_FILE   with S3_ACCESS_LOG=1: one line per request, the
+#                          operation as its 8th field (s3_PutObject, ...)
 # No bucket is created: each test makes its own. The data lives under
 # $S3_DIR/data (one directory per bucket).
 
@@ -78,6 +83,15 @@ s3_start() {
     mkdir -p "$S3_DIR/data"
 
     local access secret port attempt i up
+    local -a extra=()
+    if [[ ${S3_ACCESS_LOG:-} == 1 ]]; then
+        S3_ACCESS_LOG_FILE=$S3_DIR/access.log
+        export S3_ACCESS_LOG_FILE
+        extra+=(--access-log "$S3_ACCESS_LOG_FILE")
+    fi
+    if [[ ${S3_KEEP_ALIVE:-} == 1 ]]; then
+        extra+=(--keep-alive)
+    fi
     access=$(_s3_rand 20)
     secret=$(_s3_rand 40)
     if [[ ${#access} -ne 20 || ${#secret} -ne 40 ]]; then
@@ -97,7 +111,7 @@ s3_start() {
         fi
         # Keys through the environment, not argv, so that they stay out of ps.
         ROOT_ACCESS_KEY_ID=$access ROOT_SECRET_ACCESS_KEY=$secret \
-            "$VERSITYGW" --port "127.0.0.1:$port" --quiet \
+            "$VERSITYGW" --port "127.0.0.1:$port" --quiet "${extra[@]}" \
             posix "$S3_DIR/data" </dev/null >"$S3_DIR/versitygw.log" 2>&1 &
         S3_PID=$!
         export S3_PID
@@ -158,7 +172,7 @@ s3_stop() {
         rm -rf -- "$dir" || true
         _s3_log "stopped; removed $dir"
     fi
-    unset S3_PID S3_DIR S3_PORT TEST_S3_ENDPOINT TEST_S3_ACCESS_KEY TEST_S3_SECRET_KEY TEST_S3_REGION
+    unset S3_PID S3_DIR S3_PORT S3_ACCESS_LOG_FILE TEST_S3_ENDPOINT TEST_S3_ACCESS_KEY TEST_S3_SECRET_KEY TEST_S3_REGION
     return 0
 }
 

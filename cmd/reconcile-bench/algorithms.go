@@ -99,6 +99,13 @@ func (b *bench) timeAlgorithms(ctx context.Context) ([]result, error) {
 // removes the file and deletes the row, over one connection. Connecting is
 // timed too, as reconcile's own start is.
 func (b *bench) cronPerRow(ctx context.Context) (time.Duration, error) {
+	return b.cronPerRowWith(ctx, func(_ context.Context, key string) error {
+		return removeFile(b.media, key)
+	})
+}
+
+// cronPerRowWith is cronPerRow with each file removed by remove.
+func (b *bench) cronPerRowWith(ctx context.Context, remove func(ctx context.Context, key string) error) (time.Duration, error) {
 	start := time.Now()
 	conn, err := pgx.Connect(ctx, b.dbURL)
 	if err != nil {
@@ -122,7 +129,7 @@ func (b *bench) cronPerRow(ctx context.Context) (time.Duration, error) {
 	selected := time.Now()
 	for _, it := range items {
 		if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if err := removeFile(b.media, it.key); err != nil {
+			if err := remove(ctx, it.key); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(ctx, "DELETE FROM forum_attachment WHERE id = $1", it.id); err != nil {
@@ -178,16 +185,17 @@ func removeFile(root, key string) error {
 
 // rescan times `reconcile --rescan`.
 func (b *bench) rescan(ctx context.Context, dir string) (time.Duration, error) {
-	p, err := b.runReconcile(ctx, dir, "rescan", nil, "--rescan")
+	p, err := b.runReconcile(ctx, b.opts.reconcile, dir, "rescan", nil, "--rescan")
 	if err != nil {
 		return 0, err
 	}
 	return p.elapsed, nil
 }
 
-// migrate runs `reconcile migrate` (untimed): the outbox table and the
-// indexes it creates are part of the setup every algorithm gets.
-func (b *bench) migrate(ctx context.Context, dir string) error {
-	_, err := b.runReconcile(ctx, dir, "migrate", nil, "migrate")
+// migrate runs `reconcile migrate` with the binary bin (untimed): the outbox
+// table and the indexes it creates are part of the setup every algorithm
+// gets.
+func (b *bench) migrate(ctx context.Context, bin, dir string) error {
+	_, err := b.runReconcile(ctx, bin, dir, "migrate", nil, "migrate")
 	return err
 }

@@ -28,6 +28,9 @@ type bench struct {
 	tmp     string
 	media   string // the media root the files live under
 	version string // Postgres server version
+
+	// storageEnv is the RECONCILE_STORAGE_* settings given to reconcile.
+	storageEnv []string
 }
 
 func newBench(ctx context.Context, o options, schema string) (*bench, error) {
@@ -61,6 +64,7 @@ func newBench(ctx context.Context, o options, schema string) (*bench, error) {
 		return nil, fmt.Errorf("creating temporary directory: %w", err)
 	}
 	b.media = filepath.Join(b.tmp, "media")
+	b.storageEnv = []string{"RECONCILE_STORAGE_BACKEND=local", "RECONCILE_STORAGE_LOCAL_ROOT=" + b.media}
 	slog.Info("benchmark ready", "postgres", b.version, "database", benchDatabase, "tmp", b.tmp)
 	return b, nil
 }
@@ -130,6 +134,18 @@ func (b *bench) dropDatabase(ctx context.Context) error {
 // checkpointed and synced to disk, so that what is timed next starts from the
 // same state for every algorithm.
 func (b *bench) seed(ctx context.Context, ds *dataset, logDir string) error {
+	return b.seedWith(ctx, ds, logDir, b.opts.reconcile, func(ctx context.Context) error {
+		if err := removeTree(ctx, b.media); err != nil {
+			return fmt.Errorf("clearing the media root: %w", err)
+		}
+		return writeFiles(ctx, b.media, ds)
+	})
+}
+
+// seedWith is seed with the files put in place by store, which runs while
+// the rows are copied, and `reconcile migrate` run by the binary migrateBin
+// (none when empty).
+func (b *bench) seedWith(ctx context.Context, ds *dataset, logDir, migrateBin string, store func(context.Context) error) error {
 	slog.Info("seeding", "rows", len(ds.rows), "due", ds.due)
 	start := time.Now()
 	if err := b.dropDatabase(ctx); err != nil {
@@ -147,15 +163,11 @@ func (b *bench) seed(ctx context.Context, ds *dataset, logDir string) error {
 		return fmt.Errorf("creating the table from %s: %w", b.opts.schema, err)
 	}
 
-	created := time.Now()
-	if err := removeTree(ctx, b.media); err != nil {
-		return fmt.Errorf("clearing the media root: %w", err)
-	}
 	now := time.Now()
 	filesDone := make(chan error, 1)
 	var filesTook time.Duration
 	go func() {
-		err := writeFiles(ctx, b.media, ds)
+		err := store(ctx)
 		filesTook = time.Since(now)
 		filesDone <- err
 	}()
@@ -167,8 +179,8 @@ func (b *bench) seed(ctx context.Context, ds *dataset, logDir string) error {
 	}
 	loaded := time.Now()
 
-	if b.opts.reconcile != "" {
-		if err := b.migrate(ctx, logDir); err != nil {
+	if migrateBin != "" {
+		if err := b.migrate(ctx, migrateBin, logDir); err != nil {
 			return err
 		}
 	}
@@ -187,8 +199,7 @@ func (b *bench) seed(ctx context.Context, ds *dataset, logDir string) error {
 		return fmt.Errorf("seeded %d due rows but the database counts %d", ds.due, due)
 	}
 	slog.Info("seeded", "rows", len(ds.rows), "due", ds.due,
-		"create_db", created.Sub(start).Round(time.Millisecond),
-		"clear_media", now.Sub(created).Round(time.Millisecond),
+		"create_db", now.Sub(start).Round(time.Millisecond),
 		"load", loaded.Sub(now).Round(time.Millisecond),
 		"copy", copyTook.Round(time.Millisecond), "files", filesTook.Round(time.Millisecond),
 		"prepare", time.Since(loaded).Round(time.Millisecond),
@@ -234,6 +245,18 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 		}
 	}
 
+	return eachRow(ctx, ds, func(r *attachment) error {
+		p := filepath.Join(root, filepath.FromSlash(r.key))
+		if err := os.WriteFile(p, ds.content[:r.size], 0o644); err != nil {
+			return fmt.Errorf("writing media file: %w", err)
+		}
+		return nil
+	})
+}
+
+// eachRow calls store for every row of ds, fileWorkers at a time; a worker
+// stops at its first error, and the errors are joined.
+func eachRow(ctx context.Context, ds *dataset, store func(r *attachment) error) error {
 	next := make(chan int)
 	errs := make(chan error, fileWorkers)
 	for range fileWorkers {
@@ -243,11 +266,7 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 				if err != nil {
 					continue // drain
 				}
-				r := &ds.rows[i]
-				p := filepath.Join(root, filepath.FromSlash(r.key))
-				if werr := os.WriteFile(p, ds.content[:r.size], 0o644); werr != nil {
-					err = fmt.Errorf("writing media file: %w", werr)
-				}
+				err = store(&ds.rows[i])
 			}
 			errs <- err
 		}()

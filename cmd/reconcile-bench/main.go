@@ -8,6 +8,14 @@
 //
 //	go run ./cmd/reconcile-bench -database-url URL -reconcile bin/reconcile
 //
+// With -s3 it times the S3 path instead: `reconcile --rescan` (and, with
+// -baseline-reconcile, an older build of it, alternating run by run) and the
+// cron job's per-row algorithm, with versitygw reached through a toxiproxy
+// proxy that delays each direction by -latency (see s3.go):
+//
+//	go run ./cmd/reconcile-bench -s3 -database-url URL -reconcile bin/reconcile \
+//	    -s3-endpoint HOST:PORT -toxiproxy http://HOST:PORT
+//
 // Progress goes to stderr, the figures to stdout.
 package main
 
@@ -48,6 +56,8 @@ type options struct {
 	keep        bool
 	schema      string
 	only        []string
+
+	s3 s3Options // with -s3
 }
 
 func main() {
@@ -83,12 +93,13 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.databaseURL, "database-url", "", "superuser `URL` of a throwaway PostgreSQL (database postgres); the benchmark creates and drops its own database "+benchDatabase)
 	fs.StringVar(&o.reconcile, "reconcile", "", "`path` of the reconcile binary (needed for the reconcile runs and the memory runs; when set, 'reconcile migrate' also prepares the table for the other algorithms)")
 	fs.IntVar(&o.rows, "rows", 100_000, "rows in the table; half soft-deleted over the last 90 days, so about a third due")
-	fs.IntVar(&o.runs, "runs", 1, "runs of each algorithm, in alternating order; the median is reported")
+	fs.IntVar(&o.runs, "runs", 1, "runs of each algorithm, in alternating order; the median is reported (with -s3 the default is 3)")
 	fs.StringVar(&memSizes, "mem-sizes", "10000,100000", "backlog `sizes` for the memory runs, comma-separated (every row due)")
 	fs.BoolVar(&o.skipMem, "skip-mem", false, "skip the memory runs")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (media root, logs, index files) and the benchmark database")
 	fs.StringVar(&o.schema, "schema", "internal/testdb/django_attachment.sql", "SQL `file` that creates the table (relative paths are tried from the working directory, then from the module root)")
 	fs.StringVar(&only, "only", strings.Join(allAlgorithms, ","), "`algorithms` to time, comma-separated: "+strings.Join(allAlgorithms, ", "))
+	o.s3.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -98,6 +109,12 @@ func parseFlags(args []string) (options, error) {
 
 	if o.databaseURL == "" {
 		return o, errors.New("-database-url is required (a superuser URL to the postgres database of a throwaway server)")
+	}
+	if o.s3.enabled {
+		return o, o.finishS3(fs)
+	}
+	if err := o.s3.refuseWithout(fs); err != nil {
+		return o, err
 	}
 	if o.rows < 1 {
 		return o, fmt.Errorf("-rows must be at least 1, got %d", o.rows)
@@ -121,20 +138,28 @@ func parseFlags(args []string) (options, error) {
 		return o, errors.New("-reconcile is required to time reconcile and to measure its memory (or use -only cron,floor -skip-mem)")
 	}
 	if o.reconcile != "" {
-		abs, err := filepath.Abs(o.reconcile)
-		if err != nil {
-			return o, fmt.Errorf("resolving -reconcile %q: %w", o.reconcile, err)
+		if o.reconcile, err = executable("-reconcile", o.reconcile); err != nil {
+			return o, err
 		}
-		info, err := os.Stat(abs)
-		if err != nil {
-			return o, fmt.Errorf("-reconcile: %w (build it first, e.g. go build -o bin/reconcile ./cmd/reconcile)", err)
-		}
-		if info.IsDir() || info.Mode().Perm()&0o111 == 0 {
-			return o, fmt.Errorf("-reconcile %s is not an executable file", abs)
-		}
-		o.reconcile = abs
 	}
 	return o, nil
+}
+
+// executable returns the absolute path of the reconcile binary a flag
+// names, checking that it is an executable file.
+func executable(flagName, path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", fmt.Errorf("resolving %s %q: %w", flagName, path, err)
+	}
+	info, err := os.Stat(abs)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w (build it first, e.g. go build -o bin/reconcile ./cmd/reconcile)", flagName, err)
+	}
+	if info.IsDir() || info.Mode().Perm()&0o111 == 0 {
+		return "", fmt.Errorf("%s %s is not an executable file", flagName, abs)
+	}
+	return abs, nil
 }
 
 func parseOnly(s string) ([]string, error) {
@@ -226,6 +251,9 @@ func run(ctx context.Context, o options) (err error) {
 	schema, err := os.ReadFile(schemaPath)
 	if err != nil {
 		return fmt.Errorf("reading schema: %w", err)
+	}
+	if o.s3.enabled {
+		return runS3(ctx, o, string(schema))
 	}
 
 	b, err := newBench(ctx, o, string(schema))

@@ -118,7 +118,7 @@ func (b *bench) measureMemory(ctx context.Context) ([]memResult, error) {
 			return nil, fmt.Errorf("seeding %d due rows: %w", n, err)
 		}
 		slog.Info("measuring memory", "due", n)
-		res, err := b.runReconcile(ctx, dir, "rescan", &memSampler{}, "--rescan")
+		res, err := b.runReconcile(ctx, b.opts.reconcile, dir, "rescan", &memSampler{}, "--rescan")
 		if err != nil {
 			return nil, fmt.Errorf("memory run of %d rows: %w", n, err)
 		}

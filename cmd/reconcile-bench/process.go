@@ -28,12 +28,12 @@ func (p processResult) maxRSS() int64 {
 	return 0
 }
 
-// runReconcile runs the reconcile binary with args against the benchmark
-// database and media root, with a fresh index file in dir, and its output in
-// dir/<name>.{stdout,stderr}.log. It times from start to exit, and samples
-// the memory of the process when mem is non-nil. Anything but exit status 0
-// is an error that carries the tail of both logs.
-func (b *bench) runReconcile(ctx context.Context, dir, name string, mem *memSampler, args ...string) (processResult, error) {
+// runReconcile runs the reconcile binary bin with args against the benchmark
+// database and storage (b.storageEnv), with a fresh index file in dir, and
+// its output in dir/<name>.{stdout,stderr}.log. It times from start to exit,
+// and samples the memory of the process when mem is non-nil. Anything but
+// exit status 0 is an error that carries the tail of both logs.
+func (b *bench) runReconcile(ctx context.Context, bin, dir, name string, mem *memSampler, args ...string) (processResult, error) {
 	var res processResult
 	index := filepath.Join(dir, "index.db")
 	if err := os.Remove(index); err != nil && !os.IsNotExist(err) {
@@ -52,14 +52,13 @@ func (b *bench) runReconcile(ctx context.Context, dir, name string, mem *memSamp
 	}
 	defer stderr.Close()
 
-	cmd := exec.CommandContext(ctx, b.opts.reconcile, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(environWithout("RECONCILE_"),
 		"RECONCILE_DATABASE_URL="+b.dbURL,
-		"RECONCILE_STORAGE_BACKEND=local",
-		"RECONCILE_STORAGE_LOCAL_ROOT="+b.media,
 		"RECONCILE_INDEX_PATH="+index,
 		"RECONCILE_RETENTION=720h",
 	)
+	cmd.Env = append(cmd.Env, b.storageEnv...)
 	cmd.Dir = dir
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
@@ -67,7 +66,7 @@ func (b *bench) runReconcile(ctx context.Context, dir, name string, mem *memSamp
 
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return res, fmt.Errorf("starting %s %s: %w", b.opts.reconcile, strings.Join(args, " "), err)
+		return res, fmt.Errorf("starting %s %s: %w", bin, strings.Join(args, " "), err)
 	}
 	if mem != nil {
 		mem.start(cmd.Process.Pid)

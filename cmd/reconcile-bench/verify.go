@@ -16,6 +16,21 @@ import (
 // the others (their count, and none of them due), every due file is gone,
 // every other file is still there, and the outbox, if any, is empty.
 func (b *bench) verify(ctx context.Context, ds *dataset) error {
+	return b.verifyWith(ctx, ds, "files", func(key string) (bool, error) {
+		_, err := os.Lstat(filepath.Join(b.media, filepath.FromSlash(key)))
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, fs.ErrNotExist):
+			return false, nil
+		}
+		return false, fmt.Errorf("checking file: %w", err)
+	})
+}
+
+// verifyWith is verify with the files looked up by exists, and called what
+// in its messages.
+func (b *bench) verifyWith(ctx context.Context, ds *dataset, what string, exists func(key string) (bool, error)) error {
 	conn, err := pgx.Connect(ctx, b.dbURL)
 	if err != nil {
 		return fmt.Errorf("connecting: %w", err)
@@ -52,25 +67,25 @@ func (b *bench) verify(ctx context.Context, ds *dataset) error {
 	keptN, missingN := 0, 0
 	for i := range ds.rows {
 		r := &ds.rows[i]
-		_, err := os.Lstat(filepath.Join(b.media, filepath.FromSlash(r.key)))
+		present, err := exists(r.key)
 		switch {
-		case err != nil && !errors.Is(err, fs.ErrNotExist):
-			return fmt.Errorf("checking file: %w", err)
-		case r.due && err == nil:
+		case err != nil:
+			return err
+		case r.due && present:
 			if keptN++; keptN <= examples {
 				kept = append(kept, r.key)
 			}
-		case !r.due && err != nil:
+		case !r.due && !present:
 			if missingN++; missingN <= examples {
 				missing = append(missing, r.key)
 			}
 		}
 	}
 	if keptN > 0 {
-		problems = append(problems, fmt.Sprintf("%d due files still present (e.g. %s)", keptN, strings.Join(kept, ", ")))
+		problems = append(problems, fmt.Sprintf("%d due %s still present (e.g. %s)", keptN, what, strings.Join(kept, ", ")))
 	}
 	if missingN > 0 {
-		problems = append(problems, fmt.Sprintf("%d files of rows not due are missing (e.g. %s)", missingN, strings.Join(missing, ", ")))
+		problems = append(problems, fmt.Sprintf("%d %s of rows not due are missing (e.g. %s)", missingN, what, strings.Join(missing, ", ")))
 	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))

@@ -3,7 +3,9 @@
 //
 // Keys come from the database and are untrusted. Every key is checked by
 // ValidateKey before it is used, and each backend keeps it inside its root or
-// prefix: Local through os.Root, S3 by joining the key under the prefix.
+// prefix: Local (Linux only) by opening each key's folder with openat2, which
+// refuses in the kernel a path that leaves the root or meets a symbolic link,
+// S3 by joining the key under the prefix.
 // A missing file counts as removed, so removal can be retried safely.
 package storage
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,30 +79,66 @@ func (l *Local) Check(ctx context.Context, keys []string) []error {
 	return errs
 }
 
-// Remove removes the files named by keys, one after another, and returns one
-// error per key, nil for a file removed or already missing. Each key is
-// checked again, as in Check, because the tree may have changed since. Once
-// ctx is done, the remaining valid keys fail with its error.
-func (l *Local) Remove(ctx context.Context, keys []string) []error {
+// Stat tells, for each key, whether its file exists and when it was last
+// modified. A key refused by Check gets its error.
+func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 	dirs := l.folders()
 	defer dirs.close()
-	errs := make([]error, len(keys))
+	infos := make([]FileInfo, len(keys))
 	for i, key := range keys {
-		if errs[i] = ValidateKey(key); errs[i] != nil {
+		if err := ValidateKey(key); err != nil {
+			infos[i].Err = err
 			continue
 		}
 		if err := ctx.Err(); err != nil {
-			errs[i] = fmt.Errorf("remove %q: %w", key, err)
+			infos[i].Err = fmt.Errorf("stat %q: %w", key, err)
 			continue
 		}
-		errs[i] = dirs.remove(key)
+		f, err := dirs.lstat("stat", key)
+		switch {
+		case err != nil:
+			infos[i].Err = err
+		case f.found:
+			infos[i] = FileInfo{Exists: true, ModTime: f.modTime()}
+		}
 	}
-	return errs
+	return infos
+}
+
+// Remove removes the files of removals, one after another, and returns one
+// Result for each. Each file is looked at just before it is removed: a
+// missing file is Missing, a file modified since its removal was queued is
+// Rewritten and kept, a key refused by Check gets its error. A key listed
+// twice is removed once, then Missing. Once ctx is done, the remaining
+// valid keys fail with its error.
+func (l *Local) Remove(ctx context.Context, removals []Removal) []Result {
+	dirs := l.folders()
+	defer dirs.close()
+	results := make([]Result, len(removals))
+	for i, r := range removals {
+		results[i] = dirs.remove(ctx, r)
+	}
+	return results
 }
 
 // Close closes the root.
 func (l *Local) Close() error {
 	return unix.Close(l.root)
+}
+
+// rewrittenLocal reports whether a file last modified at modTime may have
+// been written again since its removal was queued at queuedAt, and must be
+// kept.
+//
+// A modification time cannot be compared with queuedAt to the nanosecond:
+// the kernel stamps it from a coarse clock that lags the clock time.Now
+// reads by up to a tick (a file written right after time.Now() had an mtime
+// 1 to 6 ms before it, every time, on ext4 with Linux 6.18), some file
+// systems keep whole seconds, and an NFS server uses its own clock. So a
+// file modified less than a second before queuedAt is kept too: this fails
+// closed, like the S3 rule, which keeps a file modified in the same second.
+func rewrittenLocal(modTime, queuedAt time.Time) bool {
+	return !modTime.Before(queuedAt.Add(-time.Second))
 }
 
 // maxOpenDirs bounds the folders one call holds open.
@@ -155,6 +192,10 @@ type file struct {
 	st    unix.Stat_t
 }
 
+func (f *file) modTime() time.Time {
+	return time.Unix(f.st.Mtim.Unix())
+}
+
 // lstat opens the folder of key (a valid key) and looks at its file without
 // following a link. A missing folder or file is not an error (found is
 // false); a symbolic link anywhere on the path, and a directory, are.
@@ -189,23 +230,39 @@ func (d *folders) lstat(op, key string) (file, error) {
 	return f, nil
 }
 
-// remove removes the file of key (a valid key), if it is there.
-func (d *folders) remove(key string) error {
-	f, err := d.lstat("remove", key)
-	if err != nil || !f.found {
-		return err
+// remove removes the file of one removal if it is still the file queued.
+func (d *folders) remove(ctx context.Context, r Removal) Result {
+	if err := ValidateKey(r.Key); err != nil {
+		return Result{Err: err}
+	}
+	if r.QueuedAt.IsZero() {
+		return Result{Err: fmt.Errorf("remove %q: %w", r.Key, errNoQueuedAt)}
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{Err: fmt.Errorf("remove %q: %w", r.Key, err)}
+	}
+	f, err := d.lstat("remove", r.Key)
+	switch {
+	case err != nil:
+		return Result{Err: err}
+	case !f.found:
+		return Result{Outcome: Missing}
+	case rewrittenLocal(f.modTime(), r.QueuedAt):
+		return Result{Outcome: Rewritten, ModTime: f.modTime()}
 	}
 	// unlinkat without AT_REMOVEDIR never removes a directory and never
 	// follows a link: a link swapped in since fstatat is removed itself, its
 	// target is not touched.
 	_, err = retry(func() (int, error) { return 0, unix.Unlinkat(f.dir, f.name, 0) })
 	switch {
-	case err == nil, missing(err):
-		return nil
+	case err == nil:
+		return Result{Outcome: Removed}
+	case missing(err):
+		return Result{Outcome: Missing} // removed by someone else meanwhile
 	case errors.Is(err, unix.EISDIR):
-		return fmt.Errorf("remove %q: %w", key, errIsDir)
+		return Result{Err: fmt.Errorf("remove %q: %w", r.Key, errIsDir)}
 	}
-	return fmt.Errorf("remove %q: %w", key, &fs.PathError{Op: "unlinkat", Path: key, Err: err})
+	return Result{Err: fmt.Errorf("remove %q: %w", r.Key, &fs.PathError{Op: "unlinkat", Path: r.Key, Err: err})}
 }
 
 // openBeneath opens the folder path under dir without leaving dir and

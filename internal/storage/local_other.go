@@ -29,13 +29,22 @@ func (*Local) Check(_ context.Context, keys []string) []error {
 	return errs
 }
 
-// Remove fails for every key.
-func (*Local) Remove(_ context.Context, keys []string) []error {
-	errs := make([]error, len(keys))
-	for i := range errs {
-		errs[i] = errNeedsLinux
+// Stat fails for every key.
+func (*Local) Stat(_ context.Context, keys []string) []FileInfo {
+	infos := make([]FileInfo, len(keys))
+	for i := range infos {
+		infos[i].Err = errNeedsLinux
 	}
-	return errs
+	return infos
+}
+
+// Remove fails for every removal.
+func (*Local) Remove(_ context.Context, removals []Removal) []Result {
+	results := make([]Result, len(removals))
+	for i := range results {
+		results[i].Err = errNeedsLinux
+	}
+	return results
 }
 
 // Close does nothing.

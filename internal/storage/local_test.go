@@ -414,3 +414,87 @@ func TestLocalErrorsNameTheKey(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLocalKeys runs Check, Stat and Remove on any key against a tree with
+// links in and out of the root, and checks that nothing outside the root is
+// touched, that a key through a link is always refused, and that only the
+// file a key names can go.
+func FuzzLocalKeys(f *testing.F) {
+	for _, key := range []string{
+		"f.jpg", "sub/g.jpg", "sub", "alias.jpg", "alias.jpg/x", "out", "out/secret.txt",
+		"out/../root/f.jpg", "../outside/secret.txt", "sub/../f.jpg", "/etc/passwd",
+		"sub/missing.jpg", "f.jpg/x", "sub//g.jpg", "./f.jpg", "sub/g.jpg/", "é/写真.png",
+	} {
+		f.Add(key)
+	}
+	dir := f.TempDir()
+	root := filepath.Join(dir, "root")
+	outside := filepath.Join(dir, "outside", "secret.txt")
+	inside := []string{"f.jpg", "sub/g.jpg"}
+	links := map[string]string{"alias.jpg": "f.jpg", "out": "../outside"}
+	restore := func(t testing.TB) {
+		for _, p := range append([]string{outside}, inside...) {
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(root, p)
+			}
+			if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+				if err := writeFile(p, []byte("x")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	restore(f)
+	for link, target := range links {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			f.Fatal(err)
+		}
+	}
+	l, err := NewLocal(root)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { l.Close() })
+
+	f.Fuzz(func(t *testing.T, key string) {
+		restore(t)
+		ctx := context.Background()
+		errs := l.Check(ctx, []string{key})
+		infos := l.Stat(ctx, []string{key})
+		res := l.Remove(ctx, removals(time.Now(), key))
+		res = append(res, l.Remove(ctx, removals(queuedLater(), key))...)
+
+		first, _, _ := strings.Cut(key, "/")
+		if _, ok := links[first]; ok {
+			for _, err := range []error{errs[0], infos[0].Err, res[0].Err, res[1].Err} {
+				if !errors.Is(err, ErrUnsafeKey) {
+					t.Errorf("key %q through a link: %v, want ErrUnsafeKey", key, err)
+				}
+			}
+		}
+		if !fileExists(t, outside) {
+			t.Fatalf("key %q removed the file outside the root", key)
+		}
+		for link := range links {
+			if fi, err := os.Lstat(filepath.Join(root, link)); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+				t.Fatalf("key %q removed the link %s: %v", key, link, err)
+			}
+		}
+		for _, name := range inside {
+			if name != key && !fileExists(t, filepath.Join(root, name)) {
+				t.Fatalf("key %q removed %s", key, name)
+			}
+		}
+		if fi, err := os.Lstat(filepath.Join(root, "sub")); err != nil || !fi.IsDir() {
+			t.Fatalf("key %q removed the folder sub: %v", key, err)
+		}
+		for i, r := range res {
+			if (r.Err == nil) == (r.Outcome == 0) {
+				t.Errorf("key %q: removal %d: %+v: want an Outcome or an error", key, i, r)
+			}
+		}
+		if res[1].Outcome == Removed && ValidateKey(key) != nil {
+			t.Errorf("key %q refused by ValidateKey was removed", key)
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -845,4 +847,49 @@ func TestCommonPrefix(t *testing.T) {
 			t.Errorf("commonPrefix(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.want)
 		}
 	}
+}
+
+// FuzzS3Name checks that the object name of an accepted key is the prefix
+// followed by the key, and stays under the prefix.
+func FuzzS3Name(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"media", "forum/a.jpg"}, {"media/", "../x"}, {"", "x"}, {"forum/media", "a/../../b"},
+		{"media//", "./x"}, {"/", "x"}, {"..", "x"}, {"media", "写真/é.png"}, {"m", "a\x00b"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, prefix, key string) {
+		p, err := s3Prefix(prefix)
+		if err != nil {
+			if !errors.Is(err, ErrUnsafeKey) {
+				t.Fatalf("s3Prefix(%q) = %v, want ErrUnsafeKey", prefix, err)
+			}
+			return
+		}
+		if p != "" && (!strings.HasSuffix(p, "/") || ValidateKey(strings.TrimSuffix(p, "/")) != nil) {
+			t.Fatalf("s3Prefix(%q) = %q, not a clean folder", prefix, p)
+		}
+		name, err := objectName(p, key)
+		if err != nil {
+			if ValidateKey(key) == nil {
+				t.Fatalf("objectName(%q, %q) = %v for a valid key", p, key, err)
+			}
+			return
+		}
+		rest, ok := strings.CutPrefix(name, p)
+		if !ok || rest != key {
+			t.Fatalf("objectName(%q, %q) = %q: not the prefix followed by the key", p, key, name)
+		}
+		if path.Clean(name) != name || path.IsAbs(name) || !utf8.ValidString(name) {
+			t.Fatalf("objectName(%q, %q) = %q: not a clean relative path", p, key, name)
+		}
+		for elem := range strings.SplitSeq(rest, "/") {
+			if elem == ".." || elem == "." || elem == "" {
+				t.Fatalf("objectName(%q, %q) = %q: element %q may leave the prefix", p, key, name, elem)
+			}
+		}
+		if folder := name[:strings.LastIndexByte(name, '/')+1]; !strings.HasPrefix(folder, p) {
+			t.Fatalf("objectName(%q, %q) = %q: its folder %q is not under the prefix", p, key, name, folder)
+		}
+	})
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/goleak"
 )
@@ -473,4 +476,36 @@ func requireResults(t *testing.T, keys []string, results []Result, want ...any) 
 	if bad > 10 {
 		t.Errorf("... %d keys wrong in all", bad)
 	}
+}
+
+// FuzzValidateKey checks that ValidateKey never panics, refuses with
+// ErrUnsafeKey, and accepts only clean relative slash paths.
+func FuzzValidateKey(f *testing.F) {
+	for _, key := range []string{
+		"forum/attachments/2025/10/04/leaf.jpg", "..jpg", "a..b/c", " x ", "写真/é.png",
+		"", "a\x00b", "a\xffb", `a\b`, "/x", "..", "a/../b", "./a", "a//b", "a/", ".",
+	} {
+		f.Add(key)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		err := ValidateKey(key)
+		if err != nil {
+			if !errors.Is(err, ErrUnsafeKey) {
+				t.Fatalf("ValidateKey(%q) = %v, want ErrUnsafeKey", key, err)
+			}
+			return
+		}
+		switch {
+		case path.Clean(key) != key, key == ".":
+			t.Fatalf("accepted %q, which is not a clean path", key)
+		case path.IsAbs(key):
+			t.Fatalf("accepted %q, which is absolute", key)
+		case !utf8.ValidString(key):
+			t.Fatalf("accepted %q, which is not valid UTF-8", key)
+		case strings.ContainsAny(key, "\x00\\"):
+			t.Fatalf("accepted %q, which has a NUL or a backslash", key)
+		case slices.Contains(strings.Split(key, "/"), ".."):
+			t.Fatalf("accepted %q, which has a \"..\" element", key)
+		}
+	})
 }

@@ -498,3 +498,74 @@ func FuzzLocalKeys(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkLocalRemove removes 1000 files in 4 folders per iteration, through
+// Local.Remove (in one call, then a key per call) and, as a baseline, with
+// os.Remove of each path.
+func BenchmarkLocalRemove(b *testing.B) {
+	const files, folders = 1000, 4
+	keys := make([]string, files)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("forum/attachments/2025/10/%02d/leaf-%04d.jpg", i*folders/files, i)
+	}
+	root := b.TempDir()
+	create := func(b *testing.B) {
+		b.StopTimer()
+		defer b.StartTimer()
+		for _, key := range keys {
+			if err := writeFile(filepath.Join(root, key), nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	report := func(b *testing.B) {
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*files), "ns/file")
+	}
+	b.Run("Local.Remove", func(b *testing.B) {
+		l, err := NewLocal(root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close()
+		rs := removals(queuedLater(), keys...)
+		for range b.N {
+			create(b)
+			for i, res := range l.Remove(b.Context(), rs) {
+				if res.Outcome != Removed {
+					b.Fatalf("%s: %+v", keys[i], res)
+				}
+			}
+		}
+		report(b)
+	})
+	// A key per call: the folder is opened for every key, as for keys
+	// spread over many folders.
+	b.Run("Local.Remove/key-per-call", func(b *testing.B) {
+		l, err := NewLocal(root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close()
+		rs := removals(queuedLater(), keys...)
+		for range b.N {
+			create(b)
+			for i := range rs {
+				if res := l.Remove(b.Context(), rs[i:i+1])[0]; res.Outcome != Removed {
+					b.Fatalf("%s: %+v", keys[i], res)
+				}
+			}
+		}
+		report(b)
+	})
+	b.Run("os.Remove", func(b *testing.B) {
+		for range b.N {
+			create(b)
+			for _, key := range keys {
+				if err := os.Remove(filepath.Join(root, key)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		report(b)
+	})
+}

@@ -1,15 +1,28 @@
 package storage
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Removal is a file to remove and the moment its removal was queued, in
 // this host's clock. A file modified at or after that moment was written
 // again under the same key (django-storages reuses a freed name for a new
-// upload) and is kept.
+// upload) and is kept. Each backend compares the times only as finely as it
+// can trust them, and keeps the file when in doubt: Local keeps a file
+// modified less than a second before QueuedAt, S3 one modified in the same
+// second (see rewrittenLocal and rewrittenS3).
+//
+// A zero QueuedAt is refused: it would make every file look rewritten, or,
+// read as "no limit", remove a file written after the key was freed.
 type Removal struct {
 	Key      string
 	QueuedAt time.Time
 }
+
+// errNoQueuedAt is the error of a Removal whose QueuedAt is zero.
+var errNoQueuedAt = errors.New("the removal has no QueuedAt, which is a programming error upstream; the file is kept")
 
 // Outcome is what a removal did to one file.
 type Outcome uint8
@@ -23,6 +36,18 @@ const (
 	// it is kept.
 	Rewritten
 )
+
+func (o Outcome) String() string {
+	switch o {
+	case Removed:
+		return "removed"
+	case Missing:
+		return "missing"
+	case Rewritten:
+		return "rewritten"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
 
 // Result is the outcome of one Removal. With Err set the file may still be
 // there, and Outcome is zero.

@@ -7,9 +7,13 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"golang.org/x/sync/errgroup"
 )
 
 // maxDeleteKeys is the most keys one S3 DeleteObjects request may carry.
@@ -53,18 +57,12 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if cfg.Bucket == "" {
 		return nil, fmt.Errorf("%w: s3 bucket is empty", ErrMisconfigured)
 	}
-	prefix := strings.TrimRight(cfg.Prefix, "/")
-	if prefix != "" {
-		// The prefix is trusted configuration, but a prefix with ".." would
-		// let every key land outside it.
-		if err := ValidateKey(prefix); err != nil {
-			return nil, redact(fmt.Errorf("%w: s3 prefix %q: %w", ErrMisconfigured, cfg.Prefix, err), secrets)
-		}
-		prefix += "/"
+	prefix, err := s3Prefix(cfg.Prefix)
+	if err != nil {
+		return nil, redact(fmt.Errorf("%w: s3 prefix %q: %w", ErrMisconfigured, cfg.Prefix, err), secrets)
 	}
 	transport := cfg.Transport
 	if transport == nil {
-		var err error
 		if transport, err = minio.DefaultTransport(cfg.UseSSL); err != nil {
 			return nil, fmt.Errorf("s3 transport: %w", err)
 		}
@@ -94,6 +92,21 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	return s, nil
 }
 
+// s3Prefix returns the configured prefix as objectName wants it: "media"
+// and "media/" both become "media/", and "" stays "". The prefix is trusted
+// configuration, but a prefix with ".." would let every key land outside it,
+// so it must be a valid key itself.
+func s3Prefix(prefix string) (string, error) {
+	prefix = strings.TrimRight(prefix, "/")
+	if prefix == "" {
+		return "", nil
+	}
+	if err := ValidateKey(prefix); err != nil {
+		return "", err
+	}
+	return prefix + "/", nil
+}
+
 // refusedCredentials tells a server that refused the keys from one that
 // could not be reached.
 func refusedCredentials(err error) bool {
@@ -105,8 +118,7 @@ func refusedCredentials(err error) bool {
 }
 
 // Check reports, for each key, whether it is safe to remove. It makes no
-// request: a missing object counts as removed, and S3 has no links to
-// follow.
+// request: a missing object is fine, and S3 has no links to follow.
 func (s *S3) Check(_ context.Context, keys []string) []error {
 	errs := make([]error, len(keys))
 	for i, key := range keys {
@@ -115,49 +127,343 @@ func (s *S3) Check(_ context.Context, keys []string) []error {
 	return errs
 }
 
-// Remove removes the objects named by keys with bulk DeleteObjects requests
-// of at most 1000 keys, and returns one error per key, nil for an object
-// removed or already missing. A request can succeed while single keys fail,
-// so each key counts as removed only when the response confirms it.
-// Once ctx is done, the remaining valid keys fail with its error.
-func (s *S3) Remove(ctx context.Context, keys []string) []error {
-	errs := make([]error, len(keys))
-	// A key may appear twice; it is sent once and its result goes to both.
-	at := make(map[string][]int, len(keys))
-	var names []string
+// Stat tells, for each key, whether its object exists and when it was last
+// modified, from listings of the keys' folders (see lookup), not a request
+// per object. Once ctx is done, the remaining valid keys fail with its
+// error.
+func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
+	infos := make([]FileInfo, len(keys))
+	at, names := make(map[string][]int, len(keys)), make([]string, 0, len(keys))
 	for i, key := range keys {
-		if err := ValidateKey(key); err != nil {
-			errs[i] = err
+		name, err := objectName(s.prefix, key)
+		if err != nil {
+			infos[i].Err = err
 			continue
 		}
-		name := s.prefix + key
 		if _, ok := at[name]; !ok {
 			names = append(names, name)
 		}
 		at[name] = append(at[name], i)
 	}
 	for chunk := range slices.Chunk(names, maxDeleteKeys) {
-		results := s.removeChunk(ctx, chunk)
+		found, failed := s.lookup(ctx, chunk)
 		for _, name := range chunk {
 			for _, i := range at[name] {
-				if err := results[name]; err != nil {
-					errs[i] = s.redact(fmt.Errorf("remove %q: %w", keys[i], err))
+				if err := failed[name]; err != nil {
+					infos[i].Err = s.redact(fmt.Errorf("stat %q: %w", keys[i], err))
+				} else if t, ok := found[name]; ok {
+					infos[i] = FileInfo{Exists: true, ModTime: t}
 				}
 			}
 		}
 	}
-	return errs
+	return infos
 }
 
-// removeChunk sends one DeleteObjects request and returns the error of each
-// name that was not confirmed as removed.
-func (s *S3) removeChunk(ctx context.Context, names []string) map[string]error {
-	failed := make(map[string]error)
+// Remove removes the objects of removals and returns one Result for each.
+// It works through at most 1000 distinct keys at a time: it lists their
+// folders (see lookup), then removes with one bulk DeleteObjects request the
+// objects that are there and were not modified since their removal was
+// queued (see rewrittenS3). An object absent from the listing is Missing,
+// and no delete is sent for it. A request can succeed while single keys
+// fail, so an object counts as Removed only when the response confirms it.
+// A key listed twice is removed once, then Missing. Once ctx is done, the
+// remaining valid keys fail with its error.
+func (s *S3) Remove(ctx context.Context, removals []Removal) []Result {
+	results := make([]Result, len(removals))
+	at, names := make(map[string][]int, len(removals)), make([]string, 0, len(removals))
+	for i, r := range removals {
+		name, err := objectName(s.prefix, r.Key)
+		switch {
+		case err != nil:
+			results[i].Err = err
+			continue
+		case r.QueuedAt.IsZero():
+			results[i].Err = fmt.Errorf("remove %q: %w", r.Key, errNoQueuedAt)
+			continue
+		}
+		if _, ok := at[name]; !ok {
+			names = append(names, name)
+		}
+		at[name] = append(at[name], i)
+	}
+	for chunk := range slices.Chunk(names, maxDeleteKeys) {
+		s.removeChunk(ctx, chunk, removals, at, results)
+	}
+	return results
+}
+
+// removeChunk removes at most maxDeleteKeys distinct names, at[name] being
+// the indexes of their removals, and fills in their results.
+func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal, at map[string][]int, results []Result) {
+	fail := func(i int, err error) {
+		results[i] = Result{Err: s.redact(fmt.Errorf("remove %q: %w", removals[i].Key, err))}
+	}
+	found, failed := s.lookup(ctx, names)
+	// Each name is decided removal by removal, in order, as Local does: a
+	// removal queued before the object was written again is Rewritten; the
+	// first removal queued after it deletes the object, and the later ones
+	// share its result.
+	deleter := make(map[string]int)
+	var doomed []string
+	for _, name := range names {
+		modTime, exists := found[name]
+		for _, i := range at[name] {
+			switch {
+			case failed[name] != nil:
+				fail(i, failed[name])
+				continue
+			case !exists:
+				results[i] = Result{Outcome: Missing}
+				continue
+			case rewrittenS3(modTime, removals[i].QueuedAt):
+				results[i] = Result{Outcome: Rewritten, ModTime: modTime}
+				continue
+			}
+			deleter[name] = i
+			doomed = append(doomed, name)
+			break // the later removals of name share the deleter's result
+		}
+	}
+	gone, failed := s.deleteObjects(ctx, doomed)
+	for _, name := range doomed {
+		first := deleter[name]
+		for _, i := range at[name] {
+			switch {
+			case i < first:
+			case failed[name] != nil:
+				fail(i, failed[name])
+			case i == first && !gone[name]:
+				results[i] = Result{Outcome: Removed}
+			default:
+				results[i] = Result{Outcome: Missing}
+			}
+		}
+	}
+}
+
+// rewrittenS3 reports whether an object last modified at lastModified may
+// have been written again since its removal was queued at queuedAt, and must
+// be kept. S3 keeps LastModified to the second (AWS lists it as
+// "2025-10-04T12:00:07.000Z"), so an object modified in the same second as
+// queuedAt, even before it, is kept: fail closed.
+func rewrittenS3(lastModified, queuedAt time.Time) bool {
+	return !lastModified.Before(queuedAt.Truncate(time.Second))
+}
+
+// maxListings bounds the listings one call runs at once: on S3, latency
+// rather than bandwidth is what costs.
+const maxListings = 4
+
+// errNoModTime is the error of an object listed without a modification
+// time: without it a rewritten object cannot be told apart.
+var errNoModTime = errors.New("the listing gave no LastModified")
+
+// lookup returns the modification time of each of names (distinct object
+// names) that exists, and the error of each name it could not look up.
+//
+// It lists folders rather than asking for each object: names are grouped
+// by folder (everything up to the last '/'), and each group is read from
+// one listing that starts just before its smallest name and stops once past
+// its largest, so one listing of forum/attachments/2025/10/04/ serves every
+// key of that day, with a request per 1000 objects. Only a name that a
+// listing may not give back as it is (see listable) is asked for alone.
+// Requests for different folders run concurrently, at most maxListings at
+// a time.
+func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.Time, failed map[string]error) {
+	found = make(map[string]time.Time, len(names))
+	failed = make(map[string]error)
+	if len(names) == 0 {
+		return found, failed
+	}
 	if err := ctx.Err(); err != nil {
 		for _, name := range names {
 			failed[name] = err
 		}
-		return failed
+		return found, failed
+	}
+	groups := make(map[string][]string)
+	var folders, alone []string
+	for _, name := range names {
+		if !listable(name) {
+			alone = append(alone, name)
+			continue
+		}
+		folder := name[:strings.LastIndexByte(name, '/')+1]
+		if _, ok := groups[folder]; !ok {
+			folders = append(folders, folder)
+		}
+		groups[folder] = append(groups[folder], name)
+	}
+	var (
+		mu sync.Mutex
+		g  errgroup.Group
+	)
+	record := func(group []string, times map[string]time.Time, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, name := range group {
+			t, ok := times[name]
+			switch {
+			case err != nil:
+				failed[name] = err
+			case ok && t.IsZero():
+				failed[name] = errNoModTime
+			case ok:
+				found[name] = t
+			}
+		}
+	}
+	g.SetLimit(maxListings)
+	for _, folder := range folders {
+		group := groups[folder]
+		slices.Sort(group)
+		g.Go(func() error {
+			times, err := s.listGroup(ctx, folder, group)
+			record(group, times, err)
+			return nil
+		})
+	}
+	for _, name := range alone {
+		g.Go(func() error {
+			times, err := s.statObject(ctx, name)
+			record([]string{name}, times, err)
+			return nil
+		})
+	}
+	g.Wait()
+	return found, failed
+}
+
+// listable reports whether a listing gives name back as it is. A listing is
+// XML, and a server that does not URL-encode the names in it (gofakes3 and
+// versitygw do not) sends a character XML cannot carry, such as a control
+// character, as U+FFFD; an XML reader also turns a raw '\r' into '\n'. A
+// name with U+FFFD could be taken for such a mangled name.
+func listable(name string) bool {
+	for _, r := range name {
+		if r == '\r' || r == utf8.RuneError || !validXMLChar(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// validXMLChar reports whether r is a character of XML 1.0 (its Char
+// production), as minio-go decides which keys a DeleteObjects request can
+// carry.
+func validXMLChar(r rune) bool {
+	return r == '\t' || r == '\n' || r == '\r' ||
+		r >= 0x20 && r <= 0xD7FF ||
+		r >= 0xE000 && r <= 0xFFFD ||
+		r >= 0x10000 && r <= 0x10FFFF
+}
+
+// statObject asks for one object (HEAD) and returns its modification time
+// if it exists.
+func (s *S3) statObject(ctx context.Context, name string) (map[string]time.Time, error) {
+	info, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
+	switch {
+	case minio.ToErrorResponse(err).Code == minio.NoSuchKey:
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("stat object %q in bucket %q: %w", name, s.bucket, err)
+	}
+	return map[string]time.Time{name: info.LastModified}, nil
+}
+
+// listGroup lists the objects of folder that may be among group (sorted
+// names, all in folder) and returns the modification time of those found.
+func (s *S3) listGroup(ctx context.Context, folder string, group []string) (map[string]time.Time, error) {
+	lo, hi := group[0], group[len(group)-1]
+	// StartAfter is exclusive: start after lo without its last rune, which
+	// sorts just before lo and is still valid UTF-8.
+	_, size := utf8.DecodeLastRuneInString(lo)
+	fetchOwner := false
+	opts := minio.ListObjectsOptions{
+		Prefix:     commonPrefix(lo, hi),
+		StartAfter: lo[:len(lo)-size],
+		FetchOwner: &fetchOwner,
+		// Not recursive: a subfolder comes back as one common prefix, not
+		// as every object in it.
+	}
+	ctx, cancel := context.WithCancel(ctx) // ends the listing once past hi
+	defer cancel()
+	times := make(map[string]time.Time, len(group))
+	for obj := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
+		if obj.Err != nil {
+			return nil, s.listError(opts.Prefix, obj.Err)
+		}
+		// Only objects right in folder count; not subfolders (common
+		// prefixes), which may come out of order, nor names that may have
+		// been mangled on the way, which may not be where their true name
+		// sorts.
+		rest, ok := strings.CutPrefix(obj.Key, folder)
+		if !ok || strings.Contains(rest, "/") || !listable(obj.Key) {
+			continue
+		}
+		if _, ok := slices.BinarySearch(group, obj.Key); ok {
+			times[obj.Key] = obj.LastModified
+		}
+		if obj.Key >= hi {
+			break
+		}
+	}
+	// The listing ends without an error when ctx is done between pages:
+	// the names not seen yet are not known to be missing.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
+	}
+	return times, nil
+}
+
+// listError explains a listing that failed.
+func (s *S3) listError(prefix string, err error) error {
+	if minio.ToErrorResponse(err).Code == "AccessDenied" {
+		return fmt.Errorf("%w: s3:ListBucket permission is needed on bucket %q prefix %q to check files before removing them: %w",
+			ErrMisconfigured, s.bucket, prefix, err)
+	}
+	return fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, prefix, err)
+}
+
+// commonPrefix returns the longest common prefix of a and b that ends on a
+// rune boundary: it is valid UTF-8 when they are.
+func commonPrefix(a, b string) string {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	for n > 0 && n < len(a) && !utf8.RuneStart(a[n]) {
+		n--
+	}
+	return a[:n]
+}
+
+// objectName returns the name of the object that stores key under prefix
+// ("" or ending in '/', as NewS3 makes it), or the error of a key that
+// ValidateKey refuses. A valid key has no "." or ".." element, so the name
+// stays under the prefix.
+func objectName(prefix, key string) (string, error) {
+	if err := ValidateKey(key); err != nil {
+		return "", err
+	}
+	return prefix + key, nil
+}
+
+// deleteObjects sends one DeleteObjects request for names (at most
+// maxDeleteKeys) and returns the names the server says were already gone
+// and the error of each name that was not confirmed as removed.
+func (s *S3) deleteObjects(ctx context.Context, names []string) (gone map[string]bool, failed map[string]error) {
+	gone = make(map[string]bool)
+	failed = make(map[string]error)
+	if len(names) == 0 {
+		return gone, failed
+	}
+	if err := ctx.Err(); err != nil {
+		for _, name := range names {
+			failed[name] = err
+		}
+		return gone, failed
 	}
 	objects := func(yield func(minio.ObjectInfo) bool) {
 		for _, name := range names {
@@ -174,7 +480,7 @@ func (s *S3) removeChunk(ctx context.Context, names []string) map[string]error {
 		for _, name := range names {
 			failed[name] = err
 		}
-		return failed
+		return gone, failed
 	}
 	sent := make(map[string]bool, len(names))
 	for _, name := range names {
@@ -188,23 +494,24 @@ func (s *S3) removeChunk(ctx context.Context, names []string) map[string]error {
 			if unnamed == nil {
 				unnamed = res.Err
 			}
-		case res.Err == nil, minio.ToErrorResponse(res.Err).Code == minio.NoSuchKey:
+		case res.Err == nil:
 			removed[res.ObjectName] = true
+		case minio.ToErrorResponse(res.Err).Code == minio.NoSuchKey:
+			gone[res.ObjectName] = true
 		default:
 			failed[res.ObjectName] = res.Err
 		}
 	}
 	for _, name := range names {
 		switch {
-		case failed[name] != nil:
-		case removed[name]:
+		case failed[name] != nil, removed[name], gone[name]:
 		case unnamed != nil:
 			failed[name] = unnamed
 		default:
 			failed[name] = errNoResult
 		}
 	}
-	return failed
+	return gone, failed
 }
 
 func (s *S3) redact(err error) error { return redact(err, s.secrets) }

@@ -5,16 +5,21 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -128,6 +133,14 @@ func (tg s3Target) makeBucket(t *testing.T, c *minio.Client) string {
 // s3Fixture returns an S3 store over a new bucket of tg with prefix.
 func s3Fixture(t *testing.T, tg s3Target, prefix string) *fixture {
 	t.Helper()
+	f, _ := newS3Fixture(t, tg, prefix)
+	return f
+}
+
+// newS3Fixture returns an S3 store over a new bucket of tg with prefix, and
+// the transport that counts its requests.
+func newS3Fixture(t *testing.T, tg s3Target, prefix string) (*fixture, *countingTransport) {
+	t.Helper()
 	counting := &countingTransport{base: tg.transport}
 	raw := tg.rawClient(t, tg.transport)
 	bucket := tg.makeBucket(t, raw)
@@ -168,10 +181,10 @@ func s3Fixture(t *testing.T, tg s3Target, prefix string) *fixture {
 		full = ""
 	}
 	f := &fixture{
-		store:   s,
-		put:     func(key string, data []byte) error { return put(full+key, data) },
-		exists:  func(t *testing.T, key string) bool { return exists(t, full+key) },
-		batches: counting.take,
+		store:    s,
+		put:      func(key string, data []byte) error { return put(full+key, data) },
+		exists:   func(t *testing.T, key string) bool { return exists(t, full+key) },
+		requests: counting.take,
 	}
 	if full != "" {
 		f.putAbove = func(t *testing.T, name string) {
@@ -181,7 +194,7 @@ func s3Fixture(t *testing.T, tg s3Target, prefix string) *fixture {
 		}
 		f.existsAbove = exists
 	}
-	return f
+	return f, counting
 }
 
 func TestS3Fake(t *testing.T) {
@@ -215,19 +228,50 @@ func TestS3CancelBetweenChunks(t *testing.T) {
 		keys[i] = fmt.Sprintf("k/%04d", i)
 	}
 	f.mustPut(t, keys...)
-	f.batches()
-	errs := f.store.Remove(ctx, keys)
+	f.takeRequests()
+	res := f.store.Remove(ctx, removals(queuedLater(), keys...))
 
-	want := make([]error, len(keys))
-	for i := 1000; i < len(keys); i++ {
-		want[i] = context.Canceled
+	want := make([]any, len(keys))
+	for i := range keys {
+		want[i] = Removed
+		if i >= 1000 {
+			want[i] = context.Canceled
+		}
 	}
-	requireErrs(t, keys, errs, want...)
-	if got := f.batches(); len(got) != 1 {
-		t.Errorf("sent %d delete requests, want 1", len(got))
+	requireResults(t, keys, res, want...)
+	if lists, deletes := f.takeRequests(); len(deletes) != 1 || lists != 1 {
+		t.Errorf("sent %d listings and %d delete requests, want 1 and 1", lists, len(deletes))
 	}
 	if f.exists(t, keys[999]) || !f.exists(t, keys[1000]) || !f.exists(t, keys[2099]) {
 		t.Error("the keys removed are not the first chunk")
+	}
+}
+
+// minio-go ends a listing without an error when its context is done
+// between pages: the names of the later pages must not look missing.
+func TestS3CancelBetweenListingPages(t *testing.T) {
+	tg := fakeS3(t, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	tg.transport = &countingTransport{base: tg.transport, afterList: cancel}
+	f := s3Fixture(t, tg, "media/")
+
+	// An object between each two keys: the keys span two pages.
+	var keys, objects []string
+	for i := range 1000 {
+		keys = append(keys, fmt.Sprintf("k/%04d", i))
+		objects = append(objects, keys[i], keys[i]+"~")
+	}
+	f.mustPut(t, objects...)
+	f.takeRequests()
+	res := f.store.Remove(ctx, removals(queuedLater(), keys...))
+	want := make([]any, len(keys))
+	for i := range want {
+		want[i] = context.Canceled
+	}
+	requireResults(t, keys, res, want...)
+	if lists, deletes := f.takeRequests(); lists != 1 || len(deletes) != 0 {
+		t.Errorf("sent %d listings and deletes %v, want 1 listing and no delete", lists, deletes)
 	}
 }
 
@@ -271,6 +315,20 @@ func answerDeletes(answer func(w http.ResponseWriter, keys []string)) func(http.
 	}
 }
 
+// answerLists serves ListObjectsV2 requests with answer, and everything
+// else with the wrapped handler.
+func answerLists(answer http.HandlerFunc) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if isListing(r) {
+				answer(w, r)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
 func TestS3ChecksEachKey(t *testing.T) {
 	// A server answers 200 for the request, yet not every key was removed.
 	tg := fakeS3(t, answerDeletes(func(w http.ResponseWriter, keys []string) {
@@ -296,28 +354,33 @@ func TestS3ChecksEachKey(t *testing.T) {
 		xml.NewEncoder(w).Encode(res)
 	}))
 	f := s3Fixture(t, tg, "media")
+	// Only objects the listing shows are sent to the delete.
+	f.mustPut(t, "ok.jpg", "denied.jpg", "gone.jpg", "silent.jpg", "dup.jpg", "bare.jpg")
+	f.takeRequests()
 
 	keys := []string{"ok.jpg", "denied.jpg", "gone.jpg", "silent.jpg", "dup.jpg", "dup.jpg"}
-	errs := f.store.Remove(t.Context(), keys)
-	requireErrs(t, keys, errs, nil, errAny, nil, errNoResult, nil, nil)
-	if got := f.batches(); len(got) != 1 || got[0] != 5 {
-		t.Errorf("delete requests carried %v keys, want [5]: a repeated key is sent once", got)
+	res := f.store.Remove(t.Context(), removals(queuedLater(), keys...))
+	// gone.jpg was listed, then the delete found nothing: someone else
+	// removed it meanwhile.
+	requireResults(t, keys, res, Removed, errAny, Missing, errNoResult, Removed, Missing)
+	if _, deletes := f.takeRequests(); len(deletes) != 1 || deletes[0] != 5 {
+		t.Errorf("delete requests carried %v keys, want [5]: a repeated key is sent once", deletes)
 	}
-	if got, want := errs[1].Error(), `remove "denied.jpg": Access Denied.`; got != want {
+	if got, want := res[1].Err.Error(), `remove "denied.jpg": Access Denied.`; got != want {
 		t.Errorf("error = %q, want %q", got, want)
 	}
-	if got, want := errs[3].Error(), `remove "silent.jpg": not confirmed by the delete response`; got != want {
+	if got, want := res[3].Err.Error(), `remove "silent.jpg": not confirmed by the delete response`; got != want {
 		t.Errorf("error = %q, want %q", got, want)
 	}
 
 	// An error the response does not tie to a key goes to every key not
 	// confirmed.
 	keys = []string{"bare.jpg", "ok.jpg", "silent.jpg"}
-	errs = f.store.Remove(t.Context(), keys)
-	requireErrs(t, keys, errs, errAny, nil, errAny)
+	res = f.store.Remove(t.Context(), removals(queuedLater(), keys...))
+	requireResults(t, keys, res, errAny, Removed, errAny)
 	for _, i := range []int{0, 2} {
-		if !strings.Contains(errs[i].Error(), "internal error") {
-			t.Errorf("error = %q, want the unattributed error", errs[i])
+		if !strings.Contains(res[i].Err.Error(), "internal error") {
+			t.Errorf("error = %q, want the unattributed error", res[i].Err)
 		}
 	}
 }
@@ -330,7 +393,13 @@ func TestS3ErrorBodyWith200(t *testing.T) {
 	}))
 	f := s3Fixture(t, tg, "")
 	keys := []string{"a.jpg", "b.jpg"}
-	requireErrs(t, keys, f.store.Remove(t.Context(), keys), errAny, errAny)
+	f.mustPut(t, keys...)
+	requireResults(t, keys, f.store.Remove(t.Context(), removals(queuedLater(), keys...)), errAny, errAny)
+	for _, key := range keys {
+		if !f.exists(t, key) {
+			t.Errorf("%q was removed", key)
+		}
+	}
 }
 
 func TestS3RequestRefused(t *testing.T) {
@@ -339,7 +408,13 @@ func TestS3RequestRefused(t *testing.T) {
 	}))
 	f := s3Fixture(t, tg, "")
 	keys := []string{"a.jpg", "b.jpg"}
-	requireErrs(t, keys, f.store.Remove(t.Context(), keys), errAny, errAny)
+	f.mustPut(t, keys...)
+	requireResults(t, keys, f.store.Remove(t.Context(), removals(queuedLater(), keys...)), errAny, errAny)
+	for _, key := range keys {
+		if !f.exists(t, key) {
+			t.Errorf("%q was removed", key)
+		}
+	}
 }
 
 func TestNewS3MissingBucket(t *testing.T) {
@@ -435,15 +510,37 @@ func TestS3RemoveRedactsEchoedSecrets(t *testing.T) {
 		echoSecrets(&tg)(nil).ServeHTTP(w, nil)
 	}))
 	f := s3Fixture(t, tg, "")
-	errs := f.store.Remove(t.Context(), []string{"a.jpg"})
-	if errs[0] == nil {
-		t.Fatal("Remove succeeded")
+	f.mustPut(t, "a.jpg")
+	res := f.store.Remove(t.Context(), removals(queuedLater(), "a.jpg"))
+	if res[0].Err == nil {
+		t.Fatalf("Remove = %+v, want an error", res[0])
 	}
-	t.Log(errs[0])
-	if !strings.Contains(errs[0].Error(), "[REDACTED]") {
-		t.Errorf("error %q: the echoed credentials did not reach the error, the test tests nothing", errs[0])
+	t.Log(res[0].Err)
+	if !strings.Contains(res[0].Err.Error(), "[REDACTED]") {
+		t.Errorf("error %q: the echoed credentials did not reach the error, the test tests nothing", res[0].Err)
 	}
-	requireNoSecrets(t, errs[0], tg)
+	requireNoSecrets(t, res[0].Err, tg)
+}
+
+func TestS3ListingRedactsEchoedSecrets(t *testing.T) {
+	var tg s3Target
+	tg = fakeS3(t, answerLists(func(w http.ResponseWriter, r *http.Request) {
+		echoSecrets(&tg)(nil).ServeHTTP(w, r)
+	}))
+	f := s3Fixture(t, tg, "")
+	f.mustPut(t, "a.jpg")
+	for _, err := range []error{
+		f.store.Remove(t.Context(), removals(queuedLater(), "a.jpg"))[0].Err,
+		f.store.Stat(t.Context(), []string{"a.jpg"})[0].Err,
+	} {
+		if err == nil || !strings.Contains(err.Error(), "[REDACTED]") {
+			t.Fatalf("error %v: the echoed credentials did not reach the error, the test tests nothing", err)
+		}
+		requireNoSecrets(t, err, tg)
+	}
+	if !f.exists(t, "a.jpg") {
+		t.Error("a.jpg was removed although its listing failed")
+	}
 }
 
 func requireNoSecrets(t *testing.T, err error, tg s3Target) {
@@ -481,16 +578,29 @@ func withPrefix(cfg S3Config, prefix string) S3Config {
 	return cfg
 }
 
-// countingTransport records how many keys each DeleteObjects request carries.
+// countingTransport records the listings sent and how many keys each
+// DeleteObjects request carries.
 type countingTransport struct {
 	base        http.RoundTripper
 	afterDelete func() // if set, called once a delete response is read
+	afterList   func() // if set, called once a listing response is read
 
 	mu      sync.Mutex
+	lists   []url.Values // the query of each listing
 	batches []int
 }
 
 func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if isListing(req) {
+		c.mu.Lock()
+		c.lists = append(c.lists, req.URL.Query())
+		c.mu.Unlock()
+		resp, err := c.base.RoundTrip(req)
+		if err == nil && c.afterList != nil {
+			resp.Body = &closeHook{ReadCloser: resp.Body, after: c.afterList}
+		}
+		return resp, err
+	}
 	if req.Method != http.MethodPost || !req.URL.Query().Has("delete") {
 		return c.base.RoundTrip(req)
 	}
@@ -513,13 +623,28 @@ func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	return resp, err
 }
 
-// take returns the batches recorded since the last call.
-func (c *countingTransport) take() []int {
+// isListing tells a ListObjectsV2 request.
+func isListing(r *http.Request) bool {
+	return r.Method == http.MethodGet && r.URL.Query().Get("list-type") == "2"
+}
+
+// take returns the number of listings and the batches recorded since the
+// last call.
+func (c *countingTransport) take() (lists int, deletes []int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.batches
-	c.batches = nil
-	return b
+	lists, deletes = len(c.lists), c.batches
+	c.lists, c.batches = nil, nil
+	return lists, deletes
+}
+
+// takeLists returns the queries of the listings recorded since the last call.
+func (c *countingTransport) takeLists() []url.Values {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	lists := c.lists
+	c.lists, c.batches = nil, nil
+	return lists
 }
 
 func (c *countingTransport) CloseIdleConnections() {
@@ -537,4 +662,234 @@ func (h *closeHook) Close() error {
 	err := h.ReadCloser.Close()
 	h.after()
 	return err
+}
+
+// eachS3 runs test against gofakes3 and against the real S3 server.
+func eachS3(t *testing.T, test func(t *testing.T, tg s3Target)) {
+	t.Run("fake", func(t *testing.T) { test(t, fakeS3(t, nil)) })
+	t.Run("real", func(t *testing.T) { test(t, realS3(t)) })
+}
+
+func TestS3RequestCounts(t *testing.T) {
+	eachS3(t, func(t *testing.T, tg s3Target) {
+		f := s3Fixture(t, tg, "media/")
+		name := func(day int, format string, i int) string {
+			return fmt.Sprintf("forum/attachments/2025/10/%02d/"+format, day, i)
+		}
+		var oneFolder, threeFolders, others []string
+		for i := range 1000 {
+			oneFolder = append(oneFolder, name(4, "leaf-%04d.jpg", i))
+		}
+		for i := range 300 {
+			threeFolders = append(threeFolders, name(1+i%3, "leaf-%04d.jpg", i))
+		}
+		// More than a page of objects before and after the keys in their
+		// folder, under the same prefix ("leaf-0"): the listing starts after
+		// the first and stops at the last.
+		for i := range 1100 {
+			others = append(others, name(4, "leaf-0000.a%04d", i), name(4, "leaf-0999.jpg~%04d", i))
+		}
+		f.mustPut(t, slices.Concat(oneFolder, threeFolders, others)...)
+
+		for _, tc := range []struct {
+			name  string
+			keys  []string
+			lists int
+		}{
+			{"one folder", oneFolder, 1},
+			{"three folders", threeFolders, 3},
+		} {
+			f.takeRequests()
+			for i, info := range f.store.Stat(t.Context(), tc.keys) {
+				if info.Err != nil || !info.Exists {
+					t.Fatalf("%s: Stat(%q) = %+v", tc.name, tc.keys[i], info)
+				}
+			}
+			if lists, deletes := f.takeRequests(); lists != tc.lists || len(deletes) != 0 {
+				t.Errorf("%s: Stat sent %d listings and deletes %v, want %d listings", tc.name, lists, deletes, tc.lists)
+			}
+			want := make([]any, len(tc.keys))
+			for i := range want {
+				want[i] = Removed
+			}
+			requireResults(t, tc.keys, f.store.Remove(t.Context(), removals(queuedLater(), tc.keys...)), want...)
+			if lists, deletes := f.takeRequests(); lists != tc.lists || !slices.Equal(deletes, []int{len(tc.keys)}) {
+				t.Errorf("%s: Remove sent %d listings and deletes %v, want %d listings and [%d]", tc.name, lists, deletes, tc.lists, len(tc.keys))
+			}
+			// Once gone, they are Missing, and no delete is sent.
+			for i := range want {
+				want[i] = Missing
+			}
+			requireResults(t, tc.keys, f.store.Remove(t.Context(), removals(queuedLater(), tc.keys...)), want...)
+			if lists, deletes := f.takeRequests(); lists != tc.lists || len(deletes) != 0 {
+				t.Errorf("%s: Remove of missing keys sent %d listings and deletes %v, want %d listings", tc.name, lists, deletes, tc.lists)
+			}
+		}
+		for _, key := range []string{others[0], others[len(others)-1]} {
+			if !f.exists(t, key) {
+				t.Errorf("%q was removed", key)
+			}
+		}
+	})
+}
+
+// Names that sort around subfolders, and names whose common prefix ends
+// inside a rune, are looked up right on every server.
+func TestS3ListingOddNames(t *testing.T) {
+	eachS3(t, func(t *testing.T, tg s3Target) {
+		f, counting := newS3Fixture(t, tg, "media/")
+		f.mustPut(t, "o/b.jpg", "o/b/x.jpg", "o/b/y/z.jpg", "o/c.jpg", "o/b.jpg.d/q", "o/ba/q",
+			"u/é1.jpg", "u/è2.jpg", "u/写", "u/写真", "u/\U0001F600.png")
+		counting.takeLists()
+		keys := []string{"o/b.jpg", "o/c.jpg", "o/b/x.jpg", "o/bb.jpg", "o/b", "u/é1.jpg", "u/è2.jpg", "u/è3.jpg", "u/写", "u/写真", "u/\U0001F600.png"}
+		requireResults(t, keys, f.store.Remove(t.Context(), removals(queuedLater(), keys...)),
+			Removed, Removed, Removed, Missing, Missing, Removed, Removed, Missing, Removed, Removed, Removed)
+		for _, q := range counting.takeLists() {
+			if p, after := q.Get("prefix"), q.Get("start-after"); !utf8.ValidString(p) || !utf8.ValidString(after) || !strings.HasPrefix(p, "media/") {
+				t.Errorf("listing with prefix %q, start-after %q", p, after)
+			}
+		}
+		for _, key := range []string{"o/b/y/z.jpg", "o/b.jpg.d/q", "o/ba/q"} {
+			if !f.exists(t, key) {
+				t.Errorf("%q was removed", key)
+			}
+		}
+	})
+}
+
+// Names that a listing does not give back as they are (gofakes3 and
+// versitygw send "\x01" as U+FFFD) are looked up alone, and a mangled name
+// in a listing is neither taken for a key nor ends the listing early.
+func TestS3NamesListingsMangle(t *testing.T) {
+	eachS3(t, func(t *testing.T, tg s3Target) {
+		f := s3Fixture(t, tg, "media/")
+		// "d/a.jpg\x01" sorts between the two keys of d/, but comes back
+		// as "d/a.jpg\uFFFD", which sorts after them.
+		f.mustPut(t, "d/a.jpg", "d/a.jpg\x01", "d/a.jpgz", "ctl\x01.jpg", "ctl\r.jpg")
+		keys := []string{"d/a.jpg", "d/a.jpgz", "ctl\x01.jpg", "ctl\uFFFD.jpg", "ctl\r.jpg"}
+		for i, info := range f.store.Stat(t.Context(), keys) {
+			if want := i != 3; info.Err != nil || info.Exists != want {
+				t.Errorf("Stat(%q) = %+v, want Exists %v", keys[i], info, want)
+			}
+		}
+		requireResults(t, keys, f.store.Remove(t.Context(), removals(queuedLater(), keys...)), Removed, Removed, Removed, Missing, Removed)
+		if !f.exists(t, "d/a.jpg\x01") {
+			t.Error(`"d/a.jpg\x01" was removed`)
+		}
+		// The cleanup of the test bucket, which lists it, cannot remove it.
+		keys = []string{"d/a.jpg\x01"}
+		requireResults(t, keys, f.store.Remove(t.Context(), removals(queuedLater(), keys...)), Removed)
+	})
+}
+
+func TestS3ListingRefused(t *testing.T) {
+	for name, answer := range map[string]http.HandlerFunc{
+		"xml": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`)
+		},
+		"bare": func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := s3Fixture(t, fakeS3(t, answerLists(answer)), "media")
+			keys := []string{"forum/a.jpg", "forum/b.jpg", "../c.jpg"}
+			f.mustPut(t, "forum/a.jpg")
+			f.takeRequests()
+			res := f.store.Remove(t.Context(), removals(queuedLater(), keys...))
+			requireResults(t, keys, res, ErrMisconfigured, ErrMisconfigured, ErrUnsafeKey)
+			infos := f.store.Stat(t.Context(), keys)
+			for i, err := range []error{res[0].Err, res[1].Err, infos[0].Err, infos[1].Err} {
+				want := `s3:ListBucket permission is needed on bucket "reconcile-test-`
+				if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `prefix "media/forum/`) {
+					t.Errorf("error %d: %v, want it to say %q and name the prefix", i, err, want)
+				}
+			}
+			if lists, deletes := f.takeRequests(); lists != 2 || len(deletes) != 0 {
+				t.Errorf("sent %d listings and deletes %v, want 2 listings and no delete", lists, deletes)
+			}
+			if !f.exists(t, "forum/a.jpg") {
+				t.Error("forum/a.jpg was removed")
+			}
+		})
+	}
+}
+
+func TestRewrittenS3(t *testing.T) {
+	queued := time.Date(2025, 10, 4, 12, 0, 7, 500_000_000, time.UTC)
+	second := queued.Truncate(time.Second)
+	for _, tc := range []struct {
+		modified time.Time
+		want     bool
+	}{
+		{queued.Add(time.Hour), true},
+		{queued, true},
+		{second, true}, // same second, before queued: kept
+		{second.Add(-time.Millisecond), false},
+		{second.Add(-time.Second), false},
+	} {
+		if got := rewrittenS3(tc.modified, queued); got != tc.want {
+			t.Errorf("rewrittenS3(%v, %v) = %v, want %v", tc.modified, queued, got, tc.want)
+		}
+	}
+}
+
+func TestCommonPrefix(t *testing.T) {
+	for _, tc := range []struct{ a, b, want string }{
+		{"d/a.jpg", "d/b.jpg", "d/"},
+		{"d/a.jpg", "d/a.jpg", "d/a.jpg"},
+		{"d/a", "d/a.jpg", "d/a"},
+		{"u/é1", "u/è2", "u/"}, // é and è share their first byte
+		{"u/写", "u/写真", "u/写"},
+		{"", "x", ""},
+	} {
+		if got := commonPrefix(tc.a, tc.b); got != tc.want {
+			t.Errorf("commonPrefix(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+// FuzzS3Name checks that the object name of an accepted key is the prefix
+// followed by the key, and stays under the prefix.
+func FuzzS3Name(f *testing.F) {
+	for _, seed := range [][2]string{
+		{"media", "forum/a.jpg"}, {"media/", "../x"}, {"", "x"}, {"forum/media", "a/../../b"},
+		{"media//", "./x"}, {"/", "x"}, {"..", "x"}, {"media", "写真/é.png"}, {"m", "a\x00b"},
+	} {
+		f.Add(seed[0], seed[1])
+	}
+	f.Fuzz(func(t *testing.T, prefix, key string) {
+		p, err := s3Prefix(prefix)
+		if err != nil {
+			if !errors.Is(err, ErrUnsafeKey) {
+				t.Fatalf("s3Prefix(%q) = %v, want ErrUnsafeKey", prefix, err)
+			}
+			return
+		}
+		if p != "" && (!strings.HasSuffix(p, "/") || ValidateKey(strings.TrimSuffix(p, "/")) != nil) {
+			t.Fatalf("s3Prefix(%q) = %q, not a clean folder", prefix, p)
+		}
+		name, err := objectName(p, key)
+		if err != nil {
+			if ValidateKey(key) == nil {
+				t.Fatalf("objectName(%q, %q) = %v for a valid key", p, key, err)
+			}
+			return
+		}
+		rest, ok := strings.CutPrefix(name, p)
+		if !ok || rest != key {
+			t.Fatalf("objectName(%q, %q) = %q: not the prefix followed by the key", p, key, name)
+		}
+		if path.Clean(name) != name || path.IsAbs(name) || !utf8.ValidString(name) {
+			t.Fatalf("objectName(%q, %q) = %q: not a clean relative path", p, key, name)
+		}
+		for elem := range strings.SplitSeq(rest, "/") {
+			if elem == ".." || elem == "." || elem == "" {
+				t.Fatalf("objectName(%q, %q) = %q: element %q may leave the prefix", p, key, name, elem)
+			}
+		}
+		if folder := name[:strings.LastIndexByte(name, '/')+1]; !strings.HasPrefix(folder, p) {
+			t.Fatalf("objectName(%q, %q) = %q: its folder %q is not under the prefix", p, key, name, folder)
+		}
+	})
 }

@@ -1,10 +1,28 @@
 // Package storage removes attachment files from where the forum stores them:
 // a local directory (Local) or an S3 bucket (S3).
 //
+// Both backends offer the same calls, each taking many keys and answering
+// one entry per key, in order:
+//
+//   - Check refuses the keys that must not be touched (ErrUnsafeKey for a
+//     key that could reach outside the root or prefix or passes through a
+//     symbolic link, an error for a directory); a missing file is fine.
+//   - Stat tells whether each file exists and when it was last modified.
+//   - Remove removes files, each one decided just before it is removed: a
+//     file that is not there is Missing, which is not Removed; a file
+//     modified since its removal was queued (Removal.QueuedAt) is Rewritten
+//     and kept, because the application reuses a freed name for a new
+//     upload; a refused key gets an error and nothing is touched.
+//
 // Keys come from the database and are untrusted. Every key is checked by
-// ValidateKey before it is used, and each backend keeps it inside its root or
-// prefix: Local through os.Root, S3 by joining the key under the prefix.
-// A missing file counts as removed, so removal can be retried safely.
+// ValidateKey before it is used, and each backend keeps it inside its root
+// or prefix. Local (Linux only) opens each key's folder with openat2 under
+// the root, refusing in the kernel any path that leaves the root or meets a
+// symbolic link, then looks at the file and unlinks it through that folder
+// handle without following a link. S3 joins the key under the prefix, takes
+// the modification times from listings of the keys' folders (a request per
+// 1000 objects, not one per file) and removes with bulk DeleteObjects
+// requests, checking each key's result.
 package storage
 
 import (

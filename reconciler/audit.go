@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -23,8 +24,16 @@ type AuditTotals struct {
 	Cutoff       time.Time     `json:"cutoff"`
 	Retention    time.Duration `json:"-"`
 	Due          int           `json:"would_delete"`
+	NoFile       int           `json:"without_file"` // of Due, rows that name no file
 	Refused      int           `json:"refused"`
 	Inconsistent int           `json:"inconsistent"`
+	// MaxDeletes is the deletion budget of one run (0: none), and ThisRun
+	// how many rows the next run would delete under it.
+	MaxDeletes int `json:"max_deletes,omitempty"`
+	ThisRun    int `json:"this_run"`
+	// StorageProblem says why a purge would refuse to run (the storage
+	// holds none of the table's files); empty when it would run.
+	StorageProblem string `json:"storage_problem,omitempty"`
 }
 
 // AuditWriter formats the report as it streams: rows are never held all at
@@ -39,8 +48,17 @@ type AuditWriter interface {
 
 // Audit reports what a purge would do now, changing nothing: every due row
 // (with the storage keys that would be refused) and the inconsistent rows.
+// A storage that holds none of the table's files is reported in the totals,
+// and the audit then ends with ErrNoFiles, as the purge would.
 func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, error) {
-	totals := AuditTotals{Retention: r.cfg.Retention}
+	totals := AuditTotals{Retention: r.cfg.Retention, MaxDeletes: r.cfg.MaxDeletes}
+	probeErr := r.probeFiles(ctx)
+	if probeErr != nil && !errors.Is(probeErr, ErrNoFiles) {
+		return totals, probeErr
+	}
+	if probeErr != nil {
+		totals.StorageProblem = probeErr.Error()
+	}
 	var now time.Time
 	err := r.db.QueryRow(ctx, r.sql.clock, r.retentionMicros()).Scan(&now, &totals.Cutoff)
 	if err != nil {
@@ -60,11 +78,17 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, err
 		}
 		days := int(now.Sub(deletedAt) / (24 * time.Hour))
 		row.DeletedAt, row.DaysSinceDeleted = &deletedAt, &days
-		if err := r.store.Check(ctx, []string{row.StorageKey})[0]; err != nil {
-			row.Refused = err.Error()
-			totals.Refused++
-		} else {
+		switch {
+		case row.StorageKey == "":
 			totals.Due++
+			totals.NoFile++
+		default:
+			if err := r.store.Check(ctx, []string{row.StorageKey})[0]; err != nil {
+				row.Refused = err.Error()
+				totals.Refused++
+			} else {
+				totals.Due++
+			}
 		}
 		if err := w.Due(row); err != nil {
 			rows.Close()
@@ -94,8 +118,12 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, err
 	if err := rows.Err(); err != nil {
 		return totals, fmt.Errorf("audit inconsistent rows: %w", err)
 	}
+	totals.ThisRun = totals.Due
+	if totals.MaxDeletes > 0 {
+		totals.ThisRun = min(totals.Due, totals.MaxDeletes)
+	}
 	if err := w.Close(totals); err != nil {
 		return totals, fmt.Errorf("write report: %w", err)
 	}
-	return totals, nil
+	return totals, probeErr
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/template"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/reconcile/reconcile/migrations"
 )
 
@@ -20,16 +22,6 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 		return fmt.Errorf("list migrations: %w", err)
 	}
 	slices.Sort(names)
-	t := r.table
-	vars := map[string]string{
-		"Table":     t.qualified(),
-		"Outbox":    t.outbox(),
-		"IsActive":  quote(t.IsActive),
-		"DeletedAt": quote(t.DeletedAt),
-		"Key":       quote(t.Key),
-		"DueIndex":  quote(objectName(t.Name, "due_idx")),
-		"KeyIndex":  quote(objectName(t.Name, "key_idx")),
-	}
 	for _, name := range names {
 		skip, why, err := r.migrationDone(ctx, name)
 		if err != nil {
@@ -47,20 +39,114 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
-		var sql strings.Builder
-		if err := tmpl.Execute(&sql, vars); err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
+		if idx := indexOf(name); idx != "" {
+			err = r.buildIndex(ctx, tmpl, idx, r.table.Schema, r.table.Name)
+		} else {
+			err = r.execMigration(ctx, tmpl, r.migrationVars(r.table.Schema, r.table.Name))
 		}
-		if err := r.dropInvalidIndex(ctx, name, vars); err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
-		}
-		if strings.Contains(sql.String(), "CONCURRENTLY") {
-			r.log.InfoContext(ctx, "building index concurrently; waits for transactions already open", "migration", name)
-		}
-		if _, err := r.db.Exec(ctx, sql.String()); err != nil {
+		if err != nil {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
 		r.log.InfoContext(ctx, "migration applied", "migration", name)
+	}
+	return nil
+}
+
+// indexOf names the template variable of the index a migration builds;
+// empty for a migration that builds none.
+func indexOf(migration string) string {
+	switch {
+	case strings.HasSuffix(migration, "_due_index.sql"):
+		return "DueIndex"
+	case strings.HasSuffix(migration, "_key_index.sql"):
+		return "KeyIndex"
+	}
+	return ""
+}
+
+// migrationVars fills the templates for the relation schema.name (the table,
+// or one of its partitions), every identifier quoted.
+func (r *Reconciler) migrationVars(schema, name string) map[string]string {
+	t := r.table
+	return map[string]string{
+		"Table":        quote(schema, name),
+		"Outbox":       t.outbox(),
+		"IsActive":     quote(t.IsActive),
+		"DeletedAt":    quote(t.DeletedAt),
+		"Key":          quote(t.Key),
+		"DueIndex":     quote(objectName(name, "due_idx")),
+		"KeyIndex":     quote(objectName(name, "key_idx")),
+		"Concurrently": "CONCURRENTLY",
+		"Only":         "",
+	}
+}
+
+func (r *Reconciler) execMigration(ctx context.Context, tmpl *template.Template, vars map[string]string) error {
+	var sql strings.Builder
+	if err := tmpl.Execute(&sql, vars); err != nil {
+		return err
+	}
+	if strings.Contains(sql.String(), "CONCURRENTLY") {
+		r.log.InfoContext(ctx, "building index concurrently; waits for transactions already open", "table", vars["Table"])
+	}
+	_, err := r.db.Exec(ctx, sql.String())
+	return err
+}
+
+// buildIndex builds the index of a migration on the relation schema.name.
+// A plain table gets it concurrently. A partitioned table cannot: it gets
+// it on itself alone (ON ONLY, invalid for now), each partition gets it
+// (concurrently, or the same way when partitioned again), and each is
+// attached; once every partition's is attached, PostgreSQL marks the
+// parent's valid. Nothing holds a lock on the forum's writes for longer
+// than a catalog change.
+func (r *Reconciler) buildIndex(ctx context.Context, tmpl *template.Template, idx, schema, name string) error {
+	vars := r.migrationVars(schema, name)
+	var kind string
+	if err := r.db.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = $1::regclass`, vars["Table"]).Scan(&kind); err != nil {
+		return fmt.Errorf("read the kind of %s: %w", vars["Table"], err)
+	}
+	if kind != "p" {
+		if err := r.dropInvalidIndex(ctx, quote(schema)+"."+vars[idx]); err != nil {
+			return err
+		}
+		return r.execMigration(ctx, tmpl, vars)
+	}
+	vars["Concurrently"], vars["Only"] = "", "ONLY "
+	if err := r.execMigration(ctx, tmpl, vars); err != nil {
+		return err
+	}
+	rows, err := r.db.Query(ctx, `
+		SELECT n.nspname, c.relname
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE i.inhparent = $1::regclass
+		ORDER BY 1, 2`, vars["Table"])
+	if err != nil {
+		return fmt.Errorf("list the partitions of %s: %w", vars["Table"], err)
+	}
+	type rel struct{ Schema, Name string }
+	parts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[rel])
+	if err != nil {
+		return fmt.Errorf("list the partitions of %s: %w", vars["Table"], err)
+	}
+	parent := quote(schema) + "." + vars[idx]
+	for _, p := range parts {
+		if err := r.buildIndex(ctx, tmpl, idx, p.Schema, p.Name); err != nil {
+			return err
+		}
+		child := quote(p.Schema) + "." + r.migrationVars(p.Schema, p.Name)[idx]
+		var attached bool
+		err := r.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1::regclass AND inhparent = $2::regclass)`,
+			child, parent).Scan(&attached)
+		if err != nil {
+			return fmt.Errorf("look at index %s: %w", child, err)
+		}
+		if attached {
+			continue
+		}
+		if _, err := r.db.Exec(ctx, "ALTER INDEX "+parent+" ATTACH PARTITION "+child); err != nil {
+			return fmt.Errorf("attach index %s to %s: %w", child, parent, err)
+		}
 	}
 	return nil
 }
@@ -124,17 +210,8 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 
 // dropInvalidIndex removes our own index left invalid by an interrupted
 // CREATE INDEX CONCURRENTLY, which IF NOT EXISTS would otherwise keep.
-func (r *Reconciler) dropInvalidIndex(ctx context.Context, migration string, vars map[string]string) error {
-	var idx string
-	switch {
-	case strings.HasSuffix(migration, "_due_index.sql"):
-		idx = vars["DueIndex"]
-	case strings.HasSuffix(migration, "_key_index.sql"):
-		idx = vars["KeyIndex"]
-	default:
-		return nil
-	}
-	qualified := quote(r.table.Schema) + "." + idx
+// qualified is the index's quoted, schema-qualified name.
+func (r *Reconciler) dropInvalidIndex(ctx context.Context, qualified string) error {
 	var invalid bool
 	err := r.db.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND NOT indisvalid)`, qualified).Scan(&invalid)

@@ -2,11 +2,13 @@ package reconciler
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/reconcile/reconcile/internal/storage"
 )
 
 // outboxPage bounds the keys handled together: one S3 bulk delete.
@@ -15,61 +17,122 @@ const outboxPage = 1000
 // recordTimeout bounds recording removals after the run was cancelled.
 const recordTimeout = 30 * time.Second
 
-// removeFiles removes the files of keys taken from the outbox: keys that a
-// row uses again are dropped from the outbox and keep their files; the rest
-// are removed, and leave the outbox only once their file is gone.
+// removeFiles removes the files of keys taken from the outbox. Keys that a
+// row uses again leave the outbox and keep their files; keys no longer in
+// the outbox are left alone. Each other file is removed unless it was
+// modified after its key was queued (a new upload under the freed name,
+// which keeps it); such keys, and keys whose file was removed or missing,
+// leave the outbox. A removal that failed stays, with its error, for a
+// retry.
+//
+// A batch whose every file is missing may mean the storage went away since
+// the last probe: it is probed again, and if it holds none of the table's
+// files the keys stay in the outbox and ErrNoFiles ends the run.
 func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, error) {
 	var s Summary
-	rows, err := r.db.Query(ctx, r.sql.keepShared, keys)
+	removals, kept, err := r.claimRemovals(ctx, keys)
 	if err != nil {
-		return s, fmt.Errorf("check keys before removing files: %w", err)
-	}
-	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return s, fmt.Errorf("check keys before removing files: %w", err)
+		return s, err
 	}
 	for _, key := range kept {
 		r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row", "storage_key", key)
 	}
 	s.FilesKept = len(kept)
-	if len(kept) > 0 {
-		keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return slices.Contains(kept, k) })
-	}
-	if len(keys) == 0 {
+	if len(removals) == 0 {
 		return s, nil
 	}
 
-	errs := r.store.Remove(ctx, keys)
-	var removed, failed, reasons []string
-	for i, key := range keys {
-		if errs[i] == nil {
-			removed = append(removed, key)
+	results := r.store.Remove(ctx, removals)
+	var done, failed, reasons []string
+	missing := 0
+	for i, res := range results {
+		key := removals[i].Key
+		switch {
+		case res.Err != nil:
+			failed = append(failed, key)
+			reasons = append(reasons, res.Err.Error())
+			r.log.ErrorContext(ctx, "[CLEANUP] Failed to remove file; it stays in the outbox for a retry",
+				"storage_key", key, "error", res.Err)
 			continue
+		case res.Outcome == storage.Removed:
+			s.FilesRemoved++
+		case res.Outcome == storage.Missing:
+			missing++
+		case res.Outcome == storage.Rewritten:
+			s.FilesRewritten++
+			r.log.WarnContext(ctx, "[CLEANUP] Kept file written again after its removal was queued: it belongs to a new upload",
+				"storage_key", key, "modified_at", res.ModTime.UTC().Format(time.RFC3339Nano),
+				"queued_at", removals[i].QueuedAt.UTC().Format(time.RFC3339Nano))
+		default:
+			return s, fmt.Errorf("remove %q: the storage answered no outcome", key)
 		}
-		failed = append(failed, key)
-		reasons = append(reasons, errs[i].Error())
-		r.log.ErrorContext(ctx, "[CLEANUP] Failed to remove file; it stays in the outbox for a retry",
-			"storage_key", key, "error", errs[i])
+		done = append(done, key)
 	}
+	if missing > 0 && missing == len(removals) {
+		if err := r.probeFiles(ctx); err != nil {
+			if errors.Is(err, ErrNoFiles) {
+				r.log.ErrorContext(ctx, "[CLEANUP] Failed: every file of a batch is missing and the storage holds none of the table's files; the keys stay in the outbox",
+					"files", missing, "error", err)
+			}
+			return s, err
+		}
+	}
+	s.FilesMissing = missing
+
 	// Record the outcome even when the run is being cancelled, so that no
 	// removed file is tried again for nothing. The commit need not wait for
 	// the disk: should it be lost, the next run removes the same files again
-	// and finds them gone, which counts as removed. Not waiting keeps these
-	// commits from queueing behind the file system's journal.
+	// and finds them gone. Not waiting keeps these commits from queueing
+	// behind the file system's journal.
 	record, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
 	defer cancel()
 	err = pgx.BeginTxFunc(record, r.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(record, "SET LOCAL synchronous_commit = off"); err != nil {
 			return err
 		}
-		_, err := tx.Exec(record, r.sql.finishRemoval, removed, failed, reasons)
+		_, err := tx.Exec(record, r.sql.finishRemoval, done, failed, reasons)
 		return err
 	})
 	if err != nil {
 		return s, fmt.Errorf("record removed files in the outbox: %w", err)
 	}
-	s.FilesRemoved, s.FilesPending = len(removed), len(failed)
+	s.FilesPending = len(failed)
 	return s, nil
+}
+
+// claimRemovals makes the shared-key check again and returns the removals
+// of the keys still in the outbox, each with the moment it was queued in
+// this host's clock, and the keys a row uses again.
+func (r *Reconciler) claimRemovals(ctx context.Context, keys []string) ([]storage.Removal, []string, error) {
+	// Taken before the query: the database's now() is then no earlier than
+	// it, so the queue times come out early, never late, and a file
+	// written just after its key was queued is never taken for an older
+	// one.
+	local := time.Now()
+	rows, err := r.db.Query(ctx, r.sql.claimRemovals, keys)
+	if err != nil {
+		return nil, nil, fmt.Errorf("check keys before removing files: %w", err)
+	}
+	var (
+		removals []storage.Removal
+		kept     []string
+		key      string
+		queued   time.Time
+		dbNow    time.Time
+		used     bool
+	)
+	_, err = pgx.ForEachRow(rows, []any{&key, &queued, &dbNow, &used}, func() error {
+		if used {
+			kept = append(kept, key)
+			return nil
+		}
+		removals = append(removals, storage.Removal{Key: key, QueuedAt: local.Add(queued.Sub(dbNow))})
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("check keys before removing files: %w", err)
+	}
+	return removals, kept, nil
 }
 
 // DrainOutbox removes the files left in the outbox by an earlier run that
@@ -77,6 +140,9 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 // every entry; otherwise only those whose next try is due.
 func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error) {
 	var total Summary
+	if err := r.ensureFiles(ctx); err != nil {
+		return total, err
+	}
 	after := ""
 	for {
 		rows, err := r.db.Query(ctx, r.sql.outboxPage, after, all, outboxPage)

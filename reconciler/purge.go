@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
@@ -18,27 +18,37 @@ import (
 
 // Summary counts what a purge did.
 type Summary struct {
-	Purged       int // rows hard-deleted
-	Failed       int // rows left in place: a refused storage key or a database error
-	Skipped      int // rows the database no longer holds as due: restored, re-deleted or gone
-	FilesRemoved int
-	FilesKept    int // files left because another row still uses them
-	FilesPending int // files whose removal failed; they wait in the outbox
+	Purged         int // rows hard-deleted
+	NoFile         int // of those, rows that named no file (an empty or NULL key)
+	Failed         int // rows left in place: a refused storage key or a database error
+	Skipped        int // rows the database no longer holds as due: restored, re-deleted or gone
+	Left           int // due rows left for later by a deletion budget
+	FilesRemoved   int
+	FilesMissing   int // files already gone: their rows were purged, nothing was removed
+	FilesKept      int // files left because another row still uses them
+	FilesRewritten int // files left because they were written again after their removal was queued
+	FilesPending   int // files whose removal failed; they wait in the outbox
 }
 
 func (s *Summary) add(o Summary) {
 	s.Purged += o.Purged
+	s.NoFile += o.NoFile
 	s.Failed += o.Failed
 	s.Skipped += o.Skipped
+	s.Left += o.Left
 	s.FilesRemoved += o.FilesRemoved
+	s.FilesMissing += o.FilesMissing
 	s.FilesKept += o.FilesKept
+	s.FilesRewritten += o.FilesRewritten
 	s.FilesPending += o.FilesPending
 }
 
-// tally is a Summary that concurrent stages add to.
+// tally is a Summary that concurrent stages add to, and the rows the
+// database refused, which the service tries again.
 type tally struct {
-	mu sync.Mutex
-	s  Summary
+	mu      sync.Mutex
+	s       Summary
+	refused []index.Entry
 }
 
 func (t *tally) add(o Summary) Summary {
@@ -48,21 +58,111 @@ func (t *tally) add(o Summary) Summary {
 	return t.s
 }
 
-// Purge purges every index entry deleted at or before cutoff. Rows go in
-// batches of BatchSize, Concurrency batches at a time; files are removed
-// while later batches run. progress, if set, is called after each batch
-// with the number of entries handled so far.
+func (t *tally) refuse(e index.Entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.refused = append(t.refused, e)
+}
+
+// Purge purges every index entry deleted at or before cutoff, at most
+// Config.MaxDeletes of them when it is set (Summary.Left counts the due
+// entries left). Rows go in batches of BatchSize, Concurrency
+// batches at a time; files are removed while later batches run. progress,
+// if set, is called after each batch with the number of entries handled so
+// far.
 //
 // Entries are spread over the batch workers by storage key, so rows that
 // share a file are always deleted one after the other, each statement seeing
 // the other's commit: two workers deleting them at once could each find the
 // other's row still there and both leave the file behind, tracked by nothing.
 func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(handled int)) (Summary, error) {
-	return r.purgeFrom(ctx, nil, cutoff, progress)
+	walk := dueWalk{from: nil, cutoff: cutoff, limit: r.cfg.MaxDeletes}
+	s, _, err := r.purge(ctx, walk.source(r), progress)
+	s.Left = walk.left
+	return s, err
 }
 
-// purgeFrom purges the entries from position from up to cutoff.
-func (r *Reconciler) purgeFrom(ctx context.Context, from index.Position, cutoff time.Time, progress func(handled int)) (Summary, error) {
+// dueWalk deals the due entries of the index, from a position up to a
+// cutoff, at most limit of them when limit is positive. Once done, next is
+// where a walk cut short by its limit stopped, and left how many due
+// entries it left.
+type dueWalk struct {
+	from   index.Position
+	cutoff time.Time
+	limit  int
+	next   index.Position
+	left   int
+}
+
+// source reads due entries in pages and deals them.
+func (w *dueWalk) source(r *Reconciler) source {
+	return func(ctx context.Context, deal func(index.Entry) error) error {
+		page := r.cfg.BatchSize * r.cfg.Concurrency
+		from, dealt := w.from, 0
+		for {
+			n := page
+			if w.limit > 0 {
+				n = min(page, w.limit-dealt)
+			}
+			if n == 0 {
+				w.next = from
+				return w.countLeft(r, from, page)
+			}
+			entries, next, err := r.index.Due(from, w.cutoff, n)
+			if err != nil {
+				return err
+			}
+			if err := r.fillKeys(ctx, entries); err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if err := deal(e); err != nil {
+					return err
+				}
+			}
+			dealt += len(entries)
+			if next == nil {
+				return nil
+			}
+			from = next
+		}
+	}
+}
+
+// countLeft counts the due entries from position from on.
+func (w *dueWalk) countLeft(r *Reconciler, from index.Position, page int) error {
+	for from != nil {
+		entries, next, err := r.index.Due(from, w.cutoff, page)
+		if err != nil {
+			return err
+		}
+		w.left += len(entries)
+		from = next
+	}
+	return nil
+}
+
+// source deals the entries to purge; deal fails once the purge is stopping.
+type source func(ctx context.Context, deal func(index.Entry) error) error
+
+// entries is the source of a given list of entries.
+func entries(list []index.Entry) source {
+	return func(_ context.Context, deal func(index.Entry) error) error {
+		for _, e := range list {
+			if err := deal(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// purge purges the entries a source deals, and returns what it did and the
+// entries the database refused.
+func (r *Reconciler) purge(ctx context.Context, src source, progress func(handled int)) (Summary, []index.Entry, error) {
+	if err := r.ensureFiles(ctx); err != nil {
+		return Summary{}, nil, err
+	}
 	var (
 		t       tally
 		mu      sync.Mutex // orders progress calls
@@ -91,7 +191,14 @@ func (r *Reconciler) purgeFrom(ctx context.Context, from index.Position, cutoff 
 				close(lane)
 			}
 		}()
-		return r.walkDue(ctx, from, cutoff, lanes)
+		return src(ctx, func(e index.Entry) error {
+			select {
+			case lanes[laneOf(e.Key, len(lanes))] <- e:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
 	})
 
 	var batchers sync.WaitGroup
@@ -111,42 +218,19 @@ func (r *Reconciler) purgeFrom(ctx context.Context, from index.Position, cutoff 
 		g.Go(func() error {
 			for keys := range freed {
 				s, err := r.removeFiles(ctx, keys)
+				t.add(s)
 				if err != nil {
 					return err
 				}
-				t.add(s)
 			}
 			return nil
 		})
 	}
 
 	err := g.Wait()
-	return t.add(Summary{}), err
-}
-
-// walkDue reads due entries in pages and deals them to the lanes.
-func (r *Reconciler) walkDue(ctx context.Context, from index.Position, cutoff time.Time, lanes []chan index.Entry) error {
-	page := r.cfg.BatchSize * r.cfg.Concurrency
-	for {
-		entries, next, err := r.index.Due(from, cutoff, page)
-		if err != nil {
-			return err
-		}
-		if err := r.fillKeys(ctx, entries); err != nil {
-			return err
-		}
-		for _, e := range entries {
-			select {
-			case lanes[laneOf(e.Key, len(lanes))] <- e:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		if next == nil {
-			return nil
-		}
-		from = next
-	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.s, t.refused, err
 }
 
 // fillKeys reads from the database the storage keys the index lacks: the
@@ -201,7 +285,7 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 		if err != nil {
 			return err
 		}
-		s, keys, err := r.purgeBatch(ctx, safe)
+		s, keys, err := r.purgeBatch(ctx, safe, t)
 		if err != nil {
 			return err
 		}
@@ -233,24 +317,35 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 
 // refuseUnsafe reports and counts the entries whose storage key the store
 // refuses, and returns the others. Rule 7: a refused row stays, and so does
-// everything on disk.
+// everything on disk. A row without a key has no file to check.
 func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *tally) ([]index.Entry, error) {
-	keys := make([]string, len(batch))
-	for i, e := range batch {
-		keys[i] = e.Key
+	var keys []string
+	for _, e := range batch {
+		if e.Key != "" {
+			keys = append(keys, e.Key)
+		}
 	}
-	errs := r.store.Check(ctx, keys)
-	if err := ctx.Err(); err != nil {
-		return nil, err // the keys were not judged, only interrupted
+	var errs []error
+	if len(keys) > 0 {
+		errs = r.store.Check(ctx, keys)
+		if err := ctx.Err(); err != nil {
+			return nil, err // the keys were not judged, only interrupted
+		}
 	}
 	safe := make([]index.Entry, 0, len(batch))
-	for i, e := range batch {
-		if errs[i] == nil {
+	i := 0
+	for _, e := range batch {
+		var err error
+		if e.Key != "" {
+			err = errs[i]
+			i++
+		}
+		if err == nil {
 			safe = append(safe, e)
 			continue
 		}
 		r.log.ErrorContext(ctx, "[CLEANUP] Failed to delete attachment: storage key refused",
-			"id", e.ID, "storage_key", e.Key, "error", errs[i])
+			"id", e.ID, "storage_key", e.Key, "error", err)
 		t.add(Summary{Failed: 1})
 	}
 	return safe, nil
@@ -265,35 +360,42 @@ type purgedRow struct {
 // purgeBatch deletes a batch and returns its counts and the keys whose files
 // are now to be removed. The index is left alone: it is a hint that the
 // next rescan rebuilds, and an entry of a row that is gone costs one skip.
-func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry) (Summary, []string, error) {
+func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry, t *tally) (Summary, []string, error) {
 	if len(batch) == 0 {
 		return Summary{}, nil, nil
 	}
-	rows, failed, err := r.deleteRows(ctx, batch)
+	rows, failed, err := r.deleteRows(ctx, batch, t)
 	if err != nil {
 		return Summary{}, nil, err
 	}
 	s := Summary{Purged: len(rows), Failed: failed, Skipped: len(batch) - len(rows) - failed}
 	var keys []string
 	for _, row := range rows {
-		r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment",
-			"id", row.ID, "storage_key", row.Key, "original_filename", row.Name)
-		if row.Freed {
+		switch {
+		case row.Key == "":
+			s.NoFile++
+			r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment (it had no file)",
+				"id", row.ID, "storage_key", "", "original_filename", row.Name)
+			continue
+		case row.Freed:
 			keys = append(keys, row.Key)
-		} else {
+		default:
 			s.FilesKept++
 		}
+		r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment",
+			"id", row.ID, "storage_key", row.Key, "original_filename", row.Name)
 	}
 	return s, keys, nil
 }
 
 // deleteRows runs the purge statement. When the database refuses a batch
-// because of some of its rows (a foreign key, a lock timeout) the batch is
-// split until the refused rows are alone; they are reported and counted as
-// failed, and the rest goes ahead. Any other error (a lost connection, a
-// read-only server, a missing permission) would refuse every row alike, so
-// it ends the purge instead.
-func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry) ([]purgedRow, int, error) {
+// because of some of its rows (a foreign key, a lock timeout, a trigger's
+// error, a corrupt page) the batch is split until the refused rows are
+// alone; they are reported, counted as failed and handed to t for a later
+// try, and the rest goes ahead. An error that any statement would meet (a
+// lost connection, a read-only server, a missing permission) refuses every
+// row alike, so it ends the purge instead.
+func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry, t *tally) ([]purgedRow, int, error) {
 	ids := make([]string, len(batch))
 	keys := make([]string, len(batch))
 	for i, e := range batch {
@@ -311,38 +413,49 @@ func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry) ([]pur
 	if err == nil {
 		return purged, 0, nil
 	}
-	if !rowRefused(err) || ctx.Err() != nil {
+	if ctx.Err() != nil || statementFailed(err) {
 		return nil, 0, fmt.Errorf("purge batch of %d rows: %w", len(batch), err)
 	}
 	if len(batch) == 1 {
 		r.log.ErrorContext(ctx, "[CLEANUP] Failed to delete attachment",
 			"id", batch[0].ID, "storage_key", batch[0].Key, "error", err)
+		t.refuse(batch[0])
 		return nil, 1, nil
 	}
 	mid := len(batch) / 2
-	left, lf, err := r.deleteRows(ctx, batch[:mid])
+	left, lf, err := r.deleteRows(ctx, batch[:mid], t)
 	if err != nil {
 		return nil, 0, err
 	}
-	right, rf, err := r.deleteRows(ctx, batch[mid:])
+	right, rf, err := r.deleteRows(ctx, batch[mid:], t)
 	if err != nil {
 		return nil, 0, err
 	}
 	return append(left, right...), lf + rf, nil
 }
 
-// rowRefused tells whether err is the database refusing the rows of a
-// statement rather than the statement itself: an integrity violation, a lock
-// or statement timeout, a deadlock or serialization failure, or an error a
-// trigger raised.
-func rowRefused(err error) bool {
+// statementFailed tells an error that any statement would meet from one
+// that some rows raise. Not an error of the server (the connection is
+// gone), or of a class that concerns the session or the server: a
+// connection exception (08), an invalid transaction state such as a
+// read-only server (25), authorization (28, 42501), syntax or a missing
+// object (42, 3D, 3F), a feature not supported (0A), insufficient
+// resources (53), a program limit (54), or an operator's intervention
+// (57, but for 57014: a statement timeout, which a locked row can cause).
+// Everything else, a trigger's own SQLSTATE, a data exception or a corrupt
+// page (XX001) included, is taken for the rows': the batch is split to
+// find them.
+func statementFailed(err error) bool {
 	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return false
-	}
-	switch pgErr.Code {
-	case "55P03", "40P01", "40001", "57014", "P0001":
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
 		return true
 	}
-	return strings.HasPrefix(pgErr.Code, "23") // integrity constraint violation
+	if pgErr.Code == pgerrcode.QueryCanceled {
+		return false
+	}
+	switch pgErr.Code[:2] {
+	case "08", "25", "28", "42", "3D", "3F", "0A", "53", "54", "57":
+		return true
+	}
+	return false
 }

@@ -5,18 +5,22 @@ import "strings"
 // queries are the statements of one table, built once from quoted
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
-	rescanByID, rescanByDue, audit, inconsistent, purge, keepShared, finishRemoval, outboxPage, outboxExists string
-	keysOf, stillDue, cutoff, clock                                                                          string
+	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
+	keysOf, stillDue, cutoff, clock, probeKeys                                                                  string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
 	// The clock in deleted_at's own terms. A timestamp without time zone
-	// holds the session's wall time, which reads back as if it were UTC,
-	// as the index holds it; comparing it with an instant would be off by
-	// the time zone's offset.
+	// holds wall times of the application's zone (Django's TIME_ZONE, or
+	// else the session's), which read back as if they were UTC, as the
+	// index holds them; comparing them with an instant would be off by the
+	// zone's offset.
 	now := "now()"
 	if types.naiveTime {
 		now = "localtimestamp"
+		if t.TimeZone != "" {
+			now = "(now() AT TIME ZONE " + literal(t.TimeZone) + ")"
+		}
 	}
 	r := strings.NewReplacer(
 		"{NOW}", now,
@@ -65,8 +69,9 @@ func buildQueries(t Table, types columnTypes) queries {
 		// when no row outside this very deletion uses it: inside the
 		// statement the deleted rows are still visible, so they are
 		// excluded by id. Both IN (subquery) forms run as hashed subplans,
-		// keeping a batch linear in its size. $1 ids, $2 keys, $3 retention
-		// in microseconds.
+		// keeping a batch linear in its size. A row without a key (NULL or
+		// '', a FileField with blank=True) has no file: it is deleted and
+		// queues nothing. $1 ids, $2 keys, $3 retention in microseconds.
 		purge: r.Replace(`
 			WITH candidate AS (
 				SELECT c.id, c.key FROM unnest($1::text[], $2::text[]) AS c(id, key)
@@ -74,14 +79,14 @@ func buildQueries(t Table, types columnTypes) queries {
 				DELETE FROM {T} t
 				USING candidate c
 				WHERE t.{ID} = c.id::{IDTYPE}
-				  AND t.{KEY} = c.key
+				  AND coalesce(t.{KEY}::text, '') = c.key
 				  AND t.{ACTIVE} = false
 				  AND t.{DELETED} <= {NOW} - $3 * interval '1 microsecond'
-				RETURNING t.{ID} AS pid, t.{ID}::text AS id, t.{KEY}::text AS key, coalesce(t.{NAME}::text, '') AS name
+				RETURNING t.{ID} AS pid, t.{ID}::text AS id, coalesce(t.{KEY}::text, '') AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
 				FROM purged p
-				WHERE NOT EXISTS (
+				WHERE p.key <> '' AND NOT EXISTS (
 					SELECT 1 FROM {T} o
 					WHERE o.{KEY} = p.key
 					  AND o.{ID} NOT IN (SELECT pid FROM purged)
@@ -95,12 +100,22 @@ func buildQueries(t Table, types columnTypes) queries {
 			FROM purged p`),
 
 		// The check made again just before the files go: a key some row
-		// uses now leaves the outbox and its file stays.
-		keepShared: r.Replace(`
-			DELETE FROM {OUTBOX} o
-			WHERE o.storage_key = ANY($1::text[])
-			  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
-			RETURNING o.storage_key`),
+		// uses now leaves the outbox and its file stays (kept). Every key
+		// still in the outbox comes back with when it was queued, by the
+		// database's clock, and that clock now: a file modified since is a
+		// new upload under the same name. A key no longer in the outbox is
+		// not returned, and not removed. The SELECT sees the outbox as it
+		// was before the DELETE, in the same snapshot.
+		claimRemovals: r.Replace(`
+			WITH kept AS (
+				DELETE FROM {OUTBOX} o
+				WHERE o.storage_key = ANY($1::text[])
+				  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
+				RETURNING o.storage_key
+			)
+			SELECT o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
+			FROM {OUTBOX} o
+			WHERE o.storage_key = ANY($1::text[])`),
 
 		// Removed files leave the outbox; failed ones stay, with their
 		// error and a later next try (exponential, capped at an hour).
@@ -134,6 +149,16 @@ func buildQueries(t Table, types columnTypes) queries {
 		keysOf: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, '')
 			FROM {T} WHERE {ID} = ANY($1::text[]::{IDTYPE}[])`),
+
+		// Keys of rows whose files should be in storage, for the probe that
+		// tells a storage holding the table's files from an empty one (an
+		// unmounted volume, a wrong prefix): the highest and the lowest keys
+		// through the key index, the newest uploads and the oldest under
+		// Django's dated folders. $1 how many of each.
+		probeKeys: r.Replace(`
+			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} DESC LIMIT $1)
+			UNION
+			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} LIMIT $1)`),
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

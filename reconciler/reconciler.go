@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/storage"
 )
 
 // DB is what the reconciler needs of a PostgreSQL handle; *pgxpool.Pool has
@@ -26,13 +27,16 @@ type DB interface {
 	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
-// Store removes files. Both methods return one error per key. Check refuses
-// keys that must not be touched (they could reach outside the storage root
-// or name another row's file through a link); Remove's error is nil when the
-// file is gone, including when it was missing already.
+// Store is where the files are. Each method answers once per key, in
+// order. Check refuses keys that must not be touched (they could reach
+// outside the storage root or name another row's file through a link);
+// Stat tells whether files exist; Remove removes files, telling a file
+// removed from one that was missing, and keeps a file modified after its
+// removal was queued.
 type Store interface {
 	Check(ctx context.Context, keys []string) []error
-	Remove(ctx context.Context, keys []string) []error
+	Stat(ctx context.Context, keys []string) []storage.FileInfo
+	Remove(ctx context.Context, removals []storage.Removal) []storage.Result
 }
 
 // Index is the local store of soft-deleted rows; *index.Index has it.
@@ -55,6 +59,11 @@ type Config struct {
 	// RemoveConcurrency is how many file removals run at once, overlapping
 	// the database work.
 	RemoveConcurrency int
+	// StorageName says where the files are, for messages: "local directory
+	// /srv/media", "s3://bucket/prefix".
+	StorageName string
+	// MaxDeletes bounds the rows one Purge deletes; 0 is no bound.
+	MaxDeletes int
 }
 
 // ErrSetup means the database does not match the configuration or lacks
@@ -70,13 +79,14 @@ type Reconciler struct {
 	table Table
 	sql   queries
 	log   *slog.Logger
+	probe probeState
 }
 
 // New checks the table against the database catalog and prepares the
 // statements. store and idx may be nil for work that needs none of them
 // (migrate, the audit without storage checks).
 func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Config, log *slog.Logger) (*Reconciler, error) {
-	if cfg.BatchSize < 1 || cfg.Concurrency < 1 || cfg.RemoveConcurrency < 1 || cfg.Retention <= 0 {
+	if cfg.BatchSize < 1 || cfg.Concurrency < 1 || cfg.RemoveConcurrency < 1 || cfg.Retention <= 0 || cfg.MaxDeletes < 0 {
 		return nil, fmt.Errorf("reconciler config %+v: batch size, concurrencies and retention must be positive", cfg)
 	}
 	if log == nil {
@@ -86,6 +96,10 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 	if err != nil {
 		return nil, err
 	}
+	log = log.With("component", "reconciler")
+	if w := table.timeWarning(ctx, db, types); w != "" {
+		log.WarnContext(ctx, w)
+	}
 	return &Reconciler{
 		db:    db,
 		store: store,
@@ -93,7 +107,7 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 		cfg:   cfg,
 		table: table,
 		sql:   buildQueries(table, types),
-		log:   log.With("component", "reconciler"),
+		log:   log,
 	}, nil
 }
 

@@ -52,6 +52,9 @@ func (t *textReport) Due(row AuditRow) error {
 	if row.Refused != "" {
 		t.printf("      REFUSED, row kept: %s\n", row.Refused)
 	}
+	if row.StorageKey == "" {
+		t.printf("      no file: only the row goes\n")
+	}
 	return t.err
 }
 
@@ -70,10 +73,19 @@ func (t *textReport) Close(totals AuditTotals) error {
 	}
 	t.printf("\nDry run complete:\n")
 	t.printf("  - Would delete: %d attachments\n", totals.Due)
+	if totals.NoFile > 0 {
+		t.printf("  - Of which without a file (empty storage key): %d attachments\n", totals.NoFile)
+	}
+	if totals.MaxDeletes > 0 {
+		t.printf("  - The next run would delete: %d attachments (safety.max_deletes is %d)\n", totals.ThisRun, totals.MaxDeletes)
+	}
 	t.printf("  - Refused (unsafe storage key, row kept): %d attachments\n", totals.Refused)
 	t.printf("  - Inconsistent (no usable deleted_at, never purged): %d attachments\n", totals.Inconsistent)
 	t.printf("  - Retention: %s\n", FormatRetention(totals.Retention))
 	t.printf("  - Cutoff date: %s\n", totals.Cutoff.UTC().Format(TimeLayout))
+	if totals.StorageProblem != "" {
+		t.printf("  - A purge would refuse to run: %s\n", totals.StorageProblem)
+	}
 	return t.err
 }
 
@@ -170,7 +182,10 @@ func (c *csvReport) Close(totals AuditTotals) error {
 	if err := c.w.Error(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(c.totals, "Dry run complete: would delete %d, refused %d, inconsistent %d; retention %s; cutoff date %s\n",
-		totals.Due, totals.Refused, totals.Inconsistent, FormatRetention(totals.Retention), totals.Cutoff.UTC().Format(TimeLayout))
+	_, err := fmt.Fprintf(c.totals, "Dry run complete: would delete %d (%d without a file; %d in the next run), refused %d, inconsistent %d; retention %s; cutoff date %s\n",
+		totals.Due, totals.NoFile, totals.ThisRun, totals.Refused, totals.Inconsistent, FormatRetention(totals.Retention), totals.Cutoff.UTC().Format(TimeLayout))
+	if err == nil && totals.StorageProblem != "" {
+		_, err = fmt.Fprintf(c.totals, "A purge would refuse to run: %s\n", totals.StorageProblem)
+	}
 	return err
 }

@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -93,6 +94,9 @@ const (
 // stream will bring them. (A COMMIT PREPARED waiting for a standby is not
 // seen: its session does not own the transaction's id.)
 func (r *Reconciler) awaitCommits(ctx context.Context) error {
+	if err := r.CheckCommitWaits(ctx); err != nil {
+		return err
+	}
 	// An xid of our own, finished at once (it writes nothing, so it waits
 	// for no standby): every transaction that began before has a smaller
 	// one, and the snapshots below list those still running
@@ -129,6 +133,29 @@ func (r *Reconciler) awaitCommits(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// CheckCommitWaits refuses, with ErrSetup, a server where commits may wait
+// for a synchronous standby (synchronous_standby_names is set) while
+// reconcile's role cannot see that they do: PostgreSQL hides other roles'
+// wait events from a role that is neither a superuser nor a member of
+// pg_read_all_stats, and a rescan that cannot see such a commit misses its
+// row until the next rescan. (pg_xact_status would not do: it reports a
+// transaction still shown as running as in progress, committed or not.)
+func (r *Reconciler) CheckCommitWaits(ctx context.Context) error {
+	var names, role string
+	var sees bool
+	err := r.db.QueryRow(ctx, `
+		SELECT current_setting('synchronous_standby_names'), current_user,
+		       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')`).Scan(&names, &role, &sees)
+	if err != nil {
+		return fmt.Errorf("read synchronous_standby_names: %w", err)
+	}
+	if strings.TrimSpace(names) == "" || sees {
+		return nil
+	}
+	return fmt.Errorf("synchronous_standby_names is set (%q), and role %q cannot see which commits wait for a standby, so a rescan could miss them: run GRANT pg_read_all_stats TO %s: %w",
+		names, role, quote(role), ErrSetup)
 }
 
 // loadIndex streams a query's rows into load, in chunks, and counts those

@@ -191,7 +191,7 @@ func TestUnsafeKeysAreRefusedAndRowsKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unsafe := []string{rel, victim, "link.jpg", "linkdir/victim.txt", "", "a/../../" + filepath.Base(outside) + "/victim.txt"}
+	unsafe := []string{rel, victim, "link.jpg", "linkdir/victim.txt", "a/../../" + filepath.Base(outside) + "/victim.txt"}
 	var rows []row
 	for _, k := range unsafe {
 		rows = append(rows, row{key: k, deletedAt: ago(2 * retention), noFile: true})

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/retry"
 )
 
 // SweepConfig tunes the service's timer.
@@ -18,11 +19,20 @@ type SweepConfig struct {
 	MaxWait time.Duration
 	// DryRun logs what is due instead of purging it.
 	DryRun bool
+	// MaxDeletesPerHour bounds the rows purged in one clock hour; 0 is no
+	// bound.
+	MaxDeletesPerHour int
+	// Now tells the time for the hourly budget and the retries of refused
+	// rows; nil is time.Now.
+	Now func() time.Time
 }
 
 const (
 	// sweepBackoff caps the wait after a failed sweep.
 	sweepBackoff = 30 * time.Second
+	// sweepTries is how many sweeps may fail in a row (about three minutes
+	// of backoff) before the service gives up and exits.
+	sweepTries = 10
 	// outboxEvery is how often, at most, the timer looks for removals to
 	// retry.
 	outboxEvery = time.Second
@@ -32,53 +42,141 @@ const (
 // entry of the index falls due (or a change brings an earlier one), then
 // purges what is due through the same path as Purge, each row verified by
 // the database. The outbox is drained at start and its failed removals are
-// retried as their next try comes. A failed sweep is logged and tried
-// again with backoff; Sweep returns only when ctx ends.
+// retried as their next try comes; rows the database refused (a lock, a
+// trigger) are tried again with backoff. A failed sweep is logged and tried
+// again with backoff; after sweepTries failures in a row Sweep returns the
+// error. It returns nil when ctx ends.
 func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
-	if !cfg.DryRun {
-		r.drainOutbox(ctx, true)
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
 	}
-	var (
-		from      index.Position // entries before it have been handled
-		backoff   = time.Second
-		lastDrain = time.Now()
-	)
+	s := sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: hourlyBudget{max: cfg.MaxDeletesPerHour}}
+	backoff := retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
 	for ctx.Err() == nil {
 		cutoff, offset, err := r.clock(ctx)
 		if err == nil {
-			if cfg.DryRun {
-				err = r.logDue(ctx, from, cutoff)
-			} else {
-				// Failed removals come back after 10 s at the soonest: a
-				// look a second is enough, however often the timer wakes.
-				if time.Since(lastDrain) >= outboxEvery {
-					r.drainOutbox(ctx, false)
-					lastDrain = time.Now()
-				}
-				_, err = r.purgeFrom(ctx, from, cutoff, nil)
-			}
+			err = s.sweep(ctx, cutoff)
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff)
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, sweepBackoff)
+			r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff.Next())
+			if err := backoff.Failed(ctx, err); err != nil {
+				return fmt.Errorf("sweep: %w", err)
+			}
 			continue
 		}
-		backoff = time.Second
-		from = index.After(cutoff)
-		from = r.waitForDue(ctx, cfg, from, cutoff, offset)
+		backoff.Succeeded()
+		s.from = r.waitForDue(ctx, cfg, s.from, cutoff, offset, s.wakeAt())
 	}
 	return nil
 }
 
+// sweeper is the timer's state between sweeps.
+type sweeper struct {
+	r       *Reconciler
+	cfg     SweepConfig
+	now     func() time.Time
+	from    index.Position // entries before it have been handled
+	drained bool           // the whole outbox was drained once
+	drainAt time.Time      // when the outbox was last looked at
+	retries retryQueue
+	budget  hourlyBudget
+}
+
+// sweep handles what is due at cutoff.
+func (s *sweeper) sweep(ctx context.Context, cutoff time.Time) error {
+	r := s.r
+	if s.cfg.DryRun {
+		if err := r.logDue(ctx, s.from, cutoff); err != nil {
+			return err
+		}
+		s.from = index.After(cutoff)
+		return nil
+	}
+	// Failed removals come back after 10 s at the soonest: a look a second
+	// is enough, however often the timer wakes.
+	if !s.drained || time.Since(s.drainAt) >= outboxEvery {
+		if err := s.drain(ctx); err != nil {
+			return err
+		}
+	}
+	remaining := s.budget.remaining(s.now())
+	if remaining == 0 {
+		s.budget.warn(ctx, r, s.now())
+		return nil
+	}
+	if due := s.retries.due(s.now(), remaining); len(due) > 0 {
+		sum, refused, err := r.purge(ctx, entries(due), nil)
+		s.budget.spend(sum.Purged)
+		s.retries.settle(due, refused, s.now())
+		if err != nil {
+			return err
+		}
+		if remaining = s.budget.remaining(s.now()); remaining == 0 {
+			s.budget.warn(ctx, r, s.now())
+			return nil
+		}
+	}
+	walk := dueWalk{from: s.from, cutoff: cutoff, limit: max(remaining, 0)}
+	sum, refused, err := r.purge(ctx, walk.source(r), nil)
+	s.budget.spend(sum.Purged)
+	s.retries.add(refused, s.now())
+	if err != nil {
+		return err
+	}
+	if walk.next != nil {
+		s.from = walk.next // the budget stopped the walk there
+		s.budget.warn(ctx, r, s.now())
+		return nil
+	}
+	s.from = index.After(cutoff)
+	return nil
+}
+
+// drain removes the files the outbox holds: all of them at the first
+// sweep, then those whose next try has come.
+func (s *sweeper) drain(ctx context.Context) error {
+	sum, err := s.r.DrainOutbox(ctx, !s.drained)
+	if err != nil {
+		return fmt.Errorf("drain the outbox: %w", err)
+	}
+	s.drained, s.drainAt = true, time.Now()
+	if sum.FilesRemoved+sum.FilesMissing+sum.FilesKept+sum.FilesRewritten+sum.FilesPending > 0 {
+		s.r.log.InfoContext(ctx, "drained the outbox",
+			"files_removed", sum.FilesRemoved, "files_missing", sum.FilesMissing, "files_kept", sum.FilesKept,
+			"files_rewritten", sum.FilesRewritten, "files_pending", sum.FilesPending)
+	}
+	return nil
+}
+
+// wakeAt is the earliest moment, in this host's clock, at which the sweep
+// has work that is not in the index's due order: a refused row to try
+// again, or a spent budget renewed. Zero: none.
+func (s *sweeper) wakeAt() time.Time {
+	wake := s.retries.earliest()
+	if s.budget.spent(s.now()) {
+		// Nothing can be purged before the next hour, retries included.
+		wake = s.budget.renewal()
+	}
+	if wake.IsZero() {
+		return wake
+	}
+	// The clocks may differ (tests move Now): wait for the difference.
+	return time.Now().Add(wake.Sub(s.now()))
+}
+
 // waitForDue sleeps until the first entry from position from falls due,
-// MaxWait at most, and returns the position the next sweep starts from:
-// earlier than from when a change brought an entry that is due already.
-func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index.Position, cutoff time.Time, offset time.Duration) index.Position {
+// or until wake (unless zero), MaxWait at most, and returns the position
+// the next sweep starts from: earlier than from when a change brought an
+// entry that is due already.
+func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index.Position, cutoff time.Time, offset time.Duration, wake time.Time) index.Position {
 	deadline := time.Now().Add(cfg.MaxWait)
+	if !wake.IsZero() && wake.Before(deadline) {
+		deadline = wake
+	}
 	for {
 		wake := deadline
 		next, ok, err := r.index.Next(from)
@@ -115,6 +213,127 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 	}
 }
 
+const (
+	// retryFirst and retryMax pace the tries of a row the database
+	// refused: a lock held by the forum goes within seconds; a foreign key
+	// or a corrupt page may stay, and is reported at each try.
+	retryFirst = 5 * time.Second
+	retryMax   = 5 * time.Minute
+	// maxRetries bounds the rows held for a retry; past it a refused row
+	// waits for the next rescan.
+	maxRetries = 100_000
+)
+
+// retryQueue holds the rows the database refused, by id, until their next
+// try.
+type retryQueue map[string]*retryItem
+
+type retryItem struct {
+	entry    index.Entry
+	attempts int
+	at       time.Time
+}
+
+// add schedules refused entries for another try.
+func (q retryQueue) add(refused []index.Entry, now time.Time) {
+	for _, e := range refused {
+		item, ok := q[e.ID]
+		if !ok {
+			if len(q) >= maxRetries {
+				continue
+			}
+			item = &retryItem{}
+			q[e.ID] = item
+		}
+		item.entry = e
+		item.attempts++
+		item.at = now.Add(min(retryFirst<<min(item.attempts-1, 10), retryMax))
+	}
+}
+
+// due returns up to limit entries (all when limit is negative) whose try
+// has come.
+func (q retryQueue) due(now time.Time, limit int) []index.Entry {
+	var out []index.Entry
+	for _, item := range q {
+		if limit >= 0 && len(out) == limit {
+			break
+		}
+		if !item.at.After(now) {
+			out = append(out, item.entry)
+		}
+	}
+	return out
+}
+
+// settle forgets the tried entries that were not refused again and
+// reschedules the others.
+func (q retryQueue) settle(tried, refused []index.Entry, now time.Time) {
+	again := make(map[string]bool, len(refused))
+	for _, e := range refused {
+		again[e.ID] = true
+	}
+	for _, e := range tried {
+		if !again[e.ID] {
+			delete(q, e.ID)
+		}
+	}
+	q.add(refused, now)
+}
+
+// earliest is the next try, zero when none waits.
+func (q retryQueue) earliest() time.Time {
+	var first time.Time
+	for _, item := range q {
+		if first.IsZero() || item.at.Before(first) {
+			first = item.at
+		}
+	}
+	return first
+}
+
+// hourlyBudget counts the rows purged in the current clock hour.
+type hourlyBudget struct {
+	max    int // 0: no bound
+	hour   time.Time
+	used   int
+	warned bool
+}
+
+func (b *hourlyBudget) roll(now time.Time) {
+	if h := now.Truncate(time.Hour); !h.Equal(b.hour) {
+		b.hour, b.used, b.warned = h, 0, false
+	}
+}
+
+// remaining is how many rows may still be purged this hour; -1 is no
+// bound.
+func (b *hourlyBudget) remaining(now time.Time) int {
+	if b.max <= 0 {
+		return -1
+	}
+	b.roll(now)
+	return max(b.max-b.used, 0)
+}
+
+func (b *hourlyBudget) spend(n int) { b.used += n }
+
+func (b *hourlyBudget) spent(now time.Time) bool { return b.remaining(now) == 0 }
+
+// renewal is when the next hour starts.
+func (b *hourlyBudget) renewal() time.Time { return b.hour.Add(time.Hour) }
+
+// warn logs, once an hour, that the budget stops the purge.
+func (b *hourlyBudget) warn(ctx context.Context, r *Reconciler, now time.Time) {
+	b.roll(now)
+	if b.warned || b.used < b.max {
+		return
+	}
+	b.warned = true
+	r.log.ErrorContext(ctx, "[CLEANUP] Failed: the hourly deletion budget is spent; purging stops until the next hour, the index is kept up to date meanwhile",
+		"max_deletes_per_hour", b.max, "purged_this_hour", b.used, "resumes_at", b.renewal().UTC().Format(TimeLayout))
+}
+
 // clock returns the cutoff by the database's clock, and how far that clock
 // is ahead of this host's.
 func (r *Reconciler) clock(ctx context.Context) (time.Time, time.Duration, error) {
@@ -125,17 +344,6 @@ func (r *Reconciler) clock(ctx context.Context) (time.Time, time.Duration, error
 		return time.Time{}, 0, fmt.Errorf("read database clock: %w", err)
 	}
 	return cutoff, now.Sub(local), nil
-}
-
-func (r *Reconciler) drainOutbox(ctx context.Context, all bool) {
-	s, err := r.DrainOutbox(ctx, all)
-	if err != nil && ctx.Err() == nil {
-		r.log.ErrorContext(ctx, "[CLEANUP] Failed to drain the outbox; retrying later", "error", err)
-	}
-	if s.FilesRemoved+s.FilesKept+s.FilesPending > 0 {
-		r.log.InfoContext(ctx, "drained the outbox",
-			"files_removed", s.FilesRemoved, "files_kept", s.FilesKept, "files_pending", s.FilesPending)
-	}
 }
 
 // logDue logs, for the dry run, each entry from position from up to cutoff

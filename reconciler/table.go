@@ -20,6 +20,9 @@ type Table struct {
 	OriginalFilename string
 	IsActive         string
 	DeletedAt        string
+	// TimeZone is the zone of a deleted_at without time zone (Django's
+	// TIME_ZONE); empty: the database session's.
+	TimeZone string
 }
 
 // objectName names what reconcile creates for a table, within Postgres's 63
@@ -117,5 +120,31 @@ func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 	if len(problems) > 0 {
 		return columnTypes{}, fmt.Errorf("%s: %w", strings.Join(problems, "; "), ErrSetup)
 	}
-	return columnTypes{id: found[t.ID].formatted, naiveTime: found[t.DeletedAt].typname == "timestamp"}, nil
+	types := columnTypes{id: found[t.ID].formatted, naiveTime: found[t.DeletedAt].typname == "timestamp"}
+	if t.TimeZone != "" {
+		if _, err := db.Exec(ctx, `SELECT now() AT TIME ZONE $1`, t.TimeZone); err != nil {
+			return columnTypes{}, fmt.Errorf("table.time_zone: PostgreSQL does not know the time zone %q (%w): %w", t.TimeZone, err, ErrSetup)
+		}
+	}
+	return types, nil
 }
+
+// timeWarning says what an operator should know of how deleted_at is read,
+// or nothing.
+func (t Table) timeWarning(ctx context.Context, db DB, types columnTypes) string {
+	switch {
+	case types.naiveTime && t.TimeZone == "":
+		var zone string
+		if err := db.QueryRow(ctx, `SHOW TimeZone`).Scan(&zone); err != nil {
+			zone = "unknown"
+		}
+		return fmt.Sprintf("table.columns.deleted_at (%s) is a timestamp without time zone: its times are taken as wall times of the database session's TimeZone (%s); if Django's TIME_ZONE differs (USE_TZ = False), set table.time_zone to it, or rows are purged early or late by the difference", t.DeletedAt, zone)
+	case !types.naiveTime && t.TimeZone != "":
+		return fmt.Sprintf("table.time_zone (%s) is ignored: table.columns.deleted_at (%s) is a timestamp with time zone, which needs none", t.TimeZone, t.DeletedAt)
+	}
+	return ""
+}
+
+// literal writes a configuration value that config has held to letters,
+// digits and / _ + : . - as a SQL string literal.
+func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -15,12 +15,14 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/retry"
 )
 
 // ErrSetup means the server or the configuration must be changed before
@@ -70,6 +72,9 @@ type Stream struct {
 	idx    Index
 	rescan RescanFunc
 	log    *slog.Logger
+	// replace says why the slot must be dropped and created anew at the
+	// next session; empty when it can be used.
+	replace string
 }
 
 const (
@@ -88,6 +93,10 @@ const (
 	pollEvery = time.Second
 	// minBackoff is the first wait before dialling again.
 	minBackoff = 500 * time.Millisecond
+	// sessionTries is how many sessions in a row may fail, each before it
+	// streamed for MaxBackoff, before Run gives up: a few minutes of
+	// backoff, then the service ends for its supervisor to restart it.
+	sessionTries = 10
 )
 
 // New returns a stream; Run starts it.
@@ -99,10 +108,11 @@ func New(cfg Config, idx Index, rescan RescanFunc, log *slog.Logger) *Stream {
 }
 
 // Run streams until ctx ends, dialling again with capped backoff after any
-// connection error. It returns nil when ctx ends and an ErrSetup error when
-// the server or the configuration must change.
+// connection error. It returns nil when ctx ends, an ErrSetup error when
+// the server or the configuration must change, and the last error once
+// sessionTries sessions in a row have failed.
 func (s *Stream) Run(ctx context.Context) error {
-	backoff := minBackoff
+	backoff := retry.Backoff{Min: minBackoff, Max: s.cfg.MaxBackoff, Tries: sessionTries}
 	for {
 		started := time.Now()
 		err := s.session(ctx)
@@ -113,16 +123,34 @@ func (s *Stream) Run(ctx context.Context) error {
 			return err
 		}
 		if time.Since(started) > s.cfg.MaxBackoff {
-			backoff = minBackoff // it had been running: start the backoff over
+			backoff.Succeeded() // it had been running: start the backoff over
 		}
-		s.log.Warn("replication interrupted; reconnecting", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
+		if why := slotUnusable(err, s.cfg.Publication); why != "" {
+			// Decoding reads the catalog as it was when each change was
+			// written: a publication created or renamed after the slot's
+			// position is missing there, and stays missing for as long as
+			// the slot replays that WAL. Only a new slot gets past it; a
+			// rescan covers what the old one held.
+			s.replace = why
+		}
+		s.log.Warn("replication interrupted; reconnecting", "error", err, "retry_in", backoff.Next())
+		if err := backoff.Failed(ctx, err); err != nil {
+			return fmt.Errorf("replication: %w", err)
+		}
+		if ctx.Err() != nil {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, s.cfg.MaxBackoff)
 	}
+}
+
+// slotUnusable says why the slot cannot go on after err, or nothing: the
+// server could not find the publication while decoding.
+func slotUnusable(err error, publication string) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject && strings.Contains(pgErr.Message, "publication") {
+		return fmt.Sprintf("the slot cannot decode its WAL with publication %q (%s): dropped and created again", publication, pgErr.Message)
+	}
+	return ""
 }
 
 // session is one connection: checks, setup, an optional rescan, then the
@@ -253,25 +281,41 @@ func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
 	}
 	// Publishing a table without a replica identity makes every UPDATE and
 	// DELETE on it fail, and without the id in it a DELETE cannot be told.
-	var identity string
-	var idInIdentity bool
+	// A partitioned table's rows live in its partitions, each with its own
+	// replica identity: every one is checked (pg_partition_tree lists a
+	// plain table alone).
+	var exists bool
 	err = cat.QueryRow(ctx, `
-		SELECT c.relreplident::text,
-		       EXISTS (SELECT 1 FROM pg_index i
-		               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-		               WHERE i.indrelid = c.oid AND a.attname = $3
-		                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
-		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = $1 AND c.relname = $2`, s.cfg.Schema, s.cfg.Table, s.cfg.ID).Scan(&identity, &idInIdentity)
-	if errors.Is(err, pgx.ErrNoRows) {
+		SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p'))`,
+		s.cfg.Schema, s.cfg.Table).Scan(&exists)
+	if err != nil {
+		return fmt.Errorf("look for the table: %w", err)
+	}
+	if !exists {
 		return fmt.Errorf("table %s.%s does not exist: %w", s.cfg.Schema, s.cfg.Table, ErrSetup)
 	}
+	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
+	rows, err := cat.Query(ctx, `
+		SELECT c.oid::regclass::text
+		FROM pg_partition_tree($1::regclass) AS t
+		JOIN pg_class c ON c.oid = t.relid
+		WHERE t.isleaf AND c.relreplident <> 'f'
+		  AND NOT EXISTS (SELECT 1 FROM pg_index i
+		                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+		                  WHERE i.indrelid = c.oid AND a.attname = $2
+		                    AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
+		ORDER BY 1`, table, s.cfg.ID)
 	if err != nil {
 		return fmt.Errorf("read the table's replica identity: %w", err)
 	}
-	if identity != "f" && !idInIdentity {
-		return fmt.Errorf("the replica identity of %s.%s does not include %q: give the table that primary key, or ALTER TABLE ... REPLICA IDENTITY FULL: %w",
-			s.cfg.Schema, s.cfg.Table, s.cfg.ID, ErrSetup)
+	lacking, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read the table's replica identity: %w", err)
+	}
+	if len(lacking) > 0 {
+		return fmt.Errorf("the replica identity of %s does not include %q: give it that primary key, or ALTER TABLE ... REPLICA IDENTITY FULL: %w",
+			strings.Join(lacking, ", "), s.cfg.ID, ErrSetup)
 	}
 	return nil
 }
@@ -290,20 +334,25 @@ func matchesStandbyNames(setting, name string) bool {
 }
 
 // ensurePublication creates the publication of the table alone when it is
-// missing, and refuses one that does not publish the table's changes.
+// missing, and refuses one that does not publish the table's changes. The
+// changes of a partitioned table's partitions are published as the table's
+// own (publish_via_partition_root), so the stream knows them by its name.
 func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
-	var exists, all, hasTable bool
+	var exists, all, hasTable, viaRoot, partitioned bool
 	err := cat.QueryRow(ctx, `
 		SELECT count(*) > 0,
 		       coalesce(bool_and(p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate), false),
-		       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3)
-		FROM pg_publication p WHERE p.pubname = $1`, s.cfg.Publication, s.cfg.Schema, s.cfg.Table).Scan(&exists, &all, &hasTable)
+		       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3),
+		       coalesce(bool_and(p.pubviaroot), false),
+		       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p')
+		FROM pg_publication p WHERE p.pubname = $1`, s.cfg.Publication, s.cfg.Schema, s.cfg.Table).Scan(&exists, &all, &hasTable, &viaRoot, &partitioned)
 	if err != nil {
 		return fmt.Errorf("look for publication %q: %w", s.cfg.Publication, err)
 	}
 	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
 	if !exists {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{s.cfg.Publication}.Sanitize(), table)
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{s.cfg.Publication}.Sanitize(), table)
 		if _, err := cat.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("create publication (run `%s` as the table's owner, or give reconcile's role ownership): %w: %w", sql, err, ErrSetup)
 		}
@@ -326,8 +375,8 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("read publication %q: %w", s.cfg.Publication, err)
 	}
-	if !hasTable || !all || filtered {
-		return fmt.Errorf("publication %q exists but does not publish every change and column of %s: set replication.publication to a new name and reconcile creates its own: %w",
+	if !hasTable || !all || filtered || (partitioned && !viaRoot) {
+		return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and reconcile creates its own: %w",
 			s.cfg.Publication, table, ErrSetup)
 	}
 	return nil
@@ -372,6 +421,14 @@ func (s *Stream) ensureSlot(ctx context.Context, cat *pgx.Conn, conn *pgconn.PgC
 		}
 		return s.createSlot(ctx, conn, "the replication slot had lost WAL and was recreated")
 	}
+	if why := s.replace; why != "" {
+		s.log.Warn("the replication slot cannot go on; dropping and recreating it, then rescanning", "slot", s.cfg.Slot, "reason", why)
+		if err := pglogrepl.DropReplicationSlot(ctx, conn, s.cfg.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+			return "", 0, fmt.Errorf("drop replication slot %q: %w", s.cfg.Slot, err)
+		}
+		s.replace = ""
+		return s.createSlot(ctx, conn, why)
+	}
 	if flushed != nil {
 		if confirmed, err = pglogrepl.ParseLSN(*flushed); err != nil {
 			return "", 0, fmt.Errorf("read the slot's position: %w", err)
@@ -391,6 +448,7 @@ func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn, why string
 		return "", 0, fmt.Errorf("read the new slot's position: %w", err)
 	}
 	s.log.Info("created replication slot", "slot", s.cfg.Slot, "at", at)
+	s.replace = ""
 	return why, at, nil
 }
 

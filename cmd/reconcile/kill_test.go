@@ -26,7 +26,9 @@ import (
 func TestKilledBetweenCommitAndRemoval(t *testing.T) {
 	f := newForum(t)
 	const bucket = "media"
-	backend := s3mem.New()
+	// Uploaded an hour ago: an object modified about the time its
+	// removal is queued is a new upload, which stays.
+	backend := s3mem.New(s3mem.WithTimeSource(gofakes3.FixedTimeSource(time.Now().Add(-time.Hour))))
 	if err := backend.CreateBucket(bucket); err != nil {
 		t.Fatal(err)
 	}

@@ -121,6 +121,9 @@ RECONCILE_* environment variables, then flags.`,
 				return err
 			}
 			log := newLogger(cfg, stderr)
+			for _, w := range cfg.Warnings() {
+				log.Warn(w)
+			}
 			if !opts.rescan {
 				return serve(cmd.Context(), cfg, opts.dryRun, log)
 			}
@@ -142,6 +145,7 @@ RECONCILE_* environment variables, then flags.`,
 	f.BoolVar(&opts.dryRun, "dry-run", false, "change nothing: report what would be purged")
 	f.Int("days", 30, "retention in whole days (sets the retention key)")
 	f.Int("batch-size", 100, "rows per DELETE statement (sets batch_size)")
+	f.Int("max-deletes", 0, "purge at most this many rows in this run; the rest waits for the next (sets safety.max_deletes)")
 	f.StringVar(&opts.format, "format", "text", "dry-run report format: text, json or csv")
 	f.StringVarP(&opts.output, "output", "o", "", "write the dry-run report to this file instead of standard output")
 

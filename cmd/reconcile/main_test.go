@@ -78,6 +78,12 @@ func (f *forum) add(key string, ageHours int) string {
 	if err := os.WriteFile(path, []byte("img"), 0o644); err != nil {
 		f.t.Fatal(err)
 	}
+	// Uploaded before it was soft-deleted, as files are: a file modified
+	// about the time its removal is queued is a new upload, which stays.
+	uploaded := time.Now().Add(-time.Duration(max(ageHours, 0)+1) * time.Hour)
+	if err := os.Chtimes(path, uploaded, uploaded); err != nil {
+		f.t.Fatal(err)
+	}
 	return id
 }
 
@@ -213,7 +219,7 @@ func TestUsageAndConfigurationErrorsExitTwo(t *testing.T) {
 		{"format without dry run", nil, []string{"--rescan", "--format", "json"}, "use them with --rescan --dry-run"},
 		{"bad format", nil, []string{"--rescan", "--dry-run", "--format", "xml"}, `report format "xml"`},
 		{"bad batch size", nil, []string{"--rescan", "--batch-size", "0"}, "batch_size: must be between 1 and 10000"},
-		{"bad retention", map[string]string{"RECONCILE_RETENTION": "-1h"}, []string{"--rescan"}, "retention: must be a positive duration"},
+		{"bad retention", map[string]string{"RECONCILE_RETENTION": "-1h"}, []string{"--rescan"}, `retention: "-1h" is negative`},
 		{"unknown backend", map[string]string{"RECONCILE_STORAGE_BACKEND": "ftp"}, []string{"--rescan"}, "storage.backend: must be local or s3"},
 		{"missing column", map[string]string{"RECONCILE_TABLE_COLUMNS_KEY": "file"}, []string{"--rescan", "--dry-run"}, `table.columns.key: column "file" does not exist`},
 		{"missing table", map[string]string{"RECONCILE_TABLE_NAME": "attachments"}, []string{"migrate"}, "table.schema, table.name: no table"},

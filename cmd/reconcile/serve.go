@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/retry"
 	"github.com/reconcile/reconcile/reconciler"
 	"github.com/reconcile/reconcile/replication"
 )
@@ -51,25 +53,34 @@ func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st 
 	if err := r.CheckOutbox(ctx); err != nil {
 		return err
 	}
+	if err := r.CheckCommitWaits(ctx); err != nil {
+		return err
+	}
 	stream := replication.New(replicationConfig(cfg, dryRun), idx, func(ctx context.Context) error {
 		cutoff, err := r.Cutoff(ctx)
 		if err != nil {
 			return err
 		}
 		due, err := r.RescanForStream(ctx, cutoff)
+		if errors.Is(err, reconciler.ErrSetup) {
+			return fmt.Errorf("%w: %w", err, replication.ErrSetup) // no retry mends it
+		}
 		if err != nil {
 			return err
 		}
 		log.Info("rescan complete", "due", due, "cutoff", cutoff.UTC().Format(reconciler.TimeLayout))
 		return nil
 	}, log)
-	sweep := reconciler.SweepConfig{MaxWait: cfg.Sweep.MaxWait, DryRun: dryRun}
+	sweep := reconciler.SweepConfig{MaxWait: cfg.Sweep.MaxWait, DryRun: dryRun, MaxDeletesPerHour: cfg.Safety.MaxDeletesPerHour}
 
 	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
 	for {
 		held, unlock, err := hold(ctx, pool, r, dryRun, log)
 		if err != nil {
-			return nil // ctx ended while waiting
+			if ctx.Err() != nil {
+				return nil // ctx ended while waiting
+			}
+			return err
 		}
 		g, gctx := errgroup.WithContext(held)
 		g.Go(func() error { return stream.Run(gctx) })
@@ -88,14 +99,20 @@ func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st 
 	}
 }
 
-// hold takes the advisory lock, waiting while the database is away or
-// another process holds it. It fails only when ctx ends. The dry run takes
-// no lock: it changes nothing.
+// lockTries bounds the attempts at the advisory lock that fail for another
+// reason than a holder (the database away): about a minute.
+const lockTries = 12
+
+// hold takes the advisory lock, waiting as long as another process holds
+// it, and lockTries attempts while the database is away. It fails when ctx
+// ends or those attempts are spent. The dry run takes no lock: it changes
+// nothing.
 func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dryRun bool, log *slog.Logger) (context.Context, func(), error) {
 	if dryRun {
 		return ctx, func() {}, nil
 	}
 	waiting := false
+	backoff := retry.Backoff{Min: lockRetry, Max: lockRetry, Tries: lockTries}
 	for {
 		conn, err := pool.Acquire(ctx)
 		if err == nil {
@@ -122,10 +139,14 @@ func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dry
 				log.Info("another reconcile holds the advisory lock; waiting to take over", "error", err)
 			}
 			waiting = true
-		} else {
-			log.Warn("take the advisory lock", "error", err, "retry_in", lockRetry)
+			backoff.Succeeded() // the database answers
+			sleepCtx(ctx, lockRetry)
+			continue
 		}
-		sleepCtx(ctx, lockRetry)
+		log.Warn("take the advisory lock", "error", err, "retry_in", backoff.Next())
+		if err := backoff.Failed(ctx, err); err != nil {
+			return nil, nil, fmt.Errorf("take the advisory lock: %w", err)
+		}
 	}
 }
 

@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
@@ -28,6 +30,7 @@ func table(cfg *config.Config) reconciler.Table {
 	return reconciler.Table{
 		Schema: cfg.Table.Schema, Name: cfg.Table.Name,
 		ID: c.ID, Key: c.Key, OriginalFilename: c.OriginalFilename, IsActive: c.IsActive, DeletedAt: c.DeletedAt,
+		TimeZone: cfg.Table.TimeZone,
 	}
 }
 
@@ -37,7 +40,18 @@ func reconcilerConfig(cfg *config.Config) reconciler.Config {
 		BatchSize:         cfg.BatchSize,
 		Concurrency:       cfg.Concurrency,
 		RemoveConcurrency: cfg.Storage.Concurrency,
+		StorageName:       storageName(cfg),
+		MaxDeletes:        cfg.Safety.MaxDeletes,
 	}
+}
+
+// storageName says where the files are, for messages.
+func storageName(cfg *config.Config) string {
+	if cfg.Storage.Backend == "s3" {
+		s := cfg.Storage.S3
+		return fmt.Sprintf("s3://%s/%s at %s", s.Bucket, strings.TrimLeft(s.Prefix, "/"), s.Endpoint)
+	}
+	return "local directory " + cfg.Storage.Local.Root
 }
 
 // dbUse says what a pool is for.
@@ -206,6 +220,9 @@ func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logge
 	if idx.Discarded != "" {
 		log.Warn("index was unreadable; moved aside, a rescan rebuilds it", "moved_to", idx.Discarded)
 	}
+	idx.OnDiscard(func(movedTo string, reason error) {
+		log.Warn("index data was corrupt; moved aside, a rescan rebuilds it", "moved_to", movedTo, "reason", reason)
+	})
 	return pool, st, idx, func() { idx.Close(); closeBoth() }, nil
 }
 
@@ -241,30 +258,44 @@ func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 		}
 	}()
 
-	// Files left by a run that stopped between commit and removal go first.
-	leftover, err := r.DrainOutbox(ctx, true)
-	if err != nil {
+	// Files left by a run that stopped between commit and removal go first,
+	// after the storage probe, while the table is read into the index: the
+	// two share nothing, and on S3 the probe's requests then cost no time.
+	var (
+		leftover reconciler.Summary
+		cutoff   time.Time
+		due      int
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		leftover, err = r.DrainOutbox(gctx, true)
+		return err
+	})
+	g.Go(func() (err error) {
+		if cutoff, err = r.Cutoff(gctx); err != nil {
+			return err
+		}
+		due, err = r.Rescan(gctx, cutoff)
+		return err
+	})
+	if err := g.Wait(); err != nil {
 		return err
 	}
-	if leftover.FilesRemoved+leftover.FilesKept+leftover.FilesPending > 0 {
-		fmt.Fprintf(stdout, "Removed %d files left by an earlier run (%d kept: still in use; %d still failing).\n",
-			leftover.FilesRemoved, leftover.FilesKept, leftover.FilesPending)
+	if leftover.FilesRemoved+leftover.FilesMissing+leftover.FilesKept+leftover.FilesRewritten+leftover.FilesPending > 0 {
+		fmt.Fprintf(stdout, "Removed %d files left by an earlier run (%d already gone; %d kept: still in use; %d kept: written again; %d still failing).\n",
+			leftover.FilesRemoved, leftover.FilesMissing, leftover.FilesKept, leftover.FilesRewritten, leftover.FilesPending)
 	}
 
-	cutoff, err := r.Cutoff(ctx)
-	if err != nil {
-		return err
-	}
-	due, err := r.Rescan(ctx, cutoff)
-	if err != nil {
-		return err
-	}
 	fmt.Fprintf(stdout, "Permanently deleting %d attachments in batches of %d...\n", due, cfg.BatchSize)
 	sum, err := r.Purge(ctx, cutoff, func(handled int) {
 		fmt.Fprintf(stdout, "  Deleted %d/%d...\n", handled, due)
 	})
 	sum.FilesPending += leftover.FilesPending
 	printSummary(stdout, sum, cutoff)
+	if sum.Left > 0 {
+		fmt.Fprintf(stdout, "\nStopped at the deletion budget (safety.max_deletes, --max-deletes: %d): %d due attachments are left for the next run.\n",
+			cfg.Safety.MaxDeletes, sum.Left)
+	}
 	if err != nil {
 		return err
 	}
@@ -277,13 +308,22 @@ func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {
 	fmt.Fprintf(w, "\nCleanup complete:\n")
 	fmt.Fprintf(w, "  - Successfully deleted: %d attachments\n", s.Purged)
+	if s.NoFile > 0 {
+		fmt.Fprintf(w, "  - Of which without a file (empty storage key): %d attachments\n", s.NoFile)
+	}
 	fmt.Fprintf(w, "  - Failed: %d attachments\n", s.Failed)
 	if s.Skipped > 0 {
 		fmt.Fprintf(w, "  - Skipped (restored or changed since the scan): %d attachments\n", s.Skipped)
 	}
 	fmt.Fprintf(w, "  - Files removed: %d\n", s.FilesRemoved)
+	if s.FilesMissing > 0 {
+		fmt.Fprintf(w, "  - Files missing (already gone; their rows were purged): %d\n", s.FilesMissing)
+	}
 	if s.FilesKept > 0 {
 		fmt.Fprintf(w, "  - Files kept (still used by another row): %d\n", s.FilesKept)
+	}
+	if s.FilesRewritten > 0 {
+		fmt.Fprintf(w, "  - Files kept (written again after their removal was queued: a new upload): %d\n", s.FilesRewritten)
 	}
 	if s.FilesPending > 0 {
 		fmt.Fprintf(w, "  - Files awaiting removal (kept in the outbox, retried next run): %d\n", s.FilesPending)

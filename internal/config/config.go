@@ -323,6 +323,11 @@ func parseYAML(v *viper.Viper, raw []byte) error {
 // publication is held to it too, so it passes unquoted in START_REPLICATION.
 var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
+// timeZoneName is what a time zone name is made of (Europe/Paris,
+// America/Argentina/Buenos_Aires, Etc/GMT+3, UTC); it reaches SQL as a
+// literal, so nothing else passes.
+var timeZoneName = regexp.MustCompile(`^[A-Za-z0-9/_+:.-]{1,64}$`)
+
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 func expandValues(node any, missing *[]string) any {
@@ -452,7 +457,7 @@ func (c *Config) Validate() error {
 	if c.Safety.MaxDeletesPerHour < 0 {
 		bad("safety.max_deletes_per_hour", "must be a number of rows (at least 1), or left out for no bound, got %d", c.Safety.MaxDeletesPerHour)
 	}
-	if tz := c.Table.TimeZone; strings.ContainsRune(tz, 0) || len(tz) > 64 || strings.TrimSpace(tz) != tz {
+	if tz := c.Table.TimeZone; tz != "" && !timeZoneName.MatchString(tz) {
 		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), got %q", tz)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {

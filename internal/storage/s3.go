@@ -255,6 +255,10 @@ func rewrittenS3(lastModified, queuedAt time.Time) bool {
 // rather than bandwidth is what costs.
 const maxListings = 4
 
+// listPage is the most objects one listing request returns (S3's own
+// bound).
+const listPage = 1000
+
 // errNoModTime is the error of an object listed without a modification
 // time: without it a rewritten object cannot be told apart.
 var errNoModTime = errors.New("the listing gave no LastModified")
@@ -262,14 +266,16 @@ var errNoModTime = errors.New("the listing gave no LastModified")
 // lookup returns the modification time of each of names (distinct object
 // names) that exists, and the error of each name it could not look up.
 //
-// It lists folders rather than asking for each object: names are grouped
-// by folder (everything up to the last '/'), and each group is read from
-// one listing that starts just before its smallest name and stops once past
-// its largest, so one listing of forum/attachments/2025/10/04/ serves every
-// key of that day, with a request per 1000 objects. Only a name that a
-// listing may not give back as it is (see listable) is asked for alone.
-// Requests for different folders run concurrently, at most maxListings at
-// a time.
+// It lists ranges of names rather than asking for each object. A listing
+// starts just before the first name not yet looked up and reads one page
+// (1000 objects) at most: where the names are dense (a day folder of
+// Django's dated layout, or a bucket where most objects are due) one
+// request serves up to 1000 of them, across folders; where they are
+// sparse, the next request jumps over the objects between them, so no name
+// costs more than one request. The first page tells which: the names it
+// leaves are cut into maxListings runs, listed concurrently, since latency
+// is what costs on S3. Only a name that a listing may not give back as it
+// is (see listable) is asked for alone.
 func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.Time, failed map[string]error) {
 	found = make(map[string]time.Time, len(names))
 	failed = make(map[string]error)
@@ -282,27 +288,23 @@ func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.
 		}
 		return found, failed
 	}
-	groups := make(map[string][]string)
-	var folders, alone []string
+	var listed, alone []string
 	for _, name := range names {
-		if !listable(name) {
+		if listable(name) {
+			listed = append(listed, name)
+		} else {
 			alone = append(alone, name)
-			continue
 		}
-		folder := name[:strings.LastIndexByte(name, '/')+1]
-		if _, ok := groups[folder]; !ok {
-			folders = append(folders, folder)
-		}
-		groups[folder] = append(groups[folder], name)
 	}
+	slices.Sort(listed)
 	var (
 		mu sync.Mutex
 		g  errgroup.Group
 	)
-	record := func(group []string, times map[string]time.Time, err error) {
+	record := func(run []string, times map[string]time.Time, err error) {
 		mu.Lock()
 		defer mu.Unlock()
-		for _, name := range group {
+		for _, name := range run {
 			t, ok := times[name]
 			switch {
 			case err != nil:
@@ -315,21 +317,30 @@ func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.
 		}
 	}
 	g.SetLimit(maxListings)
-	for _, folder := range folders {
-		group := groups[folder]
-		slices.Sort(group)
-		g.Go(func() error {
-			times, err := s.listGroup(ctx, folder, group)
-			record(group, times, err)
-			return nil
-		})
-	}
 	for _, name := range alone {
 		g.Go(func() error {
 			times, err := s.statObject(ctx, name)
 			record([]string{name}, times, err)
 			return nil
 		})
+	}
+	if len(listed) > 0 {
+		times := make(map[string]time.Time)
+		n, err := s.listFrom(ctx, listed, times)
+		if err != nil {
+			n = len(listed)
+		}
+		record(listed[:n], times, err)
+		if rest := listed[n:]; len(rest) > 0 {
+			per := (len(rest) + maxListings - 1) / maxListings
+			for run := range slices.Chunk(rest, per) {
+				g.Go(func() error {
+					times, err := s.listRun(ctx, run)
+					record(run, times, err)
+					return nil
+				})
+			}
+		}
 	}
 	g.Wait()
 	return found, failed
@@ -372,10 +383,29 @@ func (s *S3) statObject(ctx context.Context, name string) (map[string]time.Time,
 	return map[string]time.Time{name: info.LastModified}, nil
 }
 
-// listGroup lists the objects of folder that may be among group (sorted
-// names, all in folder) and returns the modification time of those found.
-func (s *S3) listGroup(ctx context.Context, folder string, group []string) (map[string]time.Time, error) {
-	lo, hi := group[0], group[len(group)-1]
+// listRun looks up run (sorted, listable names) and returns the
+// modification time of those found. Each listing starts just before the
+// first name not yet decided and ends after one page: the names up to the
+// last object it gave are decided (found, or missing); the next listing
+// jumps to the next name. A listing that ends before a full page has seen
+// every object up to the run's end.
+func (s *S3) listRun(ctx context.Context, run []string) (map[string]time.Time, error) {
+	times := make(map[string]time.Time, len(run))
+	for i := 0; i < len(run); {
+		next, err := s.listFrom(ctx, run[i:], times)
+		if err != nil {
+			return nil, err
+		}
+		i += next
+	}
+	return times, nil
+}
+
+// listFrom reads one page of objects from just before names[0], records
+// the times of the names it finds, and returns how many of names are
+// decided (at least one).
+func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time.Time) (int, error) {
+	lo, hi := names[0], names[len(names)-1]
 	// StartAfter is exclusive: start after lo without its last rune, which
 	// sorts just before lo and is still valid UTF-8.
 	_, size := utf8.DecodeLastRuneInString(lo)
@@ -384,37 +414,43 @@ func (s *S3) listGroup(ctx context.Context, folder string, group []string) (map[
 		Prefix:     commonPrefix(lo, hi),
 		StartAfter: lo[:len(lo)-size],
 		FetchOwner: &fetchOwner,
-		// Not recursive: a subfolder comes back as one common prefix, not
-		// as every object in it.
+		Recursive:  true,
+		MaxKeys:    listPage,
 	}
-	ctx, cancel := context.WithCancel(ctx) // ends the listing once past hi
+	ctx, cancel := context.WithCancel(ctx) // ends the listing after its page
 	defer cancel()
-	times := make(map[string]time.Time, len(group))
+	decided, seen := 0, 0
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
 		if obj.Err != nil {
-			return nil, s.listError(opts.Prefix, obj.Err)
+			return 0, s.listError(opts.Prefix, obj.Err)
 		}
-		// Only objects right in folder count; not subfolders (common
-		// prefixes), which may come out of order, nor names that may have
-		// been mangled on the way, which may not be where their true name
-		// sorts.
-		rest, ok := strings.CutPrefix(obj.Key, folder)
-		if !ok || strings.Contains(rest, "/") || !listable(obj.Key) {
-			continue
+		seen++
+		// A name that may have been mangled on the way may not be where
+		// its true name sorts: it decides nothing.
+		if listable(obj.Key) {
+			for decided < len(names) && names[decided] <= obj.Key {
+				if names[decided] == obj.Key {
+					times[obj.Key] = obj.LastModified
+				}
+				decided++
+			}
 		}
-		if _, ok := slices.BinarySearch(group, obj.Key); ok {
-			times[obj.Key] = obj.LastModified
+		if decided == len(names) {
+			return decided, nil
 		}
-		if obj.Key >= hi {
-			break
+		if seen%listPage == 0 && decided > 0 {
+			// The page is over; the objects up to the next name are of no
+			// use: jump there rather than read them. (A page that decided
+			// nothing goes on to the next.)
+			return decided, nil
 		}
 	}
 	// The listing ends without an error when ctx is done between pages:
 	// the names not seen yet are not known to be missing.
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
+		return 0, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
 	}
-	return times, nil
+	return len(names), nil // the listing ended: the rest are missing
 }
 
 // listError explains a listing that failed.

@@ -1,0 +1,99 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrNoFiles means the storage holds none of the files the table's rows
+// name: an unmounted volume, a wrong root, bucket or prefix. Every file
+// would then look missing and every due row would be purged with its real
+// file left behind, tracked by nothing; so nothing is deleted.
+var ErrNoFiles = errors.New("storage holds none of the table's files")
+
+const (
+	// probeEach is how many of the highest and of the lowest keys the probe
+	// looks for: one listing or a few system calls.
+	probeEach = 16
+	// probeFresh is how long a probe that found files vouches for the
+	// storage. A removal that finds every file of its batch missing asks
+	// again at once.
+	probeFresh = time.Minute
+)
+
+// probeState remembers the last probe that found files.
+type probeState struct {
+	mu sync.Mutex
+	ok time.Time
+}
+
+// ensureFiles probes the storage unless a probe found files within
+// probeFresh.
+func (r *Reconciler) ensureFiles(ctx context.Context) error {
+	r.probe.mu.Lock()
+	fresh := !r.probe.ok.IsZero() && time.Since(r.probe.ok) < probeFresh
+	r.probe.mu.Unlock()
+	if fresh {
+		return nil
+	}
+	return r.probeFiles(ctx)
+}
+
+// probeFiles looks in storage for the files of some rows of the table,
+// whatever their state. One file found is enough: rows whose files were
+// removed by hand are then purged and counted as missing. None found, and
+// the storage cannot be told from an empty one: ErrNoFiles. A table with no
+// key at all has nothing to lose.
+func (r *Reconciler) probeFiles(ctx context.Context) error {
+	rows, err := r.db.Query(ctx, r.sql.probeKeys, probeEach)
+	if err != nil {
+		return fmt.Errorf("probe storage: read keys: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("probe storage: read keys: %w", err)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	infos := r.store.Stat(ctx, keys)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var failures []string
+	for _, info := range infos {
+		switch {
+		case info.Err != nil:
+			failures = append(failures, info.Err.Error())
+		case info.Exists:
+			r.probe.mu.Lock()
+			r.probe.ok = time.Now()
+			r.probe.mu.Unlock()
+			return nil
+		}
+	}
+	if len(failures) == len(keys) {
+		// Not an empty storage: one that did not answer.
+		return fmt.Errorf("probe %s: %s", r.storageName(), failures[0])
+	}
+	shown := keys[:min(len(keys), 3)]
+	msg := fmt.Sprintf("%s holds none of the %d files probed (keys of the table's rows, such as %s)",
+		r.storageName(), len(keys), strings.Join(shown, ", "))
+	if len(failures) > 0 {
+		msg += fmt.Sprintf("; %d could not be looked at: %s", len(failures), failures[0])
+	}
+	return fmt.Errorf("%s: is the volume mounted, and are the root, bucket and prefix right? Nothing was deleted: %w", msg, ErrNoFiles)
+}
+
+func (r *Reconciler) storageName() string {
+	if r.cfg.StorageName != "" {
+		return "storage (" + r.cfg.StorageName + ")"
+	}
+	return "storage"
+}

@@ -118,3 +118,19 @@ func parseTimestamp(s string) (time.Time, error) {
 	}
 	return time.Time{}, fmt.Errorf("unreadable timestamp %q", s)
 }
+
+// parseMessage parses a pgoutput message as pglogrepl does, but answers a
+// malformed one with an error where pglogrepl would panic (it indexes an
+// empty message, and trusts the lengths it reads): the session then ends
+// and is dialled again, instead of the process.
+func parseMessage(data []byte) (m pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, errors.New("empty logical message")
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			m, err = nil, fmt.Errorf("malformed logical message %q: %v", data[0], p)
+		}
+	}()
+	return pglogrepl.Parse(data)
+}

@@ -585,7 +585,7 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 				return nil // the rescan covers it
 			}
 		}
-		m, err := pglogrepl.Parse(xld.WALData)
+		m, err := parseMessage(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("parse logical message: %w", err)
 		}

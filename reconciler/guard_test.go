@@ -68,10 +68,7 @@ func (b *bundle) withLogs(opts ...option) *logBuffer {
 // root, and deletes nothing.
 func TestEmptyStorageRootDeletesNothing(t *testing.T) {
 	b := setup(t)
-	var rows []row
-	for i := range 20 {
-		rows = append(rows, due(fmt.Sprintf("forum/attachments/2025/10/04/%02d.jpg", i)))
-	}
+	rows := dueRows(20, "forum/attachments/2025/10/04/%02d.jpg")
 	rows = append(rows, row{key: "forum/attachments/2026/01/02/live.jpg", active: true})
 	b.seed(rows...)
 
@@ -108,10 +105,7 @@ func TestEmptyStorageRootDeletesNothing(t *testing.T) {
 // purged and counted apart from the files removed.
 func TestFilesRemovedByHandAreCountedMissing(t *testing.T) {
 	b := setup(t)
-	var rows []row
-	for i := range 10 {
-		rows = append(rows, due(fmt.Sprintf("hand/%02d.jpg", i)))
-	}
+	rows := dueRows(10, "hand/%02d.jpg")
 	ids := b.seed(rows...)
 	for _, r := range rows[:3] {
 		if err := os.Remove(filepath.Join(b.root, r.key)); err != nil {
@@ -167,10 +161,7 @@ func TestRowsWithoutAFileArePurged(t *testing.T) {
 // reported and skipped; the rest of its batch, and later rows, go on.
 func TestRowErrorsOfAnyKindAreIsolated(t *testing.T) {
 	b := setup(t)
-	var rows []row
-	for i := range 30 {
-		rows = append(rows, due(fmt.Sprintf("odd/%02d.jpg", i)))
-	}
+	rows := dueRows(30, "odd/%02d.jpg")
 	ids := b.seed(rows...)
 	_, err := b.pool.Exec(b.ctx, fmt.Sprintf(`
 		CREATE FUNCTION odd_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -293,29 +284,10 @@ func TestTimeZoneOfANaiveDeletedAt(t *testing.T) {
 func TestPartitionedTable(t *testing.T) {
 	ctx := context.Background()
 	_, pool := testdb.New(t)
-	if _, err := pool.Exec(ctx, `
-		CREATE TABLE forum_attachment (
-			id uuid PRIMARY KEY,
-			image varchar(100) NOT NULL,
-			original_filename varchar(255) NOT NULL DEFAULT '',
-			is_active boolean NOT NULL DEFAULT true,
-			deleted_at timestamptz NULL,
-			uploaded_at timestamptz NOT NULL DEFAULT now()
-		) PARTITION BY HASH (id);
-		CREATE TABLE forum_attachment_p0 PARTITION OF forum_attachment FOR VALUES WITH (MODULUS 3, REMAINDER 0);
-		CREATE TABLE forum_attachment_p1 PARTITION OF forum_attachment FOR VALUES WITH (MODULUS 3, REMAINDER 1);
-		CREATE TABLE forum_attachment_p2 PARTITION OF forum_attachment FOR VALUES WITH (MODULUS 3, REMAINDER 2) PARTITION BY HASH (id);
-		CREATE TABLE forum_attachment_p2a PARTITION OF forum_attachment_p2 FOR VALUES WITH (MODULUS 6, REMAINDER 2);
-		CREATE TABLE forum_attachment_p2b PARTITION OF forum_attachment_p2 FOR VALUES WITH (MODULUS 6, REMAINDER 5);`); err != nil {
+	if _, err := pool.Exec(ctx, testdb.PartitionedSchema); err != nil {
 		t.Fatal(err)
 	}
-	root := t.TempDir()
-	store, err := storage.NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b := newBundle(t, ctx, pool, root, store) // migrates
+	b := setupOn(t, pool) // migrates
 	if err := b.r.Migrate(ctx); err != nil {
 		t.Fatalf("second migrate: %v", err)
 	}
@@ -329,10 +301,7 @@ func TestPartitionedTable(t *testing.T) {
 	if invalid != 0 || ours != 2*6 {
 		t.Fatalf("%d invalid indexes, %d of ours; want none invalid and 2 on each of the 6 tables", invalid, ours)
 	}
-	var rows []row
-	for i := range 40 {
-		rows = append(rows, due(fmt.Sprintf("part/%02d.jpg", i)))
-	}
+	rows := dueRows(40, "part/%02d.jpg")
 	rows = append(rows, row{key: "part/active.jpg", active: true}, row{key: "part/recent.jpg", deletedAt: ago(retention / 2)})
 	ids := b.seed(rows...)
 	s := b.run()
@@ -348,10 +317,7 @@ func TestPartitionedTable(t *testing.T) {
 // many it left; the next run goes on.
 func TestDeletionBudgetOfARun(t *testing.T) {
 	b := setup(t)
-	var rows []row
-	for i := range 23 {
-		rows = append(rows, due(fmt.Sprintf("budget/%02d.jpg", i)))
-	}
+	rows := dueRows(23, "budget/%02d.jpg")
 	b.seed(rows...)
 	b.withLogs(func(c *reconciler.Config) { c.MaxDeletes = 10 })
 	for run, want := range []reconciler.Summary{{Purged: 10, Left: 13}, {Purged: 10, Left: 3}, {Purged: 3, Left: 0}} {
@@ -366,10 +332,7 @@ func TestDeletionBudgetOfARun(t *testing.T) {
 // once, and goes on in the next hour.
 func TestHourlyDeletionBudget(t *testing.T) {
 	b := setup(t)
-	var rows []row
-	for i := range 10 {
-		rows = append(rows, due(fmt.Sprintf("hourly/%02d.jpg", i)))
-	}
+	rows := dueRows(10, "hourly/%02d.jpg")
 	b.seed(rows...)
 	logs := b.withLogs()
 	cutoff, err := b.r.Cutoff(b.ctx)
@@ -411,23 +374,7 @@ func TestHourlyDeletionBudget(t *testing.T) {
 func TestLockedRowIsTriedAgain(t *testing.T) {
 	ctx := context.Background()
 	url, admin := testdb.NewDjango(t)
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "200"
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	root := t.TempDir()
-	store, err := storage.NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b := newBundle(t, ctx, pool, root, store)
+	b := setupOn(t, poolOn(t, url, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["lock_timeout"] = "200" }))
 	ids := b.seed(due("locked/a.jpg"), due("locked/b.jpg"))
 	logs := b.withLogs()
 

@@ -49,15 +49,46 @@ type option func(*reconciler.Config)
 
 func setup(t *testing.T, opts ...option) *bundle {
 	t.Helper()
-	ctx := context.Background()
 	_, pool := testdb.NewDjango(t)
+	return setupOn(t, pool, opts...)
+}
+
+// setupOn is setup on a pool of the test's own, with local storage.
+func setupOn(t *testing.T, pool *pgxpool.Pool, opts ...option) *bundle {
+	t.Helper()
 	root := t.TempDir()
 	store, err := storage.NewLocal(root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	return newBundle(t, ctx, pool, root, store, opts...)
+	return newBundle(t, context.Background(), pool, root, store, opts...)
+}
+
+// poolOn opens a pool on url, as change makes its configuration: another
+// role, session settings.
+func poolOn(t *testing.T, url string, change func(*pgxpool.Config)) *pgxpool.Pool {
+	t.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	change(cfg)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// dueRows are n due rows, their keys format with their number.
+func dueRows(n int, format string) []row {
+	rows := make([]row, n)
+	for i := range rows {
+		rows[i] = due(fmt.Sprintf(format, i))
+	}
+	return rows
 }
 
 func newBundle(t *testing.T, ctx context.Context, pool *pgxpool.Pool, root string, store reconciler.Store, opts ...option) *bundle {

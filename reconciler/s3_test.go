@@ -2,57 +2,28 @@ package reconciler_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-
 	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/internal/testdb"
+	"github.com/reconcile/reconcile/internal/tests3"
+	"github.com/reconcile/reconcile/reconciler"
 )
 
 // The purge against a real S3 server (versitygw, started by scripts/test.sh):
 // rows and objects under the prefix go, a shared object and everything
 // outside the prefix stay.
 func TestPurgeOnS3(t *testing.T) {
-	endpoint := os.Getenv("TEST_S3_ENDPOINT")
-	if endpoint == "" {
-		t.Fatal("TEST_S3_ENDPOINT is not set: run the tests with `make test`, which starts an S3 server")
-	}
-	access, secret := os.Getenv("TEST_S3_ACCESS_KEY"), os.Getenv("TEST_S3_SECRET_KEY")
 	ctx := context.Background()
-	client, err := minio.New(endpoint, &minio.Options{Creds: credentials.NewStaticV4(access, secret, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket := "purge-" + strings.ToLower(uuid.NewString()[:8])
-	if err := client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for obj := range client.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-			_ = client.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{})
-		}
-		_ = client.RemoveBucket(ctx, bucket)
-	})
-	put := func(name string) {
-		t.Helper()
-		_, err := client.PutObject(ctx, bucket, name, strings.NewReader("img"), 3, minio.PutObjectOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	exists := func(name string) bool {
-		_, err := client.StatObject(ctx, bucket, name, minio.StatObjectOptions{})
-		return err == nil
-	}
+	bucket := tests3.New(t)
+	put := func(name string) { bucket.Put(t, name) }
+	exists := bucket.Exists
 
-	store, err := storage.NewS3(ctx, storage.S3Config{Endpoint: endpoint, Bucket: bucket, Prefix: "media", AccessKey: access, SecretKey: secret})
+	store, err := storage.NewS3(ctx, storage.S3Config{Endpoint: bucket.Endpoint, Bucket: bucket.Name, Prefix: "media", AccessKey: bucket.AccessKey, SecretKey: bucket.SecretKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,5 +59,55 @@ func TestPurgeOnS3(t *testing.T) {
 	}
 	if !exists("media/forum/attachments/shared.jpg") || !exists("forum/attachments/s3-00.jpg") {
 		t.Error("the shared object or an object outside the prefix was removed")
+	}
+}
+
+// Row 13 on S3: an object written again under a key after the key was
+// queued (its LastModified, from a listing, is not older than the queueing)
+// is kept; an older one goes. Row 4: a prefix under which the bucket holds
+// none of the table's objects deletes nothing.
+func TestRewrittenObjectAndWrongPrefixOnS3(t *testing.T) {
+	ctx := context.Background()
+	bucket := tests3.New(t)
+	newStore := func(prefix string) *storage.S3 {
+		store, err := storage.NewS3(ctx, storage.S3Config{Endpoint: bucket.Endpoint, Bucket: bucket.Name, Prefix: prefix, AccessKey: bucket.AccessKey, SecretKey: bucket.SecretKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		return store
+	}
+	_, pool := testdb.NewDjango(t)
+	b := newBundle(t, ctx, pool, "", newStore("static"))
+	ids := b.seed(due("forum/attachments/a.jpg"), due("forum/attachments/b.jpg"), row{key: "forum/attachments/live.jpg", active: true})
+	for _, key := range []string{"a.jpg", "b.jpg", "live.jpg"} {
+		bucket.Put(t, "media/forum/attachments/"+key)
+	}
+	if _, err := b.runErr(); !errors.Is(err, reconciler.ErrNoFiles) || !strings.Contains(err.Error(), "files probed") {
+		t.Fatalf("wrong prefix: %v; want ErrNoFiles", err)
+	}
+	if !b.rowExists(ids[0]) || !b.rowExists(ids[1]) {
+		t.Fatal("a row was purged under the wrong prefix")
+	}
+
+	b = newBundle(t, ctx, pool, "", newStore("media"))
+	// b.jpg was queued a minute ago and uploaded again since; a.jpg is
+	// queued now, in a later second than its object's.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(1100 * time.Millisecond)))
+	bucket.Put(t, "media/forum/attachments/b.jpg")
+	if _, err := pool.Exec(ctx, `DELETE FROM forum_attachment WHERE id IN ($1, $2)`, ids[0], ids[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `
+		INSERT INTO reconcile_forum_attachment_outbox (storage_key, attachment_id, enqueued_at)
+		VALUES ('forum/attachments/a.jpg', 'gone-1', now()), ('forum/attachments/b.jpg', 'gone-2', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.r.DrainOutbox(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.FilesRemoved != 1 || s.FilesRewritten != 1 || bucket.Exists("media/forum/attachments/a.jpg") || !bucket.Exists("media/forum/attachments/b.jpg") {
+		t.Fatalf("summary %+v: want a.jpg removed and the new b.jpg kept", s)
 	}
 }

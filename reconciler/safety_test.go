@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/internal/testdb"
 	"github.com/reconcile/reconcile/reconciler"
 )
@@ -301,23 +300,10 @@ func TestWallClockDeletedAtIsDueOnTime(t *testing.T) {
 		ALTER TABLE forum_attachment ALTER COLUMN deleted_at TYPE timestamp`); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.RuntimeParams["TimeZone"] = "Asia/Tokyo" // UTC+9, no daylight saving
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	root := t.TempDir()
-	store, err := storage.NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	b := newBundle(t, ctx, pool, root, store)
+	pool := poolOn(t, url, func(c *pgxpool.Config) {
+		c.ConnConfig.RuntimeParams["TimeZone"] = "Asia/Tokyo" // UTC+9, no daylight saving
+	})
+	b := setupOn(t, pool)
 
 	// Due by an hour, in the forum's own wall time.
 	ids := b.seed(row{key: "wall/due.jpg"}, row{key: "wall/recent.jpg"})

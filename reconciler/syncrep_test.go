@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/internal/testdb"
 	"github.com/reconcile/reconcile/reconciler"
 )
@@ -45,26 +44,10 @@ func TestRescanWaitsForCommitsHeldByASynchronousStandby(t *testing.T) {
 		_, _ = admin.Exec(context.Background(), `ALTER SYSTEM RESET synchronous_standby_names`)
 		_, _ = admin.Exec(context.Background(), `SELECT pg_reload_conf()`)
 	})
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.User = "reconciler"
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	root := t.TempDir()
-	store, err := storage.NewLocal(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
 	if _, err := admin.Exec(ctx, `ALTER TABLE forum_attachment OWNER TO reconciler`); err != nil {
 		t.Fatal(err)
 	}
-	b := newBundle(t, ctx, pool, root, store)
+	b := setupOn(t, poolOn(t, url, func(c *pgxpool.Config) { c.ConnConfig.User = "reconciler" }))
 	id := uuid.NewString()
 	b.seed(row{id: id, key: "sync/leaf.jpg", active: true})
 
@@ -90,7 +73,7 @@ func TestRescanWaitsForCommitsHeldByASynchronousStandby(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var sees int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'`).Scan(&sees); err != nil || sees != 0 {
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'`).Scan(&sees); err != nil || sees != 0 {
 		t.Fatalf("reconcile's role sees %d sessions waiting for SyncRep (%v); the test needs a role that cannot", sees, err)
 	}
 

@@ -120,6 +120,10 @@ blob=${blob:0:4096}
 while IFS='|' read -r key size; do
     printf '%s' "${blob:0:size}" >"$MEDIA/$key"
 done < <(sql -At -c "SELECT DISTINCT image, 1024 + abs(hashtext(image)) % 3073 FROM forum_attachment")
+# Uploaded before they were soft-deleted, as on a forum's disk: reconcile
+# keeps a file modified about the time its removal is queued (a new upload
+# under the same name).
+find "$MEDIA" -type f -exec touch -d '90 days ago' {} +
 files_before=$(find "$MEDIA" -type f | wc -l)
 echo "$files_before files, $(du -sh "$MEDIA" | cut -f1), in $((SECONDS - start))s"
 
@@ -266,6 +270,11 @@ while [[ $(sql1 "SELECT count(*) FROM forum_attachment WHERE id = '$purge_id'") 
 done
 echo "purged $purge_id about $((SECONDS - start + 2))s after it was soft-deleted (due after 5s):"
 grep "Hard-deleted" "$DEMO_DIR/service.log" | sed 's/^/  /'
+# The file goes once the row's deletion has committed.
+for ((i = 0; i < 25 && ${#purge_key} > 0; i++)); do
+    [[ -e $MEDIA/$purge_key ]] || break
+    sleep 0.2
+done
 [[ ! -e $MEDIA/$purge_key ]] || die "the purged row's file $purge_key is still there"
 [[ $(sql1 "SELECT count(*) FROM forum_attachment WHERE id = '$keep_id' AND is_active") -eq 1 && -f $MEDIA/$keep_key ]] ||
     die "the restored row $keep_id or its file is gone"

@@ -245,10 +245,17 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 		}
 	}
 
+	// Files carry their upload time, as on a forum's disk: reconcile keeps a
+	// file modified about the time its removal is queued (a new upload).
+	now := time.Now()
 	return eachRow(ctx, ds, func(r *attachment) error {
 		p := filepath.Join(root, filepath.FromSlash(r.key))
 		if err := os.WriteFile(p, ds.content[:r.size], 0o644); err != nil {
 			return fmt.Errorf("writing media file: %w", err)
+		}
+		uploaded := now.Add(-r.uploadedAge)
+		if err := os.Chtimes(p, uploaded, uploaded); err != nil {
+			return fmt.Errorf("dating media file: %w", err)
 		}
 		return nil
 	})

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/reconcile/reconcile/internal/testdb"
 )
 
 // Row 7: the publication dropped, or replaced by a new name as our own
@@ -48,18 +50,7 @@ func TestServiceRecoversFromADroppedPublication(t *testing.T) {
 func TestServicePurgesAPartitionedTable(t *testing.T) {
 	f := newForum(t)
 	ctx := context.Background()
-	if _, err := f.pool.Exec(ctx, `
-		DROP TABLE forum_attachment;
-		CREATE TABLE forum_attachment (
-			id uuid PRIMARY KEY,
-			image varchar(100) NOT NULL,
-			original_filename varchar(255) NOT NULL DEFAULT '',
-			is_active boolean NOT NULL DEFAULT true,
-			deleted_at timestamptz NULL,
-			uploaded_at timestamptz NOT NULL DEFAULT now()
-		) PARTITION BY HASH (id);
-		CREATE TABLE forum_attachment_p0 PARTITION OF forum_attachment FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-		CREATE TABLE forum_attachment_p1 PARTITION OF forum_attachment FOR VALUES WITH (MODULUS 2, REMAINDER 1);`); err != nil {
+	if _, err := f.pool.Exec(ctx, "DROP TABLE forum_attachment;"+testdb.PartitionedSchema); err != nil {
 		t.Fatal(err)
 	}
 	serviceEnv(t, f, "2s")

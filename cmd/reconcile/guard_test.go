@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/reconcile/reconcile/internal/tests3"
 )
 
 // The guard rails, as an operator meets them: each mistake below once
@@ -109,48 +107,27 @@ func TestUnmountedVolumeDeletesNothing(t *testing.T) {
 // run refuses and deletes nothing.
 func TestWrongS3PrefixDeletesNothing(t *testing.T) {
 	f := newForum(t)
-	endpoint := os.Getenv("TEST_S3_ENDPOINT")
-	if endpoint == "" {
-		t.Fatal("TEST_S3_ENDPOINT is not set: run the tests with `make test`, which starts an S3 server")
-	}
-	access, secret := os.Getenv("TEST_S3_ACCESS_KEY"), os.Getenv("TEST_S3_SECRET_KEY")
-	ctx := context.Background()
-	client, err := minio.New(endpoint, &minio.Options{Creds: credentials.NewStaticV4(access, secret, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket := "prefix-" + strings.ToLower(uuid.NewString()[:8])
-	if err := client.MakeBucket(ctx, bucket, minio.MakeBucketOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for obj := range client.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
-			_ = client.RemoveObject(ctx, bucket, obj.Key, minio.RemoveObjectOptions{})
-		}
-		_ = client.RemoveBucket(ctx, bucket)
-	})
+	bucket := tests3.New(t)
 	for i := range 20 {
 		key := fmt.Sprintf("forum/attachments/2025/10/04/%02d.jpg", i)
 		f.add(key, 48)
-		if _, err := client.PutObject(ctx, bucket, "media/"+key, strings.NewReader("img"), 3, minio.PutObjectOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		bucket.Put(t, "media/"+key)
 	}
 	for k, v := range map[string]string{
 		"RECONCILE_STORAGE_BACKEND":       "s3",
-		"RECONCILE_STORAGE_S3_ENDPOINT":   endpoint,
-		"RECONCILE_STORAGE_S3_BUCKET":     bucket,
+		"RECONCILE_STORAGE_S3_ENDPOINT":   bucket.Endpoint,
+		"RECONCILE_STORAGE_S3_BUCKET":     bucket.Name,
 		"RECONCILE_STORAGE_S3_PREFIX":     "static", // the files are under media/
-		"RECONCILE_STORAGE_S3_ACCESS_KEY": access,
-		"RECONCILE_STORAGE_S3_SECRET_KEY": secret,
+		"RECONCILE_STORAGE_S3_ACCESS_KEY": bucket.AccessKey,
+		"RECONCILE_STORAGE_S3_SECRET_KEY": bucket.SecretKey,
 		"RECONCILE_STORAGE_S3_USE_SSL":    "false",
-		"RECONCILE_STORAGE_S3_REGION":     os.Getenv("TEST_S3_REGION"),
+		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
 	} {
 		t.Setenv(k, v)
 	}
 	f.migrate()
 	code, out, stderr := reconcile("--rescan")
-	if code != exitFailed || !strings.Contains(stderr, "s3://"+bucket+"/static") || !strings.Contains(stderr, "holds none of the") {
+	if code != exitFailed || !strings.Contains(stderr, "s3://"+bucket.Name+"/static") || !strings.Contains(stderr, "holds none of the") {
 		t.Fatalf("exit %d; want %d naming the bucket and prefix\n%s%s", code, exitFailed, out, stderr)
 	}
 	if n := f.count(`SELECT count(*) FROM forum_attachment`); n != 20 {

@@ -23,6 +23,12 @@ import (
 //go:embed django_attachment.sql
 var DjangoSchema string
 
+// PartitionedSchema creates forum_attachment partitioned by its id, one
+// partition partitioned again, without Django's partial index.
+//
+//go:embed django_attachment_partitioned.sql
+var PartitionedSchema string
+
 // AdminURL returns TEST_DATABASE_URL and fails the test when it is unset:
 // these tests prove safety against a real server and must not be skipped.
 func AdminURL(t testing.TB) string {

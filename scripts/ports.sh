@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by pg.sh and s3.sh: pick a free port on 127.0.0.1 for a
-# throwaway server.
+# Sourced by pg.sh, s3.sh and toxiproxy.sh: pick a free port on 127.0.0.1
+# for a throwaway server, and stop one by its PID.
 
 # _port_free PORT: true when nothing listens on 127.0.0.1:PORT.
 _port_free() {
@@ -29,4 +29,21 @@ free_port() {
     done
     echo "free_port: no free port found" >&2
     return 1
+}
+
+# stop_pid PID NAME: TERM the process, KILL it if it lingers past 5 s, and
+# reap it; NAME is for the message.
+stop_pid() {
+    local pid=$1 name=$2 i
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        printf '%s pid %s did not stop on TERM; killing\n' "$name" "$pid" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
 }

@@ -155,19 +155,8 @@ s3_start() {
 
 # s3_stop: stop versitygw by PID and remove its temp dir; safe to call twice.
 s3_stop() {
-    local pid=${S3_PID:-} dir=${S3_DIR:-} i
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            _s3_log "versitygw pid $pid did not stop on TERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    fi
+    local dir=${S3_DIR:-}
+    stop_pid "${S3_PID:-}" versitygw
     if [[ -n $dir ]]; then
         rm -rf -- "$dir" || true
         _s3_log "stopped; removed $dir"

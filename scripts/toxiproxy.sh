@@ -122,19 +122,8 @@ toxiproxy_start() {
 # toxiproxy_stop: stop the server by PID and remove its temp dir; safe to
 # call twice or after a failed toxiproxy_start.
 toxiproxy_stop() {
-    local pid=${TOXIPROXY_PID:-} dir=${TOXIPROXY_DIR:-} i
-    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            _toxiproxy_log "toxiproxy pid $pid did not stop on TERM; killing"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    fi
+    local dir=${TOXIPROXY_DIR:-}
+    stop_pid "${TOXIPROXY_PID:-}" toxiproxy
     if [[ -n $dir ]]; then
         rm -rf -- "$dir" || true
         _toxiproxy_log "stopped; removed $dir"

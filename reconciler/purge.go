@@ -213,10 +213,14 @@ func (r *Reconciler) purge(ctx context.Context, src source, progress func(handle
 		batchers.Wait()
 		close(freed)
 	}()
+	var removals <-chan []string = freed
+	if gr, ok := r.store.(grouper); ok && gr.RemovalGroup() > r.cfg.BatchSize {
+		removals = groupKeys(ctx, freed, gr.RemovalGroup(), groupLinger)
+	}
 
 	for range r.cfg.RemoveConcurrency {
 		g.Go(func() error {
-			for keys := range freed {
+			for keys := range removals {
 				s, err := r.removeFiles(ctx, keys)
 				t.add(s)
 				if err != nil {
@@ -271,6 +275,62 @@ func laneOf(key string, n int) int {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
 	return int(h.Sum32() % uint32(n))
+}
+
+// grouper is a store whose removals cost per call rather than per key (S3:
+// a listing and a bulk delete): RemovalGroup is how many keys it takes at
+// once.
+type grouper interface {
+	RemovalGroup() int
+}
+
+// groupLinger is how long a group of keys waits for more once the batches
+// stop coming: a backlog's batches come faster than that, and a lone due
+// row is removed that much later.
+const groupLinger = 50 * time.Millisecond
+
+// groupKeys passes on the batches' freed keys in groups of up to size, a
+// group leaving when full, when no batch came for linger, or at the end.
+// Once ctx ends it drops what it holds (the keys stay in the outbox) and
+// drains freed, so that the batches never wait on it.
+func groupKeys(ctx context.Context, freed <-chan []string, size int, linger time.Duration) <-chan []string {
+	out := make(chan []string)
+	go func() {
+		defer close(out)
+		var group []string
+		timer := time.NewTimer(linger)
+		defer timer.Stop()
+		flush := func() {
+			if len(group) == 0 {
+				return
+			}
+			select {
+			case out <- group:
+			case <-ctx.Done():
+			}
+			group = nil
+		}
+		for {
+			select {
+			case keys, ok := <-freed:
+				if !ok {
+					flush()
+					return
+				}
+				if ctx.Err() != nil {
+					continue
+				}
+				group = append(group, keys...)
+				if len(group) >= size {
+					flush()
+				}
+				timer.Reset(linger)
+			case <-timer.C:
+				flush()
+			}
+		}
+	}()
+	return out
 }
 
 // batchLane gathers a lane's entries into batches and purges them.

@@ -256,8 +256,12 @@ func rewrittenS3(lastModified, queuedAt time.Time) bool {
 const maxListings = 4
 
 // listPage is the most objects one listing request returns (S3's own
-// bound).
-const listPage = 1000
+// bound); minPage the fewest a listing asks for. Pages are sized to the
+// names they should serve: every object listed is bytes on the wire.
+const (
+	listPage = 1000
+	minPage  = 32
+)
 
 // errNoModTime is the error of an object listed without a modification
 // time: without it a rewritten object cannot be told apart.
@@ -325,17 +329,21 @@ func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.
 		})
 	}
 	if len(listed) > 0 {
+		// The first page, of twice as many objects as names, tells how
+		// many objects lie between the names; the runs' pages are sized
+		// by it.
 		times := make(map[string]time.Time)
-		n, err := s.listFrom(ctx, listed, times)
+		n, seen, err := s.listFrom(ctx, listed, times, pageFor(len(listed), 2))
 		if err != nil {
 			n = len(listed)
 		}
 		record(listed[:n], times, err)
 		if rest := listed[n:]; len(rest) > 0 {
+			perName := float64(seen) / float64(n)
 			per := (len(rest) + maxListings - 1) / maxListings
 			for run := range slices.Chunk(rest, per) {
 				g.Go(func() error {
-					times, err := s.listRun(ctx, run)
+					times, err := s.listRun(ctx, run, pageFor(len(run), perName))
 					record(run, times, err)
 					return nil
 				})
@@ -383,16 +391,18 @@ func (s *S3) statObject(ctx context.Context, name string) (map[string]time.Time,
 	return map[string]time.Time{name: info.LastModified}, nil
 }
 
-// listRun looks up run (sorted, listable names) and returns the
-// modification time of those found. Each listing starts just before the
-// first name not yet decided and ends after one page: the names up to the
-// last object it gave are decided (found, or missing); the next listing
-// jumps to the next name. A listing that ends before a full page has seen
-// every object up to the run's end.
-func (s *S3) listRun(ctx context.Context, run []string) (map[string]time.Time, error) {
+// pageFor sizes a listing meant to serve names names, where perName
+// objects lie per name, with a quarter to spare.
+func pageFor(names int, perName float64) int {
+	return min(listPage, max(minPage, int(float64(names)*max(perName, 1)*1.25)))
+}
+
+// listRun looks up run (sorted, listable names) with pages of page objects
+// and returns the modification time of those found.
+func (s *S3) listRun(ctx context.Context, run []string, page int) (map[string]time.Time, error) {
 	times := make(map[string]time.Time, len(run))
 	for i := 0; i < len(run); {
-		next, err := s.listFrom(ctx, run[i:], times)
+		next, _, err := s.listFrom(ctx, run[i:], times, page)
 		if err != nil {
 			return nil, err
 		}
@@ -401,10 +411,13 @@ func (s *S3) listRun(ctx context.Context, run []string) (map[string]time.Time, e
 	return times, nil
 }
 
-// listFrom reads one page of objects from just before names[0], records
-// the times of the names it finds, and returns how many of names are
-// decided (at least one).
-func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time.Time) (int, error) {
+// listFrom reads one page of at most page objects from just before
+// names[0], records the times of the names it finds, and returns how many
+// of names are decided (at least one: found, or missing) and how many
+// objects it read. Names up to the last object listed are decided; a
+// listing that ends before its page is full has seen every object there is
+// up to the end of names.
+func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time.Time, page int) (decided, seen int, err error) {
 	lo, hi := names[0], names[len(names)-1]
 	// StartAfter is exclusive: start after lo without its last rune, which
 	// sorts just before lo and is still valid UTF-8.
@@ -415,43 +428,53 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 		StartAfter: lo[:len(lo)-size],
 		FetchOwner: &fetchOwner,
 		Recursive:  true,
-		MaxKeys:    listPage,
+		MaxKeys:    page,
 	}
 	ctx, cancel := context.WithCancel(ctx) // ends the listing after its page
 	defer cancel()
-	decided, seen := 0, 0
+	last := ""
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
 		if obj.Err != nil {
-			return 0, s.listError(opts.Prefix, obj.Err)
+			return 0, 0, s.listError(opts.Prefix, obj.Err)
 		}
 		seen++
 		// A name that may have been mangled on the way may not be where
 		// its true name sorts: it decides nothing.
-		if listable(obj.Key) {
-			for decided < len(names) && names[decided] <= obj.Key {
-				if names[decided] == obj.Key {
-					times[obj.Key] = obj.LastModified
-				}
-				decided++
+		if !listable(obj.Key) {
+			continue
+		}
+		if obj.Key < last {
+			// Names would be taken for missing that come later.
+			return 0, 0, fmt.Errorf("list bucket %q prefix %q: the server listed %q after %q, out of order: %w", s.bucket, opts.Prefix, obj.Key, last, errUnordered)
+		}
+		last = obj.Key
+		for decided < len(names) && names[decided] <= obj.Key {
+			if names[decided] == obj.Key {
+				times[obj.Key] = obj.LastModified
 			}
+			decided++
 		}
 		if decided == len(names) {
-			return decided, nil
+			return decided, seen, nil
 		}
-		if seen%listPage == 0 && decided > 0 {
+		if seen%page == 0 && decided > 0 {
 			// The page is over; the objects up to the next name are of no
 			// use: jump there rather than read them. (A page that decided
 			// nothing goes on to the next.)
-			return decided, nil
+			return decided, seen, nil
 		}
 	}
 	// The listing ends without an error when ctx is done between pages:
 	// the names not seen yet are not known to be missing.
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
+		return 0, 0, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
 	}
-	return len(names), nil // the listing ended: the rest are missing
+	return len(names), seen, nil // the listing ended: the rest are missing
 }
+
+// errUnordered marks a listing whose names do not come in byte order, as S3
+// lists them: a name missing from it cannot be told missing.
+var errUnordered = errors.New("listing out of order")
 
 // listError explains a listing that failed.
 func (s *S3) listError(prefix string, err error) error {
@@ -582,3 +605,8 @@ type redactedError struct {
 
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
+
+// RemovalGroup is how many keys a removal takes at once: a round of
+// listings and one bulk delete serve up to 1000, where the objects of a
+// smaller batch would each cost as much.
+func (s *S3) RemovalGroup() int { return maxDeleteKeys }

@@ -43,21 +43,24 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	}
 
 	results := r.store.Remove(ctx, removals)
-	var done, failed, reasons []string
-	missing := 0
+	var done, failed, reasons, missing []string
+	fail := func(key string, err error) {
+		failed = append(failed, key)
+		reasons = append(reasons, err.Error())
+		r.log.ErrorContext(ctx, "[CLEANUP] Failed to remove file; it stays in the outbox for a retry",
+			"storage_key", key, "error", err)
+	}
 	for i, res := range results {
 		key := removals[i].Key
 		switch {
 		case res.Err != nil:
-			failed = append(failed, key)
-			reasons = append(reasons, res.Err.Error())
-			r.log.ErrorContext(ctx, "[CLEANUP] Failed to remove file; it stays in the outbox for a retry",
-				"storage_key", key, "error", res.Err)
+			fail(key, res.Err)
 			continue
 		case res.Outcome == storage.Removed:
 			s.FilesRemoved++
 		case res.Outcome == storage.Missing:
-			missing++
+			missing = append(missing, key)
+			continue
 		case res.Outcome == storage.Rewritten:
 			s.FilesRewritten++
 			r.log.WarnContext(ctx, "[CLEANUP] Kept file written again after its removal was queued: it belongs to a new upload",
@@ -68,16 +71,26 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 		}
 		done = append(done, key)
 	}
-	if missing > 0 && missing == len(removals) {
+	if len(missing) > 0 && len(missing) == len(removals) {
 		if err := r.probeFiles(ctx); err != nil {
 			if errors.Is(err, ErrNoFiles) {
 				r.log.ErrorContext(ctx, "[CLEANUP] Failed: every file of a batch is missing and the storage holds none of the table's files; the keys stay in the outbox",
-					"files", missing, "error", err)
+					"files", len(missing), "error", err)
 			}
 			return s, err
 		}
 	}
-	s.FilesMissing = missing
+	if len(missing) > 0 {
+		confirmed, unsure, err := r.confirmMissing(ctx, missing)
+		if err != nil {
+			return s, err
+		}
+		done = append(done, confirmed...)
+		s.FilesMissing = len(confirmed)
+		for _, key := range unsure {
+			fail(key, errNeighboursMissing)
+		}
+	}
 
 	// Record the outcome even when the run is being cancelled, so that no
 	// removed file is tried again for nothing. The commit need not wait for

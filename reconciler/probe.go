@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -96,4 +98,89 @@ func (r *Reconciler) storageName() string {
 		return "storage (" + r.cfg.StorageName + ")"
 	}
 	return "storage"
+}
+
+// errNeighboursMissing is the error left in the outbox for a missing file
+// whose neighbours are all missing too.
+var errNeighboursMissing = errors.New("missing, and so are the files of the rows nearest to it: the folder may be on a volume that is not mounted; the key stays in the outbox")
+
+// maxMissingFolders bounds the folders of missing files judged in one
+// removal; the files of further folders wait in the outbox for the next.
+const maxMissingFolders = 16
+
+// confirmMissing splits files found missing into those missing indeed and
+// those that may be on a part of the storage that is away (a folder on a
+// volume of its own, not mounted). For each folder, the files of the rows
+// whose keys come next to one of its keys, and share the most of its path,
+// must be there: a folder whose nearest neighbours are all missing too is
+// not judged. With no other row there is nothing to compare with, and
+// missing is missing.
+func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (confirmed, unsure []string, err error) {
+	byFolder := map[string][]string{}
+	var folders []string
+	for _, key := range missing {
+		folder := path.Dir(key)
+		if _, ok := byFolder[folder]; !ok {
+			folders = append(folders, folder)
+		}
+		byFolder[folder] = append(byFolder[folder], key)
+	}
+	slices.Sort(folders)
+	if len(folders) > maxMissingFolders {
+		for _, folder := range folders[maxMissingFolders:] {
+			unsure = append(unsure, byFolder[folder]...)
+		}
+		folders = folders[:maxMissingFolders]
+	}
+	nearest := map[string][]string{} // folder -> its nearest neighbours' keys
+	var all []string
+	for _, folder := range folders {
+		key := byFolder[folder][0]
+		rows, err := r.db.Query(ctx, r.sql.neighbours, key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read the keys next to missing files: %w", err)
+		}
+		near, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, nil, fmt.Errorf("read the keys next to missing files: %w", err)
+		}
+		best := 0
+		for _, n := range near {
+			switch d := sharedDepth(key, n); {
+			case d > best:
+				best, nearest[folder] = d, []string{n}
+			case d == best:
+				nearest[folder] = append(nearest[folder], n)
+			}
+		}
+		all = append(all, nearest[folder]...)
+	}
+	exists := map[string]bool{}
+	for i, info := range r.store.Stat(ctx, all) {
+		exists[all[i]] = info.Exists
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	for _, folder := range folders {
+		ok := len(nearest[folder]) == 0 || slices.ContainsFunc(nearest[folder], func(k string) bool { return exists[k] })
+		if ok {
+			confirmed = append(confirmed, byFolder[folder]...)
+		} else {
+			unsure = append(unsure, byFolder[folder]...)
+		}
+	}
+	return confirmed, unsure, nil
+}
+
+// sharedDepth counts the folders that the paths of a and b share.
+func sharedDepth(a, b string) int {
+	n := 0
+	for {
+		i, j := strings.IndexByte(a, '/'), strings.IndexByte(b, '/')
+		if i < 0 || j < 0 || a[:i] != b[:j] {
+			return n
+		}
+		a, b, n = a[i+1:], b[j+1:], n+1
+	}
 }

@@ -6,7 +6,7 @@ import "strings"
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
-	keysOf, stillDue, cutoff, clock, probeKeys                                                                  string
+	keysOf, stillDue, cutoff, clock, probeKeys, neighbours                                                      string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -15,15 +15,26 @@ func buildQueries(t Table, types columnTypes) queries {
 	// else the session's), which read back as if they were UTC, as the
 	// index holds them; comparing them with an instant would be off by the
 	// zone's offset.
+	//
+	// The cutoff is taken from the instant (now() - retention), then given
+	// in the zone's wall time: subtracting the retention from a wall time
+	// would purge an hour early across a change to summer time.
 	now := "now()"
+	cutoff := func(param string) string { return "(now() - " + param + " * interval '1 microsecond')" }
 	if types.naiveTime {
-		now = "localtimestamp"
+		zone := "current_setting('TimeZone')"
 		if t.TimeZone != "" {
-			now = "(now() AT TIME ZONE " + literal(t.TimeZone) + ")"
+			zone = literal(t.TimeZone)
 		}
+		now = "(now() AT TIME ZONE " + zone + ")"
+		instant := cutoff
+		cutoff = func(param string) string { return "(" + instant(param) + " AT TIME ZONE " + zone + ")" }
 	}
 	r := strings.NewReplacer(
 		"{NOW}", now,
+		"{CUTOFF1}", cutoff("$1"),
+		"{CUTOFF2}", cutoff("$2"),
+		"{CUTOFF3}", cutoff("$3"),
 		"{T}", t.qualified(),
 		"{OUTBOX}", t.outbox(),
 		"{ID}", quote(t.ID),
@@ -81,7 +92,7 @@ func buildQueries(t Table, types columnTypes) queries {
 				WHERE t.{ID} = c.id::{IDTYPE}
 				  AND coalesce(t.{KEY}::text, '') = c.key
 				  AND t.{ACTIVE} = false
-				  AND t.{DELETED} <= {NOW} - $3 * interval '1 microsecond'
+				  AND t.{DELETED} <= {CUTOFF3}
 				RETURNING t.{ID} AS pid, t.{ID}::text AS id, coalesce(t.{KEY}::text, '') AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
@@ -142,8 +153,8 @@ func buildQueries(t Table, types columnTypes) queries {
 
 		// The latest deleted_at that is due now, by the database's clock
 		// ($1 retention in microseconds); clock adds the time now.
-		cutoff: r.Replace(`SELECT {NOW} - $1 * interval '1 microsecond'`),
-		clock:  r.Replace(`SELECT {NOW}, {NOW} - $1 * interval '1 microsecond'`),
+		cutoff: r.Replace(`SELECT {CUTOFF1}`),
+		clock:  r.Replace(`SELECT {NOW}, {CUTOFF1}`),
 
 		// The storage keys of rows by id; $1 ids.
 		keysOf: r.Replace(`
@@ -160,6 +171,13 @@ func buildQueries(t Table, types columnTypes) queries {
 			UNION
 			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} LIMIT $1)`),
 
+		// The keys next to $1 in the key index's order, from other rows:
+		// with Django's dated folders, files of the same folder.
+		neighbours: r.Replace(`
+			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' AND {KEY} < $1 ORDER BY {KEY} DESC LIMIT 4)
+			UNION
+			(SELECT {KEY}::text FROM {T} WHERE {KEY} > $1 ORDER BY {KEY} LIMIT 4)`),
+
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.
 		stillDue: r.Replace(`
@@ -167,6 +185,6 @@ func buildQueries(t Table, types columnTypes) queries {
 			FROM {T}
 			WHERE {ID} = ANY($1::text[]::{IDTYPE}[])
 			  AND {ACTIVE} = false
-			  AND {DELETED} <= {NOW} - $2 * interval '1 microsecond'`),
+			  AND {DELETED} <= {CUTOFF2}`),
 	}
 }

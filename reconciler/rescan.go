@@ -147,7 +147,7 @@ func (r *Reconciler) CheckCommitWaits(ctx context.Context) error {
 	var sees bool
 	err := r.db.QueryRow(ctx, `
 		SELECT current_setting('synchronous_standby_names'), current_user,
-		       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')`).Scan(&names, &role, &sees)
+		       (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')`).Scan(&names, &role, &sees)
 	if err != nil {
 		return fmt.Errorf("read synchronous_standby_names: %w", err)
 	}

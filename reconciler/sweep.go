@@ -69,6 +69,10 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 			continue
 		}
 		backoff.Succeeded()
+		if s.budget.spent(s.now()) {
+			s.from = r.waitBlocked(ctx, cfg, s.from, s.wakeAt())
+			continue
+		}
 		s.from = r.waitForDue(ctx, cfg, s.from, cutoff, offset, s.wakeAt())
 	}
 	return nil
@@ -208,6 +212,30 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 				if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, from) < 0 {
 					return at
 				}
+			}
+		}
+	}
+}
+
+// waitBlocked sleeps while the budget forbids purging, until wake or
+// MaxWait at most, whatever falls due meanwhile; a rescan's restart still
+// sends the next walk back to the start.
+func (r *Reconciler) waitBlocked(ctx context.Context, cfg SweepConfig, from index.Position, wake time.Time) index.Position {
+	deadline := time.Now().Add(cfg.MaxWait)
+	if !wake.IsZero() && wake.Before(deadline) {
+		deadline = wake
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return from
+		case <-timer.C:
+			return from
+		case <-r.index.Updates():
+			if _, restart := r.index.TakeEarliest(); restart {
+				from = nil
 			}
 		}
 	}

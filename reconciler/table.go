@@ -122,8 +122,14 @@ func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 	}
 	types := columnTypes{id: found[t.ID].formatted, naiveTime: found[t.DeletedAt].typname == "timestamp"}
 	if t.TimeZone != "" {
-		if _, err := db.Exec(ctx, `SELECT now() AT TIME ZONE $1`, t.TimeZone); err != nil {
-			return columnTypes{}, fmt.Errorf("table.time_zone: PostgreSQL does not know the time zone %q (%w): %w", t.TimeZone, err, ErrSetup)
+		// Only names: PostgreSQL reads an offset ("+02:00", "UTC+2") as a
+		// POSIX zone, west of Greenwich for a plus, the opposite of Django.
+		var known bool
+		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)`, t.TimeZone).Scan(&known); err != nil {
+			return columnTypes{}, fmt.Errorf("read time zone names: %w", err)
+		}
+		if !known {
+			return columnTypes{}, fmt.Errorf("table.time_zone: %q is not a time zone name PostgreSQL knows (pg_timezone_names): give Django's TIME_ZONE, such as Europe/Paris, not an offset: %w", t.TimeZone, ErrSetup)
 		}
 	}
 	return types, nil

@@ -24,3 +24,20 @@ func TestObjectNameStaysUniqueAndShort(t *testing.T) {
 		t.Errorf("short name = %q", got)
 	}
 }
+
+func TestSharedDepthCountsCommonFolders(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want int
+	}{
+		{"forum/attachments/2025/01/a.jpg", "forum/attachments/2025/01/b.jpg", 4},
+		{"forum/attachments/2025/01/a.jpg", "forum/attachments/2025/02/a.jpg", 3},
+		{"forum/attachments/2025/01/a.jpg", "forum/attachments/2025/01", 3},
+		{"a.jpg", "b.jpg", 0},
+		{"x/a.jpg", "y/a.jpg", 0},
+	} {
+		if got := sharedDepth(tc.a, tc.b); got != tc.want {
+			t.Errorf("sharedDepth(%q, %q) = %d, want %d", tc.a, tc.b, got, tc.want)
+		}
+	}
+}

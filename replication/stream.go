@@ -75,6 +75,9 @@ type Stream struct {
 	// replace says why the slot must be dropped and created anew at the
 	// next session; empty when it can be used.
 	replace string
+	// progressed says the last session moved the acknowledged position:
+	// it ran, and its failure starts a new count of tries.
+	progressed bool
 }
 
 const (
@@ -93,8 +96,8 @@ const (
 	pollEvery = time.Second
 	// minBackoff is the first wait before dialling again.
 	minBackoff = 500 * time.Millisecond
-	// sessionTries is how many sessions in a row may fail, each before it
-	// streamed for MaxBackoff, before Run gives up: a few minutes of
+	// sessionTries is how many sessions in a row may fail without moving
+	// the acknowledged position before Run gives up: a few minutes of
 	// backoff, then the service ends for its supervisor to restart it.
 	sessionTries = 10
 )
@@ -114,7 +117,6 @@ func New(cfg Config, idx Index, rescan RescanFunc, log *slog.Logger) *Stream {
 func (s *Stream) Run(ctx context.Context) error {
 	backoff := retry.Backoff{Min: minBackoff, Max: s.cfg.MaxBackoff, Tries: sessionTries}
 	for {
-		started := time.Now()
 		err := s.session(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -122,8 +124,8 @@ func (s *Stream) Run(ctx context.Context) error {
 		if errors.Is(err, ErrSetup) {
 			return err
 		}
-		if time.Since(started) > s.cfg.MaxBackoff {
-			backoff.Succeeded() // it had been running: start the backoff over
+		if s.progressed {
+			backoff.Succeeded() // it had been streaming: start the count over
 		}
 		if why := slotUnusable(err, s.cfg.Publication); why != "" {
 			// Decoding reads the catalog as it was when each change was
@@ -144,10 +146,12 @@ func (s *Stream) Run(ctx context.Context) error {
 }
 
 // slotUnusable says why the slot cannot go on after err, or nothing: the
-// server could not find the publication while decoding.
+// server could not find an object it needed, the publication while
+// decoding (its message is in the server's language: the code says it).
+// Should it be another object, a new slot and a rescan cost a rescan.
 func slotUnusable(err error, publication string) string {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject && strings.Contains(pgErr.Message, "publication") {
+	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject {
 		return fmt.Sprintf("the slot cannot decode its WAL with publication %q (%s): dropped and created again", publication, pgErr.Message)
 	}
 	return ""
@@ -156,6 +160,7 @@ func slotUnusable(err error, publication string) string {
 // session is one connection: checks, setup, an optional rescan, then the
 // stream until an error.
 func (s *Stream) session(ctx context.Context) error {
+	s.progressed = false
 	cat, err := pgx.Connect(ctx, s.cfg.URL)
 	if err != nil {
 		return fmt.Errorf("connect to database: %w", err)
@@ -239,7 +244,9 @@ func (s *Stream) session(ctx context.Context) error {
 	}
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
 	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
-	return l.run(ctx)
+	err = l.run(ctx)
+	s.progressed = l.committed > start
+	return err
 }
 
 // closeWithin closes a connection, giving up after a few seconds: a dead
@@ -722,6 +729,17 @@ func (l *loop) commit() (bool, error) {
 // report tells the server what the index holds, after committing what can
 // be committed without splitting a transaction.
 func (l *loop) report(askReply bool) error {
+	// An index set aside meanwhile (corrupt pages met by the timer) is
+	// empty: on a quiet table no change would bring that to light.
+	if l.rescanning == nil {
+		st, err := l.s.idx.State()
+		if err != nil {
+			return err
+		}
+		if st.Origin == "" {
+			return fmt.Errorf("the index was emptied while streaming: %w", index.ErrNotFilled)
+		}
+	}
 	if !l.inTx {
 		if _, err := l.commit(); err != nil {
 			return err

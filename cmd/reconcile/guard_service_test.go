@@ -115,3 +115,18 @@ func TestServiceGoesPastARowItCannotDelete(t *testing.T) {
 		t.Fatalf("the failing row is gone, or was never reported:\n%s", s.logs)
 	}
 }
+
+// An index emptied under the stream (set aside as corrupt when the timer
+// met garbage pages) is noticed on a quiet table too, and rebuilt.
+func TestServiceRescansAnIndexEmptiedUnderIt(t *testing.T) {
+	f, s := serviceOn(t, "1h")
+	id := f.add("forum/attachments/kept-in-the-index.jpg", 0)
+	eventually(t, 5*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
+		func() string { return "the soft-delete was never indexed" })
+	if err := s.idx.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	s.waitLog("the index was emptied while streaming", 1)
+	eventually(t, 10*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
+		func() string { return "the index was not rebuilt:\n" + s.logs.String() })
+}

@@ -6,8 +6,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +24,10 @@ import (
 // envPrefix starts every environment variable: storage.s3.bucket is read
 // from RECONCILE_STORAGE_S3_BUCKET.
 const envPrefix = "RECONCILE"
+
+// maxLockTimeout is the largest lock_timeout PostgreSQL takes (2^31-1 ms);
+// PostgreSQL counts in milliseconds, so less than one would be 0: forever.
+const maxLockTimeout = (1<<31 - 1) * time.Millisecond
 
 // MaxBatchSize bounds batch_size: Postgres takes arrays of any length, but a
 // batch holds its row locks until it commits.
@@ -234,6 +241,9 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	if err := checkBudgets(v, flags); err != nil {
 		return nil, err
 	}
+	if err := checkBools(v); err != nil {
+		return nil, err
+	}
 
 	var cfg Config
 	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
@@ -266,23 +276,95 @@ func checkDurations(v *viper.Viper) error {
 	return invalid(lines)
 }
 
-// checkBudgets refuses a deletion bound set to zero on purpose, in the
-// file, the environment or a flag.
+// checkBudgets reads the deletion bounds that were given (in the file, the
+// environment or a flag) as whole numbers, and refuses a zero given on
+// purpose, however it is spelt ("0", "00", "-0", 0.0). An empty variable
+// leaves the bound unset.
 func checkBudgets(v *viper.Viper, flags *pflag.FlagSet) error {
 	var lines []string
 	for key, flag := range budgetKeys {
-		if strings.TrimSpace(fmt.Sprint(v.Get(key))) != "0" {
-			continue
-		}
-		env := envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
-		_, inEnv := os.LookupEnv(env)
+		_, inEnv := os.LookupEnv(envName(key))
 		inFlag := false
 		if flags != nil && flag != "" {
 			f := flags.Lookup(flag)
 			inFlag = f != nil && f.Changed
 		}
-		if v.InConfig(key) || inEnv || inFlag {
+		if !v.InConfig(key) && !inEnv && !inFlag {
+			continue
+		}
+		n, err := wholeNumber(v.Get(key))
+		switch {
+		case err != nil:
+			lines = append(lines, fmt.Sprintf("%s: %v; give the most rows to delete, a whole number (at least 1), or leave it out for no bound", key, err))
+		case n == nil:
+			v.Set(key, 0)
+		case *n == 0:
 			lines = append(lines, fmt.Sprintf("%s: 0 would mean no bound at all; leave it out for no bound, give the most rows to delete (at least 1), or use --dry-run to delete nothing", key))
+		default:
+			v.Set(key, *n)
+		}
+	}
+	return invalid(lines)
+}
+
+// envName is the environment variable of key.
+func envName(key string) string {
+	return envPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// wholeNumber reads a count as a source gave it; nil when it was given
+// empty.
+func wholeNumber(raw any) (*int, error) {
+	var n int
+	switch v := raw.(type) {
+	case nil:
+		return nil, nil
+	case int:
+		n = v
+	case int64:
+		n = int(v)
+	case uint64:
+		if v > math.MaxInt32 {
+			return nil, fmt.Errorf("%d is too large", v)
+		}
+		n = int(v)
+	case float64:
+		if v != math.Trunc(v) || math.Abs(v) > math.MaxInt32 {
+			return nil, fmt.Errorf("%v is not a whole number", v)
+		}
+		n = int(v)
+	case string:
+		s := strings.TrimSpace(v)
+		if s == "" {
+			return nil, nil
+		}
+		parsed, err := strconv.Atoi(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a whole number", v)
+		}
+		n = parsed
+	default:
+		return nil, fmt.Errorf("%v is not a whole number", raw)
+	}
+	return &n, nil
+}
+
+// checkBools reads every boolean key strictly: true or false (or 1, 0),
+// never an empty string, which would turn use_ssl off unnoticed.
+func checkBools(v *viper.Viper) error {
+	var lines []string
+	for _, key := range keysOf(reflect.TypeFor[bool]()) {
+		switch raw := v.Get(key).(type) {
+		case bool:
+		case string:
+			b, err := strconv.ParseBool(strings.TrimSpace(raw))
+			if err != nil {
+				lines = append(lines, fmt.Sprintf("%s: must be true or false, got %q", key, raw))
+				continue
+			}
+			v.Set(key, b)
+		default:
+			lines = append(lines, fmt.Sprintf("%s: must be true or false, got %v", key, raw))
 		}
 	}
 	return invalid(lines)
@@ -326,7 +408,7 @@ var slotName = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 // timeZoneName is what a time zone name is made of (Europe/Paris,
 // America/Argentina/Buenos_Aires, Etc/GMT+3, UTC); it reaches SQL as a
 // literal, so nothing else passes.
-var timeZoneName = regexp.MustCompile(`^[A-Za-z0-9/_+:.-]{1,64}$`)
+var timeZoneName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9/_+:.-]{0,63}$`)
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
@@ -372,8 +454,8 @@ func (c *Config) Validate() error {
 		// The parser's message may quote the URL, password included.
 		bad("database.url", "is not a valid PostgreSQL URL or key=value connection string")
 	}
-	if c.Database.LockTimeout < 0 {
-		bad("database.lock_timeout", "must be zero (wait forever) or a positive duration such as 5s, got %s", c.Database.LockTimeout)
+	if lt := c.Database.LockTimeout; lt != 0 && (lt < time.Millisecond || lt > maxLockTimeout) {
+		bad("database.lock_timeout", "must be 0 (wait forever) or between 1ms and %s (PostgreSQL's bound), such as 5s, got %s", maxLockTimeout, lt)
 	}
 
 	for _, id := range []struct{ key, name string }{
@@ -458,7 +540,7 @@ func (c *Config) Validate() error {
 		bad("safety.max_deletes_per_hour", "must be a number of rows (at least 1), or left out for no bound, got %d", c.Safety.MaxDeletesPerHour)
 	}
 	if tz := c.Table.TimeZone; tz != "" && !timeZoneName.MatchString(tz) {
-		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), got %q", tz)
+		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), not an offset, got %q", tz)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
 		bad("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)

@@ -116,6 +116,12 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 		{"explicit zero budget", map[string]string{"RECONCILE_SAFETY_MAX_DELETES": "0"}, nil, []string{"safety.max_deletes: 0 would mean no bound"}},
 		{"zero budget flag", nil, []string{"--max-deletes", "0"}, []string{"safety.max_deletes: 0 would mean no bound"}},
 		{"negative hourly budget", map[string]string{"RECONCILE_SAFETY_MAX_DELETES_PER_HOUR": "-3"}, nil, []string{"safety.max_deletes_per_hour: must be a number of rows"}},
+		{"zero budget spelt 00", map[string]string{"RECONCILE_SAFETY_MAX_DELETES": "00"}, nil, []string{"safety.max_deletes: 0 would mean no bound"}},
+		{"zero budget spelt -0", map[string]string{"RECONCILE_SAFETY_MAX_DELETES_PER_HOUR": "-0"}, nil, []string{"safety.max_deletes_per_hour: 0 would mean no bound"}},
+		{"budget not a whole number", map[string]string{"RECONCILE_SAFETY_MAX_DELETES": "0.4"}, nil, []string{`safety.max_deletes: "0.4" is not a whole number`}},
+		{"empty use_ssl", map[string]string{"RECONCILE_STORAGE_S3_USE_SSL": ""}, nil, []string{`storage.s3.use_ssl: must be true or false, got ""`}},
+		{"lock timeout under a millisecond", map[string]string{"RECONCILE_DATABASE_LOCK_TIMEOUT": "500us"}, nil, []string{"database.lock_timeout: must be 0 (wait forever) or between 1ms and"}},
+		{"lock timeout over PostgreSQL's bound", map[string]string{"RECONCILE_DATABASE_LOCK_TIMEOUT": "30d"}, nil, []string{"database.lock_timeout: must be 0 (wait forever) or between 1ms and"}},
 		{"batch too small", nil, []string{"--batch-size", "0"}, []string{"batch_size: must be between 1 and 10000, got 0"}},
 		{"batch too large", map[string]string{"RECONCILE_BATCH_SIZE": "20000"}, nil, []string{"batch_size: must be between 1 and 10000, got 20000"}},
 		{"no database", map[string]string{"RECONCILE_DATABASE_URL": ""}, nil, []string{"database.url: is required"}},
@@ -144,6 +150,33 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 				t.Errorf("error %q shows the password", err)
 			}
 		})
+	}
+}
+
+// A budget given as an empty variable is no budget; one written in the
+// file as false or 0.0 is refused.
+func TestBudgetsAreWholeNumbers(t *testing.T) {
+	t.Setenv("RECONCILE_DATABASE_URL", "postgres://db/forum")
+	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
+	t.Setenv("RECONCILE_SAFETY_MAX_DELETES", "")
+	cfg, err := Load("", flags())
+	if err != nil || cfg.Safety.MaxDeletes != 0 {
+		t.Fatalf("empty variable: %v, %+v", err, cfg)
+	}
+	os.Unsetenv("RECONCILE_SAFETY_MAX_DELETES")
+	for doc, want := range map[string]string{
+		"safety:\n  max_deletes: false\n":           "is not a whole number",
+		"safety:\n  max_deletes: 0.0\n":             "0 would mean no bound",
+		"safety:\n  max_deletes_per_hour: \"00\"\n": "0 would mean no bound",
+		"safety:\n  max_deletes: 2.5\n":             "2.5 is not a whole number",
+	} {
+		if _, err := Load(writeConfig(t, doc), flags()); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v; want %q", doc, err, want)
+		}
+	}
+	cfg, err = Load(writeConfig(t, "safety:\n  max_deletes: 500\n  max_deletes_per_hour: \"1200\"\n"), flags())
+	if err != nil || cfg.Safety.MaxDeletes != 500 || cfg.Safety.MaxDeletesPerHour != 1200 {
+		t.Fatalf("%v, %+v", err, cfg.Safety)
 	}
 }
 

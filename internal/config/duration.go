@@ -80,15 +80,18 @@ func ParseDuration(s string) (time.Duration, error) {
 
 // durationKeys lists the key of every time.Duration field of Config, so that
 // none escapes ParseDuration.
-func durationKeys() []string {
+func durationKeys() []string { return keysOf(reflect.TypeFor[time.Duration]()) }
+
+// keysOf lists the keys of the fields of Config of type t.
+func keysOf(t reflect.Type) []string {
 	var keys []string
-	var walk func(t reflect.Type, prefix string)
-	walk = func(t reflect.Type, prefix string) {
-		for i := range t.NumField() {
-			f := t.Field(i)
+	var walk func(st reflect.Type, prefix string)
+	walk = func(st reflect.Type, prefix string) {
+		for i := range st.NumField() {
+			f := st.Field(i)
 			key := prefix + f.Tag.Get("mapstructure")
 			switch {
-			case f.Type == reflect.TypeFor[time.Duration]():
+			case f.Type == t:
 				keys = append(keys, key)
 			case f.Type.Kind() == reflect.Struct:
 				walk(f.Type, key+".")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -225,7 +226,7 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 			break // the later removals of name share the deleter's result
 		}
 	}
-	gone, failed := s.deleteObjects(ctx, doomed)
+	gone, failed := s.deleteInParallel(ctx, doomed)
 	for _, name := range doomed {
 		first := deleter[name]
 		for _, i := range at[name] {
@@ -508,6 +509,33 @@ func objectName(prefix, key string) (string, error) {
 	}
 	return prefix + key, nil
 }
+
+// deleteInParallel deletes names with up to maxListings DeleteObjects
+// requests at once: a server deletes the keys of one request one after
+// another, and a group of removals is as large as one request takes.
+func (s *S3) deleteInParallel(ctx context.Context, names []string) (gone map[string]bool, failed map[string]error) {
+	gone, failed = make(map[string]bool), make(map[string]error)
+	var (
+		mu sync.Mutex
+		g  errgroup.Group
+	)
+	per := max(minDelete, (len(names)+maxListings-1)/maxListings)
+	for part := range slices.Chunk(names, per) {
+		g.Go(func() error {
+			partGone, partFailed := s.deleteObjects(ctx, part)
+			mu.Lock()
+			defer mu.Unlock()
+			maps.Copy(gone, partGone)
+			maps.Copy(failed, partFailed)
+			return nil
+		})
+	}
+	g.Wait()
+	return gone, failed
+}
+
+// minDelete is the fewest keys a delete request of a group carries.
+const minDelete = 100
 
 // deleteObjects sends one DeleteObjects request for names (at most
 // maxDeleteKeys) and returns the names the server says were already gone

@@ -218,8 +218,9 @@ func TestS3CancelBetweenChunks(t *testing.T) {
 	tg := fakeS3(t, nil)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	// Cancel once the first response has been read, so that the first
-	// chunk completes and the other two are never sent.
+	// Cancel once the first response has been read: the first round's
+	// other requests, in flight at once, may complete or fail; the later
+	// rounds are never sent.
 	tg.transport = &countingTransport{base: tg.transport, afterDelete: cancel}
 	f := s3Fixture(t, tg, "media/")
 
@@ -231,19 +232,29 @@ func TestS3CancelBetweenChunks(t *testing.T) {
 	f.takeRequests()
 	res := f.store.Remove(ctx, removals(queuedLater(), keys...))
 
-	want := make([]any, len(keys))
-	for i := range keys {
-		want[i] = Removed
-		if i >= 1000 {
-			want[i] = context.Canceled
+	removed := 0
+	for i, r := range res {
+		switch {
+		case r.Err == nil && r.Outcome == Removed && i < 1000:
+			removed++
+		case r.Err != nil && errors.Is(r.Err, context.Canceled):
+		default:
+			t.Fatalf("key %q: %+v; want removed (first round) or cancelled", keys[i], r)
+		}
+		// A request cut short may have been served: an error says only
+		// that the object may still be there.
+		if r.Err == nil && f.exists(t, keys[i]) {
+			t.Fatalf("key %q: removed, yet the object exists", keys[i])
+		}
+		if i >= 1000 && !f.exists(t, keys[i]) {
+			t.Fatalf("key %q of a later round is gone", keys[i])
 		}
 	}
-	requireResults(t, keys, res, want...)
-	if lists, deletes := f.takeRequests(); len(deletes) != 1 || lists != 1 {
-		t.Errorf("sent %d listings and %d delete requests, want 1 and 1", lists, len(deletes))
+	if removed < minDelete {
+		t.Errorf("%d keys removed before the cancel, want the first request's at least", removed)
 	}
-	if f.exists(t, keys[999]) || !f.exists(t, keys[1000]) || !f.exists(t, keys[2099]) {
-		t.Error("the keys removed are not the first chunk")
+	if lists, deletes := f.takeRequests(); len(deletes) > maxListings || lists != 1 {
+		t.Errorf("sent %d listings and %d delete requests, want 1 and at most %d", lists, len(deletes), maxListings)
 	}
 }
 
@@ -737,8 +748,11 @@ func TestS3RequestCounts(t *testing.T) {
 				want[i] = Removed
 			}
 			requireResults(t, tc.keys, f.store.Remove(t.Context(), removals(queuedLater(), tc.keys...)), want...)
-			if lists, deletes := f.takeRequests(); lists != tc.lists || !slices.Equal(deletes, []int{len(tc.keys)}) {
-				t.Errorf("%s: Remove sent %d listings and deletes %v, want %d listings and [%d]", tc.name, lists, deletes, tc.lists, len(tc.keys))
+			// The deletes go maxListings at a time, minDelete keys at least.
+			per := max(minDelete, (len(tc.keys)+maxListings-1)/maxListings)
+			wantDeletes := (len(tc.keys) + per - 1) / per
+			if lists, deletes := f.takeRequests(); lists != tc.lists || len(deletes) != wantDeletes || sum(deletes) != len(tc.keys) {
+				t.Errorf("%s: Remove sent %d listings and deletes %v, want %d listings and %d deletes of %d keys in all", tc.name, lists, deletes, tc.lists, wantDeletes, len(tc.keys))
 			}
 			// Once gone, they are Missing, and no delete is sent.
 			for i := range want {
@@ -916,4 +930,12 @@ func FuzzS3Name(f *testing.F) {
 			t.Fatalf("objectName(%q, %q) = %q: its folder %q is not under the prefix", p, key, name, folder)
 		}
 	})
+}
+
+func sum(ns []int) int {
+	total := 0
+	for _, n := range ns {
+		total += n
+	}
+	return total
 }

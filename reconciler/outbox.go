@@ -80,15 +80,26 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 			return s, err
 		}
 	}
+	var judgeErr error
 	if len(missing) > 0 {
-		confirmed, unsure, err := r.confirmMissing(ctx, missing)
-		if err != nil {
-			return s, err
-		}
-		done = append(done, confirmed...)
-		s.FilesMissing = len(confirmed)
-		for _, key := range unsure {
-			fail(key, errNeighboursMissing)
+		verdict, err := r.confirmMissing(ctx, missing)
+		switch {
+		case err != nil:
+			// Still record what was removed; the missing files are tried
+			// again.
+			judgeErr = err
+			for _, key := range missing {
+				fail(key, fmt.Errorf("missing; could not tell whether its folder is away: %w", err))
+			}
+		default:
+			done = append(done, verdict.confirmed...)
+			s.FilesMissing = len(verdict.confirmed)
+			for _, key := range missing {
+				if reason, ok := verdict.unsure[key]; ok {
+					fail(key, reason)
+				}
+			}
+			s.FilesPending += len(verdict.later) // left as they are, for the next look
 		}
 	}
 
@@ -109,8 +120,8 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	if err != nil {
 		return s, fmt.Errorf("record removed files in the outbox: %w", err)
 	}
-	s.FilesPending = len(failed)
-	return s, nil
+	s.FilesPending += len(failed)
+	return s, judgeErr
 }
 
 // claimRemovals makes the shared-key check again and returns the removals

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/reconcile/reconcile/internal/storage"
 )
 
 // ErrNoFiles means the storage holds none of the files the table's rows
@@ -102,20 +104,30 @@ func (r *Reconciler) storageName() string {
 
 // errNeighboursMissing is the error left in the outbox for a missing file
 // whose neighbours are all missing too.
-var errNeighboursMissing = errors.New("missing, and so are the files of the rows nearest to it: the folder may be on a volume that is not mounted; the key stays in the outbox")
+var errNeighboursMissing = errors.New("missing, and so are the files of the rows nearest to it: the folder may be on a volume that is not mounted; the key stays in the outbox (if the files are gone for good, delete the key from the outbox)")
 
 // maxMissingFolders bounds the folders of missing files judged in one
-// removal; the files of further folders wait in the outbox for the next.
+// removal; the files of further folders wait, untouched, in the outbox
+// for the next.
 const maxMissingFolders = 16
 
-// confirmMissing splits files found missing into those missing indeed and
-// those that may be on a part of the storage that is away (a folder on a
-// volume of its own, not mounted). For each folder, the files of the rows
-// whose keys come next to one of its keys, and share the most of its path,
-// must be there: a folder whose nearest neighbours are all missing too is
-// not judged. With no other row there is nothing to compare with, and
-// missing is missing.
-func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (confirmed, unsure []string, err error) {
+// missingVerdict is what confirmMissing makes of files found missing:
+// missing indeed, kept in the outbox with a reason, or not judged yet.
+type missingVerdict struct {
+	confirmed []string
+	unsure    map[string]error
+	later     []string
+}
+
+// confirmMissing judges files found missing: missing indeed, or maybe on a
+// part of the storage that is away (a folder on a volume of its own, not
+// mounted). For each folder, the files of the rows whose keys come next to
+// one of its keys, and share the most of its path, must be there: a folder
+// whose nearest neighbours are all missing too is not taken for missing.
+// With no other row there is nothing to compare with, and missing is
+// missing.
+func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (missingVerdict, error) {
+	v := missingVerdict{unsure: map[string]error{}}
 	byFolder := map[string][]string{}
 	var folders []string
 	for _, key := range missing {
@@ -128,7 +140,7 @@ func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (conf
 	slices.Sort(folders)
 	if len(folders) > maxMissingFolders {
 		for _, folder := range folders[maxMissingFolders:] {
-			unsure = append(unsure, byFolder[folder]...)
+			v.later = append(v.later, byFolder[folder]...)
 		}
 		folders = folders[:maxMissingFolders]
 	}
@@ -138,11 +150,11 @@ func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (conf
 		key := byFolder[folder][0]
 		rows, err := r.db.Query(ctx, r.sql.neighbours, key)
 		if err != nil {
-			return nil, nil, fmt.Errorf("read the keys next to missing files: %w", err)
+			return v, fmt.Errorf("read the keys next to missing files: %w", err)
 		}
 		near, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			return nil, nil, fmt.Errorf("read the keys next to missing files: %w", err)
+			return v, fmt.Errorf("read the keys next to missing files: %w", err)
 		}
 		best := 0
 		for _, n := range near {
@@ -155,22 +167,32 @@ func (r *Reconciler) confirmMissing(ctx context.Context, missing []string) (conf
 		}
 		all = append(all, nearest[folder]...)
 	}
-	exists := map[string]bool{}
+	infos := map[string]storage.FileInfo{}
 	for i, info := range r.store.Stat(ctx, all) {
-		exists[all[i]] = info.Exists
+		infos[all[i]] = info
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return v, err
 	}
 	for _, folder := range folders {
-		ok := len(nearest[folder]) == 0 || slices.ContainsFunc(nearest[folder], func(k string) bool { return exists[k] })
-		if ok {
-			confirmed = append(confirmed, byFolder[folder]...)
-		} else {
-			unsure = append(unsure, byFolder[folder]...)
+		var reason error = errNeighboursMissing
+		for _, n := range nearest[folder] {
+			switch info := infos[n]; {
+			case info.Exists:
+				reason = nil
+			case info.Err != nil && reason != nil:
+				reason = fmt.Errorf("missing, and the files of the rows nearest to it could not be looked at: %w", info.Err)
+			}
+		}
+		if len(nearest[folder]) == 0 || reason == nil {
+			v.confirmed = append(v.confirmed, byFolder[folder]...)
+			continue
+		}
+		for _, key := range byFolder[folder] {
+			v.unsure[key] = reason
 		}
 	}
-	return confirmed, unsure, nil
+	return v, nil
 }
 
 // sharedDepth counts the folders that the paths of a and b share.

@@ -6,7 +6,7 @@ import "strings"
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
-	keysOf, stillDue, cutoff, clock, probeKeys, neighbours                                                      string
+	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn                                               string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -19,17 +19,27 @@ func buildQueries(t Table, types columnTypes) queries {
 	// The cutoff is taken from the instant (now() - retention), then given
 	// in the zone's wall time: subtracting the retention from a wall time
 	// would purge an hour early across a change to summer time.
+	// In the session's zone a cast converts by the zone's rules; AT TIME
+	// ZONE takes a name that is also an abbreviation (CET) for a fixed
+	// offset, which table.check refuses for table.time_zone.
 	now := "now()"
 	cutoff := func(param string) string { return "(now() - " + param + " * interval '1 microsecond')" }
-	if types.naiveTime {
-		zone := "current_setting('TimeZone')"
-		if t.TimeZone != "" {
-			zone = literal(t.TimeZone)
-		}
-		now = "(now() AT TIME ZONE " + zone + ")"
-		instant := cutoff
-		cutoff = func(param string) string { return "(" + instant(param) + " AT TIME ZONE " + zone + ")" }
+	// wall turns an instant into the column's wall time; instant turns the
+	// column's wall time back into an instant.
+	wall := func(ts string) string { return ts }
+	instant := func(ts string) string { return ts }
+	switch {
+	case types.naiveTime && t.TimeZone != "":
+		zone := literal(t.TimeZone)
+		wall = func(ts string) string { return "(" + ts + " AT TIME ZONE " + zone + ")" }
+		instant = wall // AT TIME ZONE goes both ways
+	case types.naiveTime:
+		wall = func(ts string) string { return "(" + ts + ")::timestamp" }
+		instant = func(ts string) string { return "(" + ts + ")::timestamptz" }
 	}
+	now = wall(now)
+	dueCutoff := cutoff
+	cutoff = func(param string) string { return wall(dueCutoff(param)) }
 	r := strings.NewReplacer(
 		"{NOW}", now,
 		"{CUTOFF1}", cutoff("$1"),
@@ -171,12 +181,20 @@ func buildQueries(t Table, types columnTypes) queries {
 			UNION
 			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} LIMIT $1)`),
 
-		// The keys next to $1 in the key index's order, from other rows:
-		// with Django's dated folders, files of the same folder.
+		// The keys next to $1 in byte order, from other rows: a folder's
+		// keys are together in byte order only (a linguistic collation
+		// may ignore the '/'). No index serves that order, so this reads
+		// the table: it runs only for files found missing.
 		neighbours: r.Replace(`
-			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' AND {KEY} < $1 ORDER BY {KEY} DESC LIMIT 4)
+			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' AND {KEY}::text COLLATE "C" < $1 ORDER BY {KEY}::text COLLATE "C" DESC LIMIT 4)
 			UNION
-			(SELECT {KEY}::text FROM {T} WHERE {KEY} > $1 ORDER BY {KEY} LIMIT 4)`),
+			(SELECT {KEY}::text FROM {T} WHERE {KEY}::text COLLATE "C" > $1 ORDER BY {KEY}::text COLLATE "C" LIMIT 4)`),
+
+		// How long until a deleted_at falls due, by the database's clock:
+		// $1 the deleted_at as the index holds it, $2 retention in
+		// microseconds. For a column without time zone only the database
+		// knows the zone's offset at that date.
+		dueIn: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond' - now()`),
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

@@ -80,6 +80,7 @@ type Reconciler struct {
 	sql   queries
 	log   *slog.Logger
 	probe probeState
+	naive bool // deleted_at is a timestamp without time zone
 }
 
 // New checks the table against the database catalog and prepares the
@@ -108,6 +109,7 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 		table: table,
 		sql:   buildQueries(table, types),
 		log:   log,
+		naive: types.naiveTime,
 	}, nil
 }
 

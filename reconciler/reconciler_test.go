@@ -168,6 +168,9 @@ func (b *bundle) seed(rows ...row) []string {
 
 func (b *bundle) writeFile(key string) {
 	b.t.Helper()
+	if b.root == "" {
+		b.t.Fatalf("writeFile(%q) on a bundle without a local root", key)
+	}
 	path := filepath.Join(b.root, key)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		b.t.Fatal(err)
@@ -233,6 +236,7 @@ func (b *bundle) runErr() (reconciler.Summary, error) {
 	s.FilesMissing += left.FilesMissing
 	s.FilesKept += left.FilesKept
 	s.FilesRewritten += left.FilesRewritten
+	s.FilesPending += left.FilesPending
 	return s, err
 }
 

@@ -79,7 +79,8 @@ func TestRewrittenObjectAndWrongPrefixOnS3(t *testing.T) {
 	}
 	_, pool := testdb.NewDjango(t)
 	b := newBundle(t, ctx, pool, "", newStore("static"))
-	ids := b.seed(due("forum/attachments/a.jpg"), due("forum/attachments/b.jpg"), row{key: "forum/attachments/live.jpg", active: true})
+	onS3 := func(r row) row { r.noFile = true; return r } // the objects are put below
+	ids := b.seed(onS3(due("forum/attachments/a.jpg")), onS3(due("forum/attachments/b.jpg")), row{key: "forum/attachments/live.jpg", active: true, noFile: true})
 	for _, key := range []string{"a.jpg", "b.jpg", "live.jpg"} {
 		bucket.Put(t, "media/forum/attachments/"+key)
 	}

@@ -115,10 +115,12 @@ func (s *sweeper) sweep(ctx context.Context, cutoff time.Time) error {
 	if due := s.retries.due(s.now(), remaining); len(due) > 0 {
 		sum, refused, err := r.purge(ctx, entries(due), nil)
 		s.budget.spend(sum.Purged)
-		s.retries.settle(due, refused, s.now())
 		if err != nil {
+			// Not all were tried: they all stay, for their next try.
+			s.retries.add(refused, s.now())
 			return err
 		}
+		s.retries.settle(due, refused, s.now())
 		if remaining = s.budget.remaining(s.now()); remaining == 0 {
 			s.budget.warn(ctx, r, s.now())
 			return nil
@@ -189,7 +191,9 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 		}
 		if ok {
 			// The database's clock decides what is due: wake when it says so.
-			if due := next.Add(r.cfg.Retention).Add(-offset); due.Before(wake) {
+			if due, err := r.dueAt(ctx, next, offset); err != nil {
+				r.log.ErrorContext(ctx, "read when the next row falls due", "error", err)
+			} else if due.Before(wake) {
 				wake = due
 			}
 		}
@@ -234,8 +238,15 @@ func (r *Reconciler) waitBlocked(ctx context.Context, cfg SweepConfig, from inde
 		case <-timer.C:
 			return from
 		case <-r.index.Updates():
-			if _, restart := r.index.TakeEarliest(); restart {
+			earliest, restart := r.index.TakeEarliest()
+			switch {
+			case restart:
 				from = nil
+			case !earliest.IsZero():
+				// An entry before from: the walk must go back for it.
+				if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, from) < 0 {
+					from = at
+				}
 			}
 		}
 	}
@@ -360,6 +371,21 @@ func (b *hourlyBudget) warn(ctx context.Context, r *Reconciler, now time.Time) {
 	b.warned = true
 	r.log.ErrorContext(ctx, "[CLEANUP] Failed: the hourly deletion budget is spent; purging stops until the next hour, the index is kept up to date meanwhile",
 		"max_deletes_per_hour", b.max, "purged_this_hour", b.used, "resumes_at", b.renewal().UTC().Format(TimeLayout))
+}
+
+// dueAt is when, in this host's clock, an entry deleted at deletedAt falls
+// due; offset is how far the database's clock is ahead. A deleted_at
+// without time zone is a wall time whose offset depends on its date (summer
+// time): the database tells.
+func (r *Reconciler) dueAt(ctx context.Context, deletedAt time.Time, offset time.Duration) (time.Time, error) {
+	if !r.naive {
+		return deletedAt.Add(r.cfg.Retention).Add(-offset), nil
+	}
+	var in time.Duration
+	if err := r.db.QueryRow(ctx, r.sql.dueIn, deletedAt.UTC().Format("2006-01-02 15:04:05.999999"), r.retentionMicros()).Scan(&in); err != nil {
+		return time.Time{}, fmt.Errorf("read when a row falls due: %w", err)
+	}
+	return time.Now().Add(in), nil
 }
 
 // clock returns the cutoff by the database's clock, and how far that clock

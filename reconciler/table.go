@@ -124,12 +124,21 @@ func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 	if t.TimeZone != "" {
 		// Only names: PostgreSQL reads an offset ("+02:00", "UTC+2") as a
 		// POSIX zone, west of Greenwich for a plus, the opposite of Django.
-		var known bool
-		if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)`, t.TimeZone).Scan(&known); err != nil {
+		// Nor a name that is also an abbreviation with an offset (CET,
+		// EET): AT TIME ZONE takes the abbreviation's fixed offset, where
+		// the zone of that name changes to summer time.
+		var known, abbrev bool
+		if err := db.QueryRow(ctx, `
+			SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1),
+			       EXISTS (SELECT 1 FROM pg_timezone_abbrevs WHERE abbrev = upper($1) AND utc_offset <> interval '0')`,
+			t.TimeZone).Scan(&known, &abbrev); err != nil {
 			return columnTypes{}, fmt.Errorf("read time zone names: %w", err)
 		}
-		if !known {
+		switch {
+		case !known:
 			return columnTypes{}, fmt.Errorf("table.time_zone: %q is not a time zone name PostgreSQL knows (pg_timezone_names): give Django's TIME_ZONE, such as Europe/Paris, not an offset: %w", t.TimeZone, ErrSetup)
+		case abbrev:
+			return columnTypes{}, fmt.Errorf("table.time_zone: %q is also an abbreviation, which PostgreSQL reads as a fixed offset, without summer time: give the region's name, such as Europe/Paris: %w", t.TimeZone, ErrSetup)
 		}
 	}
 	return types, nil

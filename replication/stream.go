@@ -145,13 +145,16 @@ func (s *Stream) Run(ctx context.Context) error {
 	}
 }
 
-// slotUnusable says why the slot cannot go on after err, or nothing: the
-// server could not find an object it needed, the publication while
-// decoding (its message is in the server's language: the code says it).
-// Should it be another object, a new slot and a rescan cost a rescan.
+// errStreamEnded marks an error the server sent while streaming.
+var errStreamEnded = errors.New("the server ended the stream")
+
+// slotUnusable says why the slot cannot go on after err, or nothing: while
+// streaming, the server could not find an object it needed, the
+// publication as it decodes (its message is in the server's language: the
+// code says it).
 func slotUnusable(err error, publication string) string {
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject {
+	if errors.Is(err, errStreamEnded) && errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedObject {
 		return fmt.Sprintf("the slot cannot decode its WAL with publication %q (%s): dropped and created again", publication, pgErr.Message)
 	}
 	return ""
@@ -543,7 +546,7 @@ func (l *loop) run(ctx context.Context) error {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("server: %w", pgconn.ErrorResponseToPgError(msg))
+			return fmt.Errorf("%w: %w", errStreamEnded, pgconn.ErrorResponseToPgError(msg))
 		case *pgproto3.CopyDone:
 			return errors.New("the server ended replication")
 		}

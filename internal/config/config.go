@@ -200,6 +200,7 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	v.SetEnvPrefix(envPrefix)
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
+
 	// A variable set to "" means empty, not unset: RECONCILE_STORAGE_S3_PREFIX=""
 	// must be able to clear a prefix from the file.
 	v.AllowEmptyEnv(true)
@@ -209,8 +210,18 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read config file: %w", err)
 		}
-		if err := parseYAML(v, raw); err != nil {
+		file, err := parseYAML(v, raw)
+		if err != nil {
 			return nil, fmt.Errorf("config file %s: %w", path, err)
+		}
+		// An empty variable for a bound is no value at all: it must not
+		// lift a bound that the file sets, as viper would have it.
+		for key := range budgetKeys {
+			if val, ok := os.LookupEnv(envName(key)); ok && strings.TrimSpace(val) == "" {
+				if inFile, ok := lookup(file, key); ok {
+					v.Set(key, inFile)
+				}
+			}
 		}
 	}
 
@@ -283,7 +294,8 @@ func checkDurations(v *viper.Viper) error {
 func checkBudgets(v *viper.Viper, flags *pflag.FlagSet) error {
 	var lines []string
 	for key, flag := range budgetKeys {
-		_, inEnv := os.LookupEnv(envName(key))
+		val, inEnv := os.LookupEnv(envName(key))
+		inEnv = inEnv && strings.TrimSpace(val) != ""
 		inFlag := false
 		if flags != nil && flag != "" {
 			f := flags.Lookup(flag)
@@ -382,23 +394,38 @@ func invalid(lines []string) error {
 // parseYAML reads the document and expands ${VAR} references in its values
 // (only that form, so a password holding a bare $ survives; comments are
 // not values).
-func parseYAML(v *viper.Viper, raw []byte) error {
+func parseYAML(v *viper.Viper, raw []byte) (map[string]any, error) {
 	var doc map[string]any
 	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return fmt.Errorf("parse YAML: %w", err)
+		return nil, fmt.Errorf("parse YAML: %w", err)
 	}
 	if doc == nil {
 		doc = map[string]any{} // an empty file
 	}
 	var missing []string
-	expanded := expandValues(doc, &missing)
+	expanded := expandValues(doc, &missing).(map[string]any)
 	if len(missing) > 0 {
-		return fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
+		return nil, fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
 	}
-	if err := v.MergeConfigMap(expanded.(map[string]any)); err != nil {
-		return fmt.Errorf("load YAML: %w", err)
+	if err := v.MergeConfigMap(expanded); err != nil {
+		return nil, fmt.Errorf("load YAML: %w", err)
 	}
-	return nil
+	return expanded, nil
+}
+
+// lookup finds the value of a dotted key in a parsed document.
+func lookup(doc map[string]any, key string) (any, bool) {
+	var node any = doc
+	for part := range strings.SplitSeq(key, ".") {
+		m, ok := node.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if node, ok = m[part]; !ok {
+			return nil, false
+		}
+	}
+	return node, true
 }
 
 // slotName is what PostgreSQL accepts as a replication slot name; the

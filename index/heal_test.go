@@ -73,6 +73,13 @@ func template(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// bbolt grows a small file to its map, a power of two long; cut the
+	// pages past the last one in use (and one more), so that the map goes
+	// on past the end of the file and a wild leaf can point there.
+	l := readLayout(t, path)
+	if cut := int((l.end + 1) * uint64(l.pageSize)); cut < len(b) {
+		b = b[:cut]
+	}
 	templateFile.b = b
 	return b
 }
@@ -129,28 +136,32 @@ func (l layout) dataPages(withRoot bool) []uint64 {
 	return ids
 }
 
-// garbage fills page p, whose id is id.
-type garbage func(p []byte, id uint64)
+// garbage fills page p, whose id is id, of a file of fileSize bytes in
+// pages of pageSize.
+type garbage func(p []byte, id uint64, fileSize, pageSize int64)
 
 var kinds = map[string]garbage{
 	// What a disk returning the wrong blocks gives.
-	"random": func(p []byte, id uint64) { fill(p, id) },
+	"random": func(p []byte, id uint64, _, _ int64) { fill(p, id) },
 	// A page that names itself right but has no valid type.
-	"bad type": func(p []byte, id uint64) {
+	"bad type": func(p []byte, id uint64, _, _ int64) {
 		fill(p, id)
 		header(p, id, 7, 0)
 	},
-	// A leaf whose one element points outside the file: reading it
-	// faults instead of panicking, unless the index asks the runtime for
-	// a panic.
-	"wild leaf": func(p []byte, id uint64) {
+	// A leaf whose one element points past the end of the file, into the
+	// rest of bbolt's map of it (the map is a power of two long, the file
+	// is not): reading it faults (SIGBUS) instead of panicking, unless
+	// the index asks the runtime for a panic. (A pointer further off could
+	// land in some other mapping and read garbage without a fault.)
+	"wild leaf": func(p []byte, id uint64, fileSize, pageSize int64) {
 		fill(p, id)
 		header(p, id, 2, 1)
 		le := binary.LittleEndian
-		le.PutUint32(p[16:], 0)          // flags
-		le.PutUint32(p[20:], 0x10000000) // position of the key, from the element
-		le.PutUint32(p[24:], 8)          // key size
-		le.PutUint32(p[28:], 8)          // value size
+		elem := int64(id)*pageSize + 16
+		le.PutUint32(p[16:], 0)                                // flags
+		le.PutUint32(p[20:], uint32(fileSize+pageSize/2-elem)) // position of the key, from the element
+		le.PutUint32(p[24:], 8)                                // key size
+		le.PutUint32(p[28:], 8)                                // value size
 	},
 }
 
@@ -178,9 +189,16 @@ func corrupt(t *testing.T, path string, l layout, g garbage, ids ...uint64) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := fi.Size(); n&(n-1) == 0 {
+		t.Fatalf("the file is %d bytes, a power of two: bbolt's map ends with it, and a wild leaf could not point past it", n)
+	}
 	p := make([]byte, l.pageSize)
 	for _, id := range ids {
-		g(p, id)
+		g(p, id, fi.Size(), l.pageSize)
 		if _, err := f.WriteAt(p, int64(id)*l.pageSize); err != nil {
 			t.Fatal(err)
 		}

@@ -441,20 +441,8 @@ func TestHourlyDeletionBudget(t *testing.T) {
 	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
 		t.Fatal(err)
 	}
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 11, 29, 10, 15, 0, 0, time.UTC).UnixNano())
-	now := func() time.Time { return time.Unix(0, clock.Load()) }
-	ctx, cancel := context.WithCancel(b.ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- b.r.Sweep(ctx, reconciler.SweepConfig{MaxWait: 50 * time.Millisecond, MaxDeletesPerHour: 4, Now: now})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("sweep: %v", err)
-		}
-	}()
+	clock := newFakeClock()
+	sweeping(t, b.r, reconciler.SweepConfig{MaxWait: 50 * time.Millisecond, MaxDeletesPerHour: 4, Now: clock.Now})
 	left := func() int { return b.count(`SELECT count(*) FROM forum_attachment`) }
 	eventually(t, func() bool { return left() == 6 }, func() string { return fmt.Sprintf("%d rows left, want 6", left()) })
 	before := db.calls.Load()
@@ -467,9 +455,9 @@ func TestHourlyDeletionBudget(t *testing.T) {
 	if calls := db.calls.Load() - before; calls > 60 {
 		t.Fatalf("%d statements in half a second with the budget spent: the timer spins", calls)
 	}
-	clock.Add(int64(time.Hour))
+	clock.Add(time.Hour)
 	eventually(t, func() bool { return left() == 2 }, func() string { return fmt.Sprintf("%d rows left in the next hour, want 2", left()) })
-	clock.Add(int64(time.Hour))
+	clock.Add(time.Hour)
 	eventually(t, func() bool { return left() == 0 }, func() string { return fmt.Sprintf("%d rows left in the third hour, want 0", left()) })
 }
 
@@ -498,15 +486,7 @@ func TestLockedRowIsTriedAgain(t *testing.T) {
 	if _, err := b.r.Rescan(ctx, cutoff); err != nil {
 		t.Fatal(err)
 	}
-	sweepCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- b.r.Sweep(sweepCtx, reconciler.SweepConfig{MaxWait: time.Minute}) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("sweep: %v", err)
-		}
-	}()
+	sweeping(t, b.r, reconciler.SweepConfig{MaxWait: time.Minute})
 	eventually(t, func() bool { return !b.rowExists(ids[1]) && logs.count("Failed to delete attachment") >= 1 },
 		func() string { return "the unlocked row was not purged, or the locked one not reported" })
 	if err := tx.Rollback(ctx); err != nil {
@@ -548,3 +528,29 @@ func (c *countingDB) QueryRow(ctx context.Context, sql string, args ...any) pgx.
 	c.calls.Add(1)
 	return c.Pool.QueryRow(ctx, sql, args...)
 }
+
+// sweeping runs r's timer until the test ends.
+func sweeping(t *testing.T, r *reconciler.Reconciler, cfg reconciler.SweepConfig) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Sweep(ctx, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("sweep: %v", err)
+		}
+	})
+}
+
+// fakeClock is a time the test moves, for the timer's hourly budget.
+type fakeClock struct{ at atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.at.Store(time.Date(2026, 11, 29, 10, 15, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time      { return time.Unix(0, c.at.Load()) }
+func (c *fakeClock) Add(d time.Duration) { c.at.Add(int64(d)) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,20 +114,8 @@ func TestBudgetWaitKeepsAnEarlierDueEntry(t *testing.T) {
 	// The stream's start, long ago: its restart was taken.
 	<-b.index.Updates()
 	b.index.TakeEarliest()
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 11, 29, 10, 15, 0, 0, time.UTC).UnixNano())
-	now := func() time.Time { return time.Unix(0, clock.Load()) }
-	ctx, cancel := context.WithCancel(b.ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- b.r.Sweep(ctx, reconciler.SweepConfig{MaxWait: 50 * time.Millisecond, MaxDeletesPerHour: 4, Now: now})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("sweep: %v", err)
-		}
-	}()
+	clock := newFakeClock()
+	sweeping(t, b.r, reconciler.SweepConfig{MaxWait: 50 * time.Millisecond, MaxDeletesPerHour: 4, Now: clock.Now})
 	left := func() int { return b.count(`SELECT count(*) FROM forum_attachment WHERE image LIKE 'blocked/%'`) }
 	eventually(t, func() bool { return left() == 6 }, func() string { return fmt.Sprintf("%d rows left, want 6", left()) })
 
@@ -141,7 +128,7 @@ func TestBudgetWaitKeepsAnEarlierDueEntry(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // waitBlocked takes the signal
 	for range 3 {
-		clock.Add(int64(time.Hour))
+		clock.Add(time.Hour)
 		time.Sleep(300 * time.Millisecond)
 	}
 	eventually(t, func() bool { return left() == 0 }, func() string { return fmt.Sprintf("%d rows left, want 0", left()) })

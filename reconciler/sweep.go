@@ -183,19 +183,25 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 	if !wake.IsZero() && wake.Before(deadline) {
 		deadline = wake
 	}
+	// Changes wake the loop often, the first entry rarely changes: its due
+	// time (a query, for a column without time zone) is asked once.
+	var asked, due time.Time
 	for {
 		wake := deadline
 		next, ok, err := r.index.Next(from)
 		if err != nil {
 			r.log.ErrorContext(ctx, "read the index", "error", err)
 		}
-		if ok {
+		if ok && !next.Equal(asked) {
 			// The database's clock decides what is due: wake when it says so.
-			if due, err := r.dueAt(ctx, next, offset); err != nil {
+			if due, err = r.dueAt(ctx, next, offset); err != nil {
 				r.log.ErrorContext(ctx, "read when the next row falls due", "error", err)
-			} else if due.Before(wake) {
-				wake = due
+				due = time.Time{}
 			}
+			asked = next
+		}
+		if ok && !due.IsZero() && due.Before(wake) {
+			wake = due
 		}
 		timer := time.NewTimer(time.Until(wake))
 		select {

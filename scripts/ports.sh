@@ -47,3 +47,17 @@ stop_pid() {
     fi
     wait "$pid" 2>/dev/null || true
 }
+
+# wait_port PID PORT TRIES: true once 127.0.0.1:PORT accepts a connection,
+# false if PID exits first or TRIES tenths of a second pass.
+wait_port() {
+    local pid=$1 port=$2 tries=$3 i
+    for ((i = 0; i < tries; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}

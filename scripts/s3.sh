@@ -82,7 +82,7 @@ s3_start() {
     export S3_DIR
     mkdir -p "$S3_DIR/data"
 
-    local access secret port attempt i up
+    local access secret port attempt up
     local -a extra=()
     if [[ ${S3_ACCESS_LOG:-} == 1 ]]; then
         S3_ACCESS_LOG_FILE=$S3_DIR/access.log
@@ -115,18 +115,10 @@ s3_start() {
             posix "$S3_DIR/data" </dev/null >"$S3_DIR/versitygw.log" 2>&1 &
         S3_PID=$!
         export S3_PID
-        up=
-        for ((i = 0; i < 200; i++)); do
-            if ! kill -0 "$S3_PID" 2>/dev/null; then
-                break
-            fi
-            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-                up=1
-                break
-            fi
-            sleep 0.1
-        done
-        [[ -z $up ]] || break
+        if wait_port "$S3_PID" "$port" 200; then
+            up=1
+            break
+        fi
         if kill -0 "$S3_PID" 2>/dev/null; then
             kill "$S3_PID" 2>/dev/null || true
         fi

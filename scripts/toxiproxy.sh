@@ -75,7 +75,7 @@ toxiproxy_start() {
     TOXIPROXY_LOG=$TOXIPROXY_DIR/toxiproxy.log
     export TOXIPROXY_DIR TOXIPROXY_LOG
 
-    local port attempt i up
+    local port attempt up
     for attempt in 1 2 3 4 5; do
         port=$(free_port) || {
             toxiproxy_stop
@@ -84,18 +84,10 @@ toxiproxy_start() {
         "$TOXIPROXY_SERVER" -host 127.0.0.1 -port "$port" </dev/null >"$TOXIPROXY_LOG" 2>&1 &
         TOXIPROXY_PID=$!
         export TOXIPROXY_PID
-        up=
-        for ((i = 0; i < 100; i++)); do
-            if ! kill -0 "$TOXIPROXY_PID" 2>/dev/null; then
-                break
-            fi
-            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-                up=1
-                break
-            fi
-            sleep 0.1
-        done
-        [[ -z $up ]] || break
+        if wait_port "$TOXIPROXY_PID" "$port" 100; then
+            up=1
+            break
+        fi
         if kill -0 "$TOXIPROXY_PID" 2>/dev/null; then
             kill "$TOXIPROXY_PID" 2>/dev/null || true
         fi

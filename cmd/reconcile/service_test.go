@@ -981,6 +981,10 @@ func TestServiceWatchdogRedialsASilentConnection(t *testing.T) {
 	id := f.add("forum/attachments/after-silence.jpg", 0)
 	eventually(t, 10*time.Second, func() bool { _, ok := entries(t, s.idx)[id]; return ok },
 		func() string { return "nothing indexed after the new connection:\n" + s.logs.String() })
+	// A lost connection is no reason to replace the slot.
+	if n := s.logs.count("dropping and recreating"); n != 0 {
+		t.Fatalf("the slot was dropped after a silent connection:\n%s", s.logs)
+	}
 }
 
 // The periodic rescan counts from the last one, across restarts.

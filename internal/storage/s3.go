@@ -455,13 +455,12 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 			}
 			decided++
 		}
-		if decided == len(names) {
-			return decided, seen, nil
-		}
 		if seen%page == 0 && decided > 0 {
 			// The page is over; the objects up to the next name are of no
 			// use: jump there rather than read them. (A page that decided
-			// nothing goes on to the next.)
+			// nothing goes on to the next.) Until then the page, already
+			// received, is read to its end even once every name is
+			// decided, so that an object out of order in it is seen.
 			return decided, seen, nil
 		}
 	}
@@ -470,7 +469,7 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 	if err := ctx.Err(); err != nil {
 		return 0, 0, fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, opts.Prefix, err)
 	}
-	return len(names), seen, nil // the listing ended: the rest are missing
+	return len(names), seen, nil // the listing ended: the rest, if any, are missing
 }
 
 // errUnordered marks a listing whose names do not come in byte order, as S3

@@ -939,3 +939,45 @@ func sum(ns []int) int {
 	}
 	return total
 }
+
+// A server that lists names out of byte order could make an object that
+// exists look missing (its name comes where it was not looked for): the
+// lookup fails, and nothing is deleted or taken for missing.
+func TestS3ListingOutOfOrderIsRefused(t *testing.T) {
+	swap := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !isListing(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			rec := httptest.NewRecorder()
+			next.ServeHTTP(rec, r)
+			body := rec.Body.String()
+			// Put the second object first.
+			a, b := "media/forum/a.jpg", "media/forum/b.jpg"
+			body = strings.NewReplacer(a, b, b, a).Replace(body)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Del("Content-Length")
+			w.WriteHeader(rec.Code)
+			io.WriteString(w, body)
+		})
+	}
+	f := s3Fixture(t, fakeS3(t, swap), "media")
+	f.mustPut(t, "forum/a.jpg", "forum/b.jpg")
+	f.takeRequests()
+	keys := []string{"forum/a.jpg", "forum/b.jpg"}
+	res := f.store.Remove(t.Context(), removals(queuedLater(), keys...))
+	for i, r := range res {
+		if !errors.Is(r.Err, errUnordered) {
+			t.Errorf("%s: %+v; want the listing refused as out of order", keys[i], r)
+		}
+	}
+	if _, deletes := f.takeRequests(); len(deletes) != 0 {
+		t.Errorf("sent deletes %v", deletes)
+	}
+	if !f.exists(t, "forum/a.jpg") || !f.exists(t, "forum/b.jpg") {
+		t.Error("an object was removed")
+	}
+}

@@ -43,6 +43,7 @@ type Config struct {
 	Rescan      Rescan        `mapstructure:"rescan"`
 	Sweep       Sweep         `mapstructure:"sweep"`
 	Safety      Safety        `mapstructure:"safety"`
+	HTTP        HTTP          `mapstructure:"http"`
 	Retention   time.Duration `mapstructure:"retention"`
 	BatchSize   int           `mapstructure:"batch_size"`
 	Concurrency int           `mapstructure:"concurrency"`
@@ -111,6 +112,9 @@ type Replication struct {
 	StatusInterval time.Duration `mapstructure:"status_interval"`
 	Watchdog       time.Duration `mapstructure:"watchdog"`
 	MaxBackoff     time.Duration `mapstructure:"max_backoff"`
+	// MaxRetainedWAL is the WAL the slot may hold on the server, in bytes,
+	// before the service warns: a stuck stream fills the server's disk.
+	MaxRetainedWAL Size `mapstructure:"max_retained_wal"`
 }
 
 // Rescan sets the service's periodic rescan.
@@ -121,6 +125,30 @@ type Rescan struct {
 // Sweep sets the service's timer.
 type Sweep struct {
 	MaxWait time.Duration `mapstructure:"max_wait"`
+	// OverdueAfter is how long a row may stay due before it counts as
+	// overdue: the purge is not keeping up.
+	OverdueAfter time.Duration `mapstructure:"overdue_after"`
+}
+
+// HTTP is where /metrics, /healthz, /readyz and /status are served.
+type HTTP struct {
+	// Listen is host:port; empty serves nothing. Left out, the service
+	// listens on DefaultListen and the one-shot runs serve nothing.
+	Listen string `mapstructure:"listen"`
+	given  bool
+}
+
+// DefaultListen is the service's address when http.listen is left out:
+// loopback only, a port clear of postgres_exporter (9187) and
+// node_exporter (9100).
+const DefaultListen = "127.0.0.1:9478"
+
+// Address is where to serve, for the service or for a one-shot run.
+func (h HTTP) Address(service bool) string {
+	if !h.given && service {
+		return DefaultListen
+	}
+	return h.Listen
 }
 
 // Safety bounds what one run, or one hour of the service, may delete. Zero
@@ -165,8 +193,11 @@ var defaults = map[string]any{
 	"replication.status_interval":     "10s",
 	"replication.watchdog":            "30s",
 	"replication.max_backoff":         "30s",
+	"replication.max_retained_wal":    "1GiB",
 	"rescan.every":                    "24h",
 	"sweep.max_wait":                  "1m",
+	"sweep.overdue_after":             "1h",
+	"http.listen":                     "",
 	"safety.max_deletes":              0,
 	"safety.max_deletes_per_hour":     0,
 	"retention":                       "720h",
@@ -255,6 +286,10 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	if err := checkBools(v); err != nil {
 		return nil, err
 	}
+	if err := checkSizes(v); err != nil {
+		return nil, err
+	}
+	_, listenInEnv := os.LookupEnv(envName("http.listen"))
 
 	var cfg Config
 	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
@@ -265,6 +300,7 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
+	cfg.HTTP.given = v.InConfig("http.listen") || listenInEnv
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -556,6 +592,17 @@ func (c *Config) Validate() error {
 	}
 	if c.Sweep.MaxWait <= 0 {
 		bad("sweep.max_wait", "must be a positive duration such as 1m, got %s", c.Sweep.MaxWait)
+	}
+	if c.Sweep.OverdueAfter <= 0 {
+		bad("sweep.overdue_after", "must be a positive duration such as 1h, got %s", c.Sweep.OverdueAfter)
+	}
+	if c.Replication.MaxRetainedWAL <= 0 {
+		bad("replication.max_retained_wal", "must be a positive size such as 1GiB or 512MiB, got %d bytes", c.Replication.MaxRetainedWAL)
+	}
+	if l := c.HTTP.Listen; l != "" {
+		if err := checkListen(l); err != nil {
+			bad("http.listen", "%v; give host:port such as 127.0.0.1:9478, or \"\" to serve nothing", err)
+		}
 	}
 	if c.Retention <= 0 || c.Retention > MaxDuration {
 		bad("retention", "must be a positive duration such as 30d or 720h, at most %dd, got %s", MaxDays, c.Retention)

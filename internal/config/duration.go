@@ -89,6 +89,9 @@ func keysOf(t reflect.Type) []string {
 	walk = func(st reflect.Type, prefix string) {
 		for i := range st.NumField() {
 			f := st.Field(i)
+			if !f.IsExported() {
+				continue
+			}
 			key := prefix + f.Tag.Get("mapstructure")
 			switch {
 			case f.Type == t:

@@ -38,12 +38,17 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 		r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row", "storage_key", key)
 	}
 	s.FilesKept = len(kept)
+	r.cfg.Observer.Files(0, 0, len(kept))
 	if len(removals) == 0 {
 		return s, nil
 	}
 
 	results := r.store.Remove(ctx, removals)
 	var done, failed, reasons, missing []string
+	defer func() {
+		r.cfg.Observer.Files(s.FilesRemoved, s.FilesMissing, 0)
+		r.cfg.Observer.PurgeErrors(ErrorStorage, len(failed))
+	}()
 	fail := func(key string, err error) {
 		failed = append(failed, key)
 		reasons = append(reasons, err.Error())

@@ -79,6 +79,7 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 	walk := dueWalk{from: nil, cutoff: cutoff, limit: r.cfg.MaxDeletes}
 	s, _, err := r.purge(ctx, walk.source(r), progress)
 	s.Left = walk.left
+	r.stopped(err)
 	return s, err
 }
 
@@ -407,6 +408,7 @@ func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *t
 		r.log.ErrorContext(ctx, "[CLEANUP] Failed to delete attachment: storage key refused",
 			"id", e.ID, "storage_key", e.Key, "error", err)
 		t.add(Summary{Failed: 1})
+		r.cfg.Observer.PurgeErrors(ErrorRow, 1)
 	}
 	return safe, nil
 }
@@ -429,6 +431,11 @@ func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry, t *tal
 		return Summary{}, nil, err
 	}
 	s := Summary{Purged: len(rows), Failed: failed, Skipped: len(batch) - len(rows) - failed}
+	defer func() {
+		r.cfg.Observer.Purged(s.Purged)
+		r.cfg.Observer.Files(0, 0, s.FilesKept)
+		r.cfg.Observer.PurgeErrors(ErrorRow, failed)
+	}()
 	var keys []string
 	for _, row := range rows {
 		switch {

@@ -64,6 +64,48 @@ type Config struct {
 	StorageName string
 	// MaxDeletes bounds the rows one Purge deletes; 0 is no bound.
 	MaxDeletes int
+	// Observer hears what the purge does; nil hears nothing.
+	Observer Observer
+}
+
+// Observer hears what the purge does, for metrics. Its methods must not
+// block.
+type Observer interface {
+	Purged(rows int)
+	// Files counts files removed, found already gone, and kept because
+	// another row uses them.
+	Files(removed, missing, kept int)
+	// PurgeErrors counts failures by reason: ErrorRow, ErrorBatch,
+	// ErrorStorage, ErrorProbe.
+	PurgeErrors(reason string, n int)
+	// Swept is the end of a sweep of the service's timer.
+	Swept(at time.Time)
+}
+
+// The reasons failures are counted under.
+const (
+	ErrorRow     = "row"     // a row the database or the storage key check refused
+	ErrorBatch   = "batch"   // a purge that stopped short
+	ErrorStorage = "storage" // a file removal that failed: it waits in the outbox
+	ErrorProbe   = "probe"   // the storage held none of the table's files: nothing deleted
+)
+
+type noObserver struct{}
+
+func (noObserver) Purged(int)              {}
+func (noObserver) Files(int, int, int)     {}
+func (noObserver) PurgeErrors(string, int) {}
+func (noObserver) Swept(time.Time)         {}
+
+// stopped counts a purge that ended in err.
+func (r *Reconciler) stopped(err error) {
+	switch {
+	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, ErrLockLost):
+	case errors.Is(err, ErrNoFiles):
+		r.cfg.Observer.PurgeErrors(ErrorProbe, 1)
+	default:
+		r.cfg.Observer.PurgeErrors(ErrorBatch, 1)
+	}
 }
 
 // ErrSetup means the database does not match the configuration or lacks
@@ -92,6 +134,9 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 	}
 	if log == nil {
 		log = slog.Default()
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
 	}
 	types, err := table.check(ctx, db)
 	if err != nil {

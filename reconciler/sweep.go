@@ -62,6 +62,7 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			r.stopped(err)
 			r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff.Next())
 			if err := backoff.Failed(ctx, err); err != nil {
 				return fmt.Errorf("sweep: %w", err)
@@ -69,6 +70,7 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 			continue
 		}
 		backoff.Succeeded()
+		r.cfg.Observer.Swept(time.Now())
 		if s.budget.spent(s.now()) {
 			s.from = r.waitBlocked(ctx, cfg, s.from, s.wakeAt())
 			continue

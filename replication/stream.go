@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -54,7 +55,42 @@ type Config struct {
 	// Temporary makes the slot one that goes with the connection: for the
 	// dry run, which must leave nothing holding WAL behind.
 	Temporary bool
+	// Observer hears what the stream does; nil hears nothing.
+	Observer Observer
 }
+
+// Observer hears what the stream does, for metrics. Its methods are called
+// from the stream's goroutine and must not block.
+type Observer interface {
+	Connected(up bool)
+	Reconnected()
+	// Rescanned counts a rebuild of the index, by a reason of RescanReasons.
+	Rescanned(reason string)
+	// Position is the server's WAL end and the position acknowledged.
+	Position(serverEnd, acknowledged uint64)
+	// Applied is the commit time of the last transaction the index holds,
+	// or the send time of a heartbeat after it.
+	Applied(at time.Time)
+}
+
+// The reasons a rescan is counted under.
+const (
+	RescanNewSlot          = "new_slot"
+	RescanIndexEmpty       = "index_empty"
+	RescanIndexMismatch    = "index_mismatch"
+	RescanIndexBehind      = "index_behind"
+	RescanPeriodic         = "periodic"
+	RescanTruncate         = "truncate"
+	RescanLargeTransaction = "large_transaction"
+)
+
+type noObserver struct{}
+
+func (noObserver) Connected(bool)          {}
+func (noObserver) Reconnected()            {}
+func (noObserver) Rescanned(string)        {}
+func (noObserver) Position(uint64, uint64) {}
+func (noObserver) Applied(time.Time)       {}
 
 // Index is where the changes go; *index.Index has it.
 type Index interface {
@@ -107,6 +143,9 @@ func New(cfg Config, idx Index, rescan RescanFunc, log *slog.Logger) *Stream {
 	if log == nil {
 		log = slog.Default()
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = noObserver{}
+	}
 	return &Stream{cfg: cfg, idx: idx, rescan: rescan, log: log.With("component", "replication")}
 }
 
@@ -136,6 +175,7 @@ func (s *Stream) Run(ctx context.Context) error {
 			s.replace = why
 		}
 		s.log.Warn("replication interrupted; reconnecting", "error", err, "retry_in", backoff.Next())
+		s.cfg.Observer.Reconnected()
 		if err := backoff.Failed(ctx, err); err != nil {
 			return fmt.Errorf("replication: %w", err)
 		}
@@ -207,21 +247,22 @@ func (s *Stream) session(ctx context.Context) error {
 		return err
 	}
 	start := st.Checkpoint
-	var reason string
+	var reason, kind string
 	if s.cfg.Temporary {
 		fresh = "the dry run's slot is new on every connection"
 	}
 	switch {
 	case fresh != "":
-		reason = fresh
+		reason, kind = fresh, RescanNewSlot
 	case st.Origin == "":
-		reason = "the index is new or was never filled"
+		reason, kind = "the index is new or was never filled", RescanIndexEmpty
 	case st.Origin != origin:
-		reason = "the index was filled from another database, slot or table"
+		reason, kind = "the index was filled from another database, slot or table", RescanIndexMismatch
 	case uint64(confirmed) > st.Checkpoint:
 		reason = fmt.Sprintf("the index (at %s) is behind the slot (at %s)", pglogrepl.LSN(st.Checkpoint), confirmed)
+		kind = RescanIndexBehind
 	case s.cfg.RescanEvery > 0 && time.Since(st.RescannedAt) >= s.cfg.RescanEvery:
-		reason = "periodic rescan"
+		reason, kind = "periodic rescan", RescanPeriodic
 	}
 	if reason != "" {
 		// The rescan reads the table after the slot's position: replaying
@@ -231,6 +272,7 @@ func (s *Stream) session(ctx context.Context) error {
 			start = uint64(confirmed)
 		}
 		s.log.Info("rescanning the table into the index", "reason", reason)
+		s.cfg.Observer.Rescanned(kind)
 		if err := s.rescan(ctx); err != nil {
 			return err
 		}
@@ -240,16 +282,49 @@ func (s *Stream) session(ctx context.Context) error {
 		}
 	}
 
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
+	// messages: the heartbeats below come through the stream.
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"}
 	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		return fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
 	}
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
+	s.cfg.Observer.Connected(true)
+	defer s.cfg.Observer.Connected(false)
+	beat, stopBeat := context.WithCancel(ctx)
+	beating := make(chan struct{})
+	go func() { defer close(beating); s.heartbeat(beat, cat) }()
+	defer func() { stopBeat(); <-beating }()
 	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
 	err = l.run(ctx)
 	s.progressed = l.committed > start
 	return err
+}
+
+// heartbeatPrefix marks the messages heartbeat writes.
+const heartbeatPrefix = "reconcile_heartbeat"
+
+// heartbeat writes a message into the WAL every status interval (a second
+// at least), carrying this host's clock: its arrival on the stream tells
+// how far behind the stream is even when the table is quiet. A role that
+// may not write one only loses the lag's freshness.
+func (s *Stream) heartbeat(ctx context.Context, cat *pgx.Conn) {
+	tick := time.NewTicker(max(s.cfg.StatusInterval, time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		_, err := cat.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2::text)`, heartbeatPrefix, strconv.FormatInt(time.Now().UnixNano(), 10))
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("write a heartbeat into the WAL; replication lag is measured only when the table changes", "error", err)
+			}
+			return
+		}
+	}
 }
 
 // closeWithin closes a connection, giving up after a few seconds: a dead
@@ -471,8 +546,10 @@ type loop struct {
 
 	pending   []index.Change // not yet in the index
 	inTx      bool
-	complete  uint64 // the end of the last whole transaction seen, or a keepalive's position between transactions
-	committed uint64 // what the index holds: the only position reported
+	complete  uint64    // the end of the last whole transaction seen, or a keepalive's position between transactions
+	committed uint64    // what the index holds: the only position reported
+	serverEnd uint64    // the server's WAL end, as its last keepalive said
+	seenAt    time.Time // commit time of the last whole transaction seen, or a heartbeat's time after it
 	flushAt   time.Time
 
 	lastMsg     time.Time  // when the server last sent anything, for the watchdog
@@ -515,7 +592,7 @@ func (l *loop) run(ctx context.Context) error {
 			}
 		}
 		if !l.inTx && cfg.RescanEvery > 0 && now.Sub(l.rescannedAt) >= cfg.RescanEvery {
-			l.startRescan(ctx, "periodic rescan")
+			l.startRescan(ctx, "periodic rescan", RescanPeriodic)
 			if err := l.finishRescan(l.complete); err != nil {
 				return err
 			}
@@ -580,6 +657,8 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 		if !l.inTx && uint64(k.ServerWALEnd) > l.complete {
 			l.complete = uint64(k.ServerWALEnd)
 		}
+		l.serverEnd = max(l.serverEnd, uint64(k.ServerWALEnd))
+		l.s.cfg.Observer.Position(l.serverEnd, l.committed)
 		if k.ReplyRequested {
 			return l.report(false)
 		}
@@ -625,11 +704,19 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 	case *pglogrepl.BeginMessage:
 		l.inTx, l.txChanges = true, 0
 		return nil
+	case *pglogrepl.LogicalDecodingMessage:
+		if !m.Transactional && m.Prefix == heartbeatPrefix {
+			if nanos, err := strconv.ParseInt(string(m.Content), 10, 64); err == nil {
+				l.seenAt = time.Unix(0, nanos)
+			}
+		}
+		return nil
 	case *pglogrepl.CommitMessage:
 		l.inTx = false
+		l.seenAt = m.CommitTime
 		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
 		if l.truncated && l.rescanning == nil {
-			l.startRescan(ctx, "the table was truncated")
+			l.startRescan(ctx, "the table was truncated", RescanTruncate)
 		}
 		l.truncated, l.skipping = false, false
 		if l.rescanning != nil {
@@ -685,7 +772,7 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 		// while the rest of it is received and dropped.
 		l.skipping = true
 		if l.rescanning == nil {
-			l.startRescan(ctx, fmt.Sprintf("a transaction changes more than %d rows", rescanOver))
+			l.startRescan(ctx, fmt.Sprintf("a transaction changes more than %d rows", rescanOver), RescanLargeTransaction)
 		}
 		return nil
 	}
@@ -718,6 +805,7 @@ func (l *loop) commit() (bool, error) {
 		return false, nil
 	}
 	if len(l.pending) == 0 && l.complete == l.committed {
+		l.s.cfg.Observer.Applied(l.seenAt)
 		return false, nil
 	}
 	if err := l.s.idx.Apply(l.pending, l.complete); err != nil {
@@ -726,6 +814,7 @@ func (l *loop) commit() (bool, error) {
 	clear(l.pending)
 	l.pending = l.pending[:0]
 	l.committed = l.complete
+	l.s.cfg.Observer.Applied(l.seenAt)
 	return true, nil
 }
 
@@ -759,6 +848,7 @@ func (l *loop) send(askReply bool) error {
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
+	l.s.cfg.Observer.Position(max(l.serverEnd, l.committed), l.committed)
 	return nil
 }
 
@@ -766,10 +856,11 @@ func (l *loop) send(askReply bool) error {
 // background. The changes received so far are dropped: the table holds
 // them (the rescan waits until every committed transaction is visible to
 // it).
-func (l *loop) startRescan(ctx context.Context, reason string) {
+func (l *loop) startRescan(ctx context.Context, reason, kind string) {
 	clear(l.pending)
 	l.pending, l.flushAt = l.pending[:0], time.Time{}
 	l.s.log.Info("rescanning the table into the index", "reason", reason)
+	l.s.cfg.Observer.Rescanned(kind)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- l.s.rescan(ctx) }()

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/metrics"
 	"github.com/reconcile/reconcile/reconciler"
 	"github.com/reconcile/reconcile/replication"
 )
@@ -64,8 +65,9 @@ type options struct {
 	configPath string
 	rescan     bool
 	dryRun     bool
-	format     string
-	output     string
+	format      string
+	output      string
+	metricsFile string
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -116,6 +118,9 @@ RECONCILE_* environment variables, then flags.`,
 			if !(opts.rescan && opts.dryRun) && (cmd.Flags().Changed("format") || cmd.Flags().Changed("output")) {
 				return usageError{errors.New("--format and --output shape the audit report: use them with --rescan --dry-run")}
 			}
+			if err := checkMetricsFile(opts); err != nil {
+				return err
+			}
 			cfg, err := loadConfig(cmd, opts.configPath)
 			if err != nil {
 				return err
@@ -127,10 +132,12 @@ RECONCILE_* environment variables, then flags.`,
 			if !opts.rescan {
 				return serve(cmd.Context(), cfg, opts.dryRun, log)
 			}
-			if opts.dryRun {
-				return audit(cmd.Context(), cfg, opts, log, stdout, stderr)
-			}
-			return rescan(cmd.Context(), cfg, log, stdout)
+			return once(cmd.Context(), cfg, opts, log, func(m *metrics.Metrics) error {
+				if opts.dryRun {
+					return audit(cmd.Context(), cfg, m, opts, log, stdout, stderr)
+				}
+				return rescan(cmd.Context(), cfg, m, log, stdout)
+			})
 		},
 	}
 	root.SetOut(stdout)
@@ -148,6 +155,7 @@ RECONCILE_* environment variables, then flags.`,
 	f.Int("max-deletes", 0, "purge at most this many rows in this run; the rest waits for the next (sets safety.max_deletes)")
 	f.StringVar(&opts.format, "format", "text", "dry-run report format: text, json or csv")
 	f.StringVarP(&opts.output, "output", "o", "", "write the dry-run report to this file instead of standard output")
+	f.StringVar(&opts.metricsFile, "metrics-file", "", "with --rescan: write the run's metrics to this file for node_exporter's textfile collector (e.g. /var/lib/node_exporter/textfile_collector/reconcile.prom)")
 
 	root.AddCommand(&cobra.Command{
 		Use:   "migrate",

@@ -23,6 +23,11 @@ func TestMain(m *testing.M) {
 	if os.Getenv("RECONCILE_TEST_AS_MAIN") == "1" {
 		os.Exit(runWithSignals(os.Args[1:]))
 	}
+	// Services run side by side, in this process and as processes: each
+	// takes a free port, unless a test sets one.
+	if err := os.Setenv("RECONCILE_HTTP_LISTEN", "127.0.0.1:0"); err != nil {
+		panic(err)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -12,7 +12,9 @@ import (
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/metrics"
 	"github.com/reconcile/reconcile/internal/retry"
+	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/reconciler"
 	"github.com/reconcile/reconcile/replication"
 )
@@ -36,19 +38,30 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 	if dryRun {
 		use = forAudit
 	}
-	pool, st, idx, closeAll, err := openAll(ctx, cfg, use, log)
+	m := metrics.New(buildVersion())
+	pool, st, idx, closeAll, err := openAll(ctx, cfg, use, log, storage.WithObserver(m.StorageRequest))
 	if err != nil {
 		return err
 	}
 	defer closeAll()
-	return runService(ctx, cfg, pool, st, idx, dryRun, log)
+	return runService(ctx, cfg, m, pool, st, idx, dryRun, log)
 }
 
 // runService is serve on opened resources.
-func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st reconciler.Store, idx *index.Index, dryRun bool, log *slog.Logger) error {
-	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
+func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st reconciler.Store, idx *index.Index, dryRun bool, log *slog.Logger) error {
+	rc := reconcilerConfig(cfg)
+	rc.Observer = m
+	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), rc, log)
 	if err != nil {
 		return err
+	}
+	ready := &readiness{db: pool, metrics: m}
+	if addr := cfg.HTTP.Address(true); addr != "" {
+		stop, err := serveHTTP(ctx, addr, httpHandler(m, ready, nil), log)
+		if err != nil {
+			return usageError{err}
+		}
+		defer stop()
 	}
 	if err := r.CheckOutbox(ctx); err != nil {
 		return err
@@ -56,7 +69,9 @@ func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st 
 	if err := r.CheckCommitWaits(ctx); err != nil {
 		return err
 	}
-	stream := replication.New(replicationConfig(cfg, dryRun), idx, func(ctx context.Context) error {
+	rpc := replicationConfig(cfg, dryRun)
+	rpc.Observer = streamObserver{Metrics: m, ready: ready}
+	stream := replication.New(rpc, idx, func(ctx context.Context) error {
 		cutoff, err := r.Cutoff(ctx)
 		if err != nil {
 			return err
@@ -75,18 +90,22 @@ func runService(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st 
 
 	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
 	for {
-		held, unlock, err := hold(ctx, pool, r, dryRun, log)
+		held, unlock, err := hold(ctx, pool, r, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // ctx ended while waiting
 			}
 			return err
 		}
+		ready.role.Store(int32(roleLeader))
+		m.SetLeader(!dryRun)
 		g, gctx := errgroup.WithContext(held)
 		g.Go(func() error { return stream.Run(gctx) })
 		g.Go(func() error { return r.Sweep(gctx, sweep) })
 		err = g.Wait()
 		unlock()
+		m.SetLeader(false)
+		ready.role.Store(int32(roleStarting))
 		switch {
 		case err != nil:
 			return err
@@ -105,20 +124,20 @@ const lockTries = 12
 
 // hold takes the advisory lock, waiting as long as another process holds
 // it, and lockTries attempts while the database is away. It fails when ctx
-// ends or those attempts are spent. The dry run takes no lock: it changes
-// nothing.
-func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dryRun bool, log *slog.Logger) (context.Context, func(), error) {
+// ends or those attempts are spent. waiting is called when another holds
+// it. The dry run takes no lock: it changes nothing.
+func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dryRun bool, waiting func(), log *slog.Logger) (context.Context, func(), error) {
 	if dryRun {
 		return ctx, func() {}, nil
 	}
-	waiting := false
+	waited := false
 	backoff := retry.Backoff{Min: lockRetry, Max: lockRetry, Tries: lockTries}
 	for {
 		conn, err := pool.Acquire(ctx)
 		if err == nil {
 			held, release, lerr := r.Lock(ctx, conn)
 			if lerr == nil {
-				if waiting {
+				if waited {
 					log.Info("took the advisory lock")
 				}
 				return held, func() {
@@ -135,10 +154,11 @@ func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dry
 			return nil, nil, ctx.Err()
 		}
 		if errors.Is(err, reconciler.ErrBusy) {
-			if !waiting {
+			if !waited {
 				log.Info("another reconcile holds the advisory lock; waiting to take over", "error", err)
+				waiting()
 			}
-			waiting = true
+			waited = true
 			backoff.Succeeded() // the database answers
 			sleepCtx(ctx, lockRetry)
 			continue

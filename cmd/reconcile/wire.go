@@ -15,6 +15,7 @@ import (
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/metrics"
 	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/reconciler"
 )
@@ -97,14 +98,14 @@ type store interface {
 	Close() error
 }
 
-func openStore(ctx context.Context, cfg *config.Config) (store, error) {
+func openStore(ctx context.Context, cfg *config.Config, opts ...storage.Option) (store, error) {
 	switch cfg.Storage.Backend {
 	case "s3":
 		s := cfg.Storage.S3
 		st, err := storage.NewS3(ctx, storage.S3Config{
 			Endpoint: s.Endpoint, Bucket: s.Bucket, Prefix: s.Prefix,
 			AccessKey: s.AccessKey, SecretKey: s.SecretKey, Region: s.Region, UseSSL: s.UseSSL,
-		})
+		}, opts...)
 		if errors.Is(err, storage.ErrMisconfigured) {
 			return nil, usageError{fmt.Errorf("storage.s3: %w", err)}
 		}
@@ -113,7 +114,7 @@ func openStore(ctx context.Context, cfg *config.Config) (store, error) {
 		}
 		return st, nil
 	default:
-		st, err := storage.NewLocal(cfg.Storage.Local.Root)
+		st, err := storage.NewLocal(cfg.Storage.Local.Root, opts...)
 		if err != nil {
 			return nil, usageError{fmt.Errorf("storage.local.root: %w", err)}
 		}
@@ -122,12 +123,12 @@ func openStore(ctx context.Context, cfg *config.Config) (store, error) {
 }
 
 // openBoth opens the database and the storage; closeAll closes both.
-func openBoth(ctx context.Context, cfg *config.Config, use dbUse) (*pgxpool.Pool, store, func(), error) {
+func openBoth(ctx context.Context, cfg *config.Config, use dbUse, opts ...storage.Option) (*pgxpool.Pool, store, func(), error) {
 	pool, err := openDB(ctx, cfg, use)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	st, err := openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg, opts...)
 	if err != nil {
 		pool.Close()
 		return nil, nil, nil, err
@@ -152,11 +153,11 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 	return nil
 }
 
-func audit(ctx context.Context, cfg *config.Config, opts options, log *slog.Logger, stdout, stderr io.Writer) error {
+func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts options, log *slog.Logger, stdout, stderr io.Writer) error {
 	if _, err := reconciler.NewAuditWriter(opts.format, io.Discard, io.Discard); err != nil {
 		return usageError{fmt.Errorf("--format: %w", err)}
 	}
-	pool, st, closeAll, err := openBoth(ctx, cfg, forAudit)
+	pool, st, closeAll, err := openBoth(ctx, cfg, forAudit, storage.WithObserver(m.StorageRequest))
 	if err != nil {
 		return err
 	}
@@ -207,8 +208,8 @@ func logAbort(ctx context.Context, log *slog.Logger, what string, err *error) {
 // openAll is openBoth plus the index file, for the commands that purge; an
 // unreadable index is moved aside and replaced by an empty one, which a
 // rescan fills. closeAll closes all three.
-func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logger) (*pgxpool.Pool, store, *index.Index, func(), error) {
-	pool, st, closeBoth, err := openBoth(ctx, cfg, use)
+func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logger, opts ...storage.Option) (*pgxpool.Pool, store, *index.Index, func(), error) {
+	pool, st, closeBoth, err := openBoth(ctx, cfg, use, opts...)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
@@ -226,15 +227,17 @@ func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logge
 	return pool, st, idx, func() { idx.Close(); closeBoth() }, nil
 }
 
-func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io.Writer) (err error) {
+func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *slog.Logger, stdout io.Writer) (err error) {
 	defer logAbort(ctx, log, "run aborted", &err)
-	pool, st, idx, closeAll, err := openAll(ctx, cfg, forPurge, log)
+	pool, st, idx, closeAll, err := openAll(ctx, cfg, forPurge, log, storage.WithObserver(m.StorageRequest))
 	if err != nil {
 		return err
 	}
 	defer closeAll()
 
-	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), reconcilerConfig(cfg), log)
+	rc := reconcilerConfig(cfg)
+	rc.Observer = m
+	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), rc, log)
 	if err != nil {
 		return err
 	}
@@ -275,6 +278,7 @@ func rescan(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout io
 		if cutoff, err = r.Cutoff(gctx); err != nil {
 			return err
 		}
+		m.Rescanned(rescanOnce)
 		due, err = r.Rescan(gctx, cutoff)
 		return err
 	})

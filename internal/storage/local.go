@@ -27,7 +27,8 @@ var errIsDir = errors.New("is a directory")
 // and removed (unlinkat) through that folder handle without following a
 // link: three system calls per file, fewer when keys share a folder.
 type Local struct {
-	root int // the root directory, opened in NewLocal
+	root    int // the root directory, opened in NewLocal
+	observe Observer
 }
 
 // folderFlags open a folder only to name the files in it: O_PATH needs
@@ -36,7 +37,7 @@ const folderFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
 
 // NewLocal opens the directory root. It must exist, and the kernel must
 // have openat2 (Linux 5.6 or later): NewLocal tries it once.
-func NewLocal(root string) (*Local, error) {
+func NewLocal(root string, opts ...Option) (*Local, error) {
 	fd, err := retry(func() (int, error) { return unix.Open(root, folderFlags, 0) })
 	if err != nil {
 		return nil, fmt.Errorf("open storage root: %w", &fs.PathError{Op: "open", Path: root, Err: err})
@@ -44,7 +45,7 @@ func NewLocal(root string) (*Local, error) {
 	probe, err := openBeneath(fd, ".")
 	if err == nil {
 		unix.Close(probe)
-		return &Local{root: fd}, nil
+		return &Local{root: fd, observe: applyOptions(opts).observe}, nil
 	}
 	unix.Close(fd)
 	switch {
@@ -74,7 +75,9 @@ func (l *Local) Check(ctx context.Context, keys []string) []error {
 			errs[i] = fmt.Errorf("check %q: %w", key, err)
 			continue
 		}
+		start := time.Now()
 		_, errs[i] = dirs.lstat("check", key)
+		l.observe(OpStat, time.Since(start))
 	}
 	return errs
 }
@@ -94,7 +97,9 @@ func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 			infos[i].Err = fmt.Errorf("stat %q: %w", key, err)
 			continue
 		}
+		start := time.Now()
 		f, err := dirs.lstat("stat", key)
+		l.observe(OpStat, time.Since(start))
 		switch {
 		case err != nil:
 			infos[i].Err = err
@@ -116,7 +121,9 @@ func (l *Local) Remove(ctx context.Context, removals []Removal) []Result {
 	defer dirs.close()
 	results := make([]Result, len(removals))
 	for i, r := range removals {
+		start := time.Now()
 		results[i] = dirs.remove(ctx, r)
+		l.observe(OpRemove, time.Since(start))
 	}
 	return results
 }

@@ -50,7 +50,7 @@ type S3 struct {
 
 // NewS3 connects to the bucket and checks that it exists. Its errors never
 // contain the access key or the secret key.
-func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
+func NewS3(ctx context.Context, cfg S3Config, opts ...Option) (*S3, error) {
 	secrets := []string{cfg.SecretKey, cfg.AccessKey}
 	if cfg.Endpoint == "" {
 		return nil, fmt.Errorf("%w: s3 endpoint is empty", ErrMisconfigured)
@@ -72,7 +72,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
 		Secure:    cfg.UseSSL,
 		Region:    cfg.Region,
-		Transport: transport,
+		Transport: observedTransport{next: transport, observe: applyOptions(opts).observe},
 	})
 	if err != nil {
 		return nil, redact(fmt.Errorf("%w: s3 endpoint %q: %w", ErrMisconfigured, cfg.Endpoint, err), secrets)

@@ -41,6 +41,9 @@ func (x *Index) run(write bool, fn func(*bolt.Tx) error) (gen uint64, err error)
 		defer x.writing.Unlock()
 	}
 	gen, held, crash, err := x.try(write, fn)
+	if crash != nil && x.readOnly {
+		return gen, fmt.Errorf("index data is corrupt (%v); the service sets it aside and rescans", crash)
+	}
 	if crash != nil {
 		// The read lock is released: the heal can wait for the others.
 		return gen, x.heal(gen, crash, held)
@@ -186,7 +189,7 @@ func setAside(path string) (string, error) {
 // what made bbolt refuse or panic on the file: it is then closed again,
 // and worth only setting aside.
 func (x *Index) open() (why, err error) {
-	db, file, why, err := openBolt(x.path)
+	db, file, why, err := openBolt(x.path, false)
 	if why != nil || err != nil {
 		return why, err
 	}
@@ -206,11 +209,12 @@ func (x *Index) open() (why, err error) {
 	return nil, nil
 }
 
-// openBolt opens the file at path. why is set when bbolt cannot read it:
+// openBolt opens the file at path, for reading only with readOnly (a
+// missing file is then an error, not a new index). why is set when bbolt cannot read it:
 // its meta pages are invalid, or it panicked (it reads the freelist page
 // at open), after which the file it had opened is closed here (its
 // mapping stays).
-func openBolt(path string) (db *bolt.DB, file *os.File, why, err error) {
+func openBolt(path string, readOnly bool) (db *bolt.DB, file *os.File, why, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			why = panicError(r)
@@ -222,7 +226,8 @@ func openBolt(path string) (db *bolt.DB, file *os.File, why, err error) {
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
-		Timeout: time.Second,
+		Timeout:  time.Second,
+		ReadOnly: readOnly,
 		// Kept, to close when bbolt cannot close the handle.
 		OpenFile: func(name string, flag int, perm fs.FileMode) (*os.File, error) {
 			f, err := os.OpenFile(name, flag, perm)

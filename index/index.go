@@ -32,6 +32,7 @@ var (
 	keyCheckpoint = []byte("checkpoint")   // LSN the entries are complete up to
 	keyOrigin     = []byte("origin")       // database, slot and table the entries come from
 	keyRescanned  = []byte("rescanned_at") // when the last rescan finished
+	keySwept      = []byte("swept_at")     // when the timer last finished a sweep
 )
 
 // Entry is one soft-deleted attachment.
@@ -44,7 +45,8 @@ type Entry struct {
 // Index is an open bbolt index. Its methods may be called from several
 // goroutines at once.
 type Index struct {
-	path string
+	path     string
+	readOnly bool // OpenReadOnly: corruption is reported, never healed
 	// Discarded names the file an unreadable index was moved to, if Open
 	// had to start afresh.
 	Discarded string
@@ -85,6 +87,38 @@ func Open(path string) (*Index, error) {
 		if x.Discarded, err = x.replace(false); err != nil {
 			return nil, fmt.Errorf("replace unreadable index (%v): %w", why, err)
 		}
+	}
+	return x, nil
+}
+
+// OpenReadOnly opens the index at path for reading, for `reconcile status`:
+// it creates nothing and moves nothing aside. A missing file fails with
+// fs.ErrNotExist; a file that a running service holds open, with
+// ErrLocked. Data found corrupt is reported, and left for the service to
+// heal.
+func OpenReadOnly(path string) (*Index, error) {
+	x := &Index{path: path, readOnly: true, updates: make(chan struct{}, 1)}
+	db, file, why, err := openBolt(path, true)
+	if err != nil {
+		return nil, err
+	}
+	if why != nil {
+		return nil, fmt.Errorf("open index %s: unreadable (%v); the service sets it aside and rescans", path, why)
+	}
+	x.db, x.file = db, file
+	err = x.view(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil || tx.Bucket(bucketEntries) == nil || tx.Bucket(bucketDue) == nil {
+			return errors.New("it has no buckets")
+		}
+		if v := meta.Get(keySchema); len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion {
+			return fmt.Errorf("its layout is not version %d; the service empties it and rescans", schemaVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = x.Close()
+		return nil, fmt.Errorf("open index %s: %w", path, err)
 	}
 	return x, nil
 }

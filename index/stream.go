@@ -40,6 +40,7 @@ type State struct {
 	// empty when no rescan has completed.
 	Origin      string
 	RescannedAt time.Time
+	SweptAt     time.Time // when the timer last finished a sweep; zero: never
 }
 
 // State reads the stream state.
@@ -53,6 +54,9 @@ func (x *Index) State() (State, error) {
 		st.Origin = string(meta.Get(keyOrigin))
 		if v := meta.Get(keyRescanned); v != nil {
 			st.RescannedAt = decodeTime(v)
+		}
+		if v := meta.Get(keySwept); v != nil {
+			st.SweptAt = decodeTime(v)
 		}
 		return nil
 	})

@@ -7,6 +7,7 @@ import "strings"
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn                                               string
+	cutoffs, dueAt, outboxStats, lockHolder                                                                     string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -195,6 +196,33 @@ func buildQueries(t Table, types columnTypes) queries {
 		// microseconds. For a column without time zone only the database
 		// knows the zone's offset at that date.
 		dueIn: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond' - now()`),
+
+		// The cutoffs of the due and of the overdue rows, by the database's
+		// clock; $1 retention, $2 retention plus the overdue threshold, in
+		// microseconds.
+		cutoffs: r.Replace(`SELECT {CUTOFF1}, {CUTOFF2}`),
+
+		// When a deleted_at without time zone falls due, as an instant; $1
+		// the deleted_at as the index holds it, $2 retention in microseconds.
+		dueAt: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond'`),
+
+		// The outbox's size and the time its oldest entry was queued.
+		outboxStats: r.Replace(`SELECT count(*), min(enqueued_at) FROM {OUTBOX}`),
+
+		// The session holding the advisory lock of Lock in this database; $1
+		// the lock's name. pg_locks shows a bigint key as its high (classid)
+		// and low (objid) 32 bits, with objsubid 1. Columns of another
+		// role's session are NULL without pg_read_all_stats.
+		lockHolder: `
+			SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''), a.backend_start
+			FROM (SELECT hashtextextended($1, 0) AS k) h
+			JOIN pg_locks l
+			  ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+			 AND l.classid = ((h.k >> 32) & 4294967295)::oid
+			 AND l.objid = (h.k & 4294967295)::oid
+			 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			JOIN pg_stat_activity a ON a.pid = l.pid
+			LIMIT 1`,
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

@@ -49,6 +49,9 @@ type Index interface {
 	Next(from index.Position) (time.Time, bool, error)
 	Updates() <-chan struct{}
 	TakeEarliest() (time.Time, bool)
+	Swept(at time.Time) error
+	// For status and metrics.
+	Stats(cutoff, overdueCutoff time.Time) (index.Stats, error)
 }
 
 // Config tunes the purge.
@@ -64,6 +67,9 @@ type Config struct {
 	StorageName string
 	// MaxDeletes bounds the rows one Purge deletes; 0 is no bound.
 	MaxDeletes int
+	// OverdueAfter is how long a row may stay due before Backlog counts it
+	// overdue: the purge is not keeping up.
+	OverdueAfter time.Duration
 	// Observer hears what the purge does; nil hears nothing.
 	Observer Observer
 }
@@ -129,8 +135,8 @@ type Reconciler struct {
 // statements. store and idx may be nil for work that needs none of them
 // (migrate, the audit without storage checks).
 func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Config, log *slog.Logger) (*Reconciler, error) {
-	if cfg.BatchSize < 1 || cfg.Concurrency < 1 || cfg.RemoveConcurrency < 1 || cfg.Retention <= 0 || cfg.MaxDeletes < 0 {
-		return nil, fmt.Errorf("reconciler config %+v: batch size, concurrencies and retention must be positive", cfg)
+	if cfg.BatchSize < 1 || cfg.Concurrency < 1 || cfg.RemoveConcurrency < 1 || cfg.Retention <= 0 || cfg.MaxDeletes < 0 || cfg.OverdueAfter < 0 {
+		return nil, fmt.Errorf("reconciler config %+v: batch size, concurrencies and retention must be positive, the others not negative", cfg)
 	}
 	if log == nil {
 		log = slog.Default()
@@ -196,7 +202,7 @@ const (
 // as soon as that session is gone (the lock went with it); release stops
 // the watch and unlocks. conn belongs to the watch until release.
 func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
-	name := "reconcile:" + r.table.qualified()
+	name := r.table.lockName()
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, name).Scan(&ok); err != nil {
 		return nil, nil, fmt.Errorf("take advisory lock: %w", err)

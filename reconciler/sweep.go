@@ -36,6 +36,10 @@ const (
 	// outboxEvery is how often, at most, the timer looks for removals to
 	// retry.
 	outboxEvery = time.Second
+	// sweptEvery is how often, at most, a sweep is recorded in the index:
+	// a busy timer wakes far more often, and each record is a write to
+	// disk.
+	sweptEvery = time.Minute
 )
 
 // Sweep runs the service's timer until ctx ends: it sleeps until the next
@@ -71,6 +75,7 @@ func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
 		}
 		backoff.Succeeded()
 		r.cfg.Observer.Swept(time.Now())
+		s.record(ctx)
 		if s.budget.spent(s.now()) {
 			s.from = r.waitBlocked(ctx, cfg, s.from, s.wakeAt())
 			continue
@@ -88,6 +93,7 @@ type sweeper struct {
 	from    index.Position // entries before it have been handled
 	drained bool           // the whole outbox was drained once
 	drainAt time.Time      // when the outbox was last looked at
+	sweptAt time.Time      // when a sweep was last recorded in the index
 	retries retryQueue
 	budget  hourlyBudget
 }
@@ -142,6 +148,20 @@ func (s *sweeper) sweep(ctx context.Context, cutoff time.Time) error {
 	}
 	s.from = index.After(cutoff)
 	return nil
+}
+
+// record notes in the index, for status and metrics, that a sweep
+// finished, once every sweptEvery at most: the time recorded may be that
+// long behind the last sweep.
+func (s *sweeper) record(ctx context.Context) {
+	now := time.Now()
+	if now.Sub(s.sweptAt) < sweptEvery {
+		return
+	}
+	s.sweptAt = now
+	if err := s.r.index.Swept(now); err != nil {
+		s.r.log.WarnContext(ctx, "record the sweep in the index", "error", err)
+	}
 }
 
 // drain removes the files the outbox holds: all of them at the first

@@ -49,6 +49,9 @@ func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 func (t Table) qualified() string { return quote(t.Schema, t.Name) }
 func (t Table) outbox() string    { return quote(t.Schema, objectName(t.Name, "outbox")) }
 
+// lockName names the advisory lock of the process that purges the table.
+func (t Table) lockName() string { return "reconcile:" + t.qualified() }
+
 // column pairs a configured column with its configuration key, so errors
 // name what the user has to change.
 type column struct {

@@ -79,7 +79,6 @@ func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(
 	walk := dueWalk{from: nil, cutoff: cutoff, limit: r.cfg.MaxDeletes}
 	s, _, err := r.purge(ctx, walk.source(r), progress)
 	s.Left = walk.left
-	r.stopped(err)
 	return s, err
 }
 

@@ -103,14 +103,23 @@ func (noObserver) Files(int, int, int)     {}
 func (noObserver) PurgeErrors(string, int) {}
 func (noObserver) Swept(time.Time)         {}
 
-// stopped counts a purge that ended in err.
-func (r *Reconciler) stopped(err error) {
+// StopReason is the reason a purge that ended in err is counted under:
+// ErrorProbe, ErrorBatch, or "" for no failure (none, a shutdown, the lock
+// passed to another instance).
+func StopReason(err error) string {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, ErrLockLost):
+		return ""
 	case errors.Is(err, ErrNoFiles):
-		r.cfg.Observer.PurgeErrors(ErrorProbe, 1)
-	default:
-		r.cfg.Observer.PurgeErrors(ErrorBatch, 1)
+		return ErrorProbe
+	}
+	return ErrorBatch
+}
+
+// stopped counts a sweep that ended in err.
+func (r *Reconciler) stopped(err error) {
+	if reason := StopReason(err); reason != "" {
+		r.cfg.Observer.PurgeErrors(reason, 1)
 	}
 }
 

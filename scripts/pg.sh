@@ -6,6 +6,8 @@
 #     pg_start            # initdb in a temp dir, start on a free 127.0.0.1 port
 #     psql "$PG_URL" ...  # or: pg_psql -c 'select 1'
 #     pg_restart MODE     # pg_ctl restart -m fast|immediate, same port
+#     pg_halt             # pg_ctl stop -m fast, keeping the data (pg_resume starts it again)
+#     pg_resume           # pg_ctl start after pg_halt, same port
 #     pg_stop             # pg_ctl stop -m fast, rm -rf the temp dir (idempotent)
 #
 # Run directly:
@@ -192,6 +194,24 @@ pg_restart() {
         return 1
     }
     _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -m "$mode" -w -t 60 restart >/dev/null
+}
+
+# pg_halt: stop the server, keeping its data for pg_resume.
+pg_halt() {
+    [[ -n ${PG_DIR:-} && -d $PG_DIR/data ]] || {
+        _pg_log "pg_halt: no server in PG_DIR"
+        return 1
+    }
+    _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 60 stop >/dev/null
+}
+
+# pg_resume: start again a server that pg_halt stopped.
+pg_resume() {
+    [[ -n ${PG_DIR:-} && -d $PG_DIR/data ]] || {
+        _pg_log "pg_resume: no server in PG_DIR"
+        return 1
+    }
+    _pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 start >/dev/null
 }
 
 # pg_stop: stop the server and remove its temp dir; safe to call twice or

@@ -81,9 +81,9 @@ func (o streamObserver) Connected(up bool) {
 
 // httpHandler serves /metrics, /healthz, /readyz and, when status is not
 // nil, /status.
-func httpHandler(m *metrics.Metrics, ready *readiness, status http.Handler) http.Handler {
+func httpHandler(metrics http.Handler, ready *readiness, status http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

@@ -62,9 +62,9 @@ var errSomeFailed = errors.New("some attachments could not be purged")
 
 // options are the flags that are not configuration keys.
 type options struct {
-	configPath string
-	rescan     bool
-	dryRun     bool
+	configPath  string
+	rescan      bool
+	dryRun      bool
 	format      string
 	output      string
 	metricsFile string

@@ -39,7 +39,7 @@ func once(ctx context.Context, cfg *config.Config, opts options, log *slog.Logge
 	m := metrics.New(buildVersion())
 	if addr := cfg.HTTP.Address(false); addr != "" {
 		ready := &readiness{metrics: m, oneShot: true}
-		stop, serr := serveHTTP(ctx, addr, httpHandler(m, ready, nil), log)
+		stop, serr := serveHTTP(ctx, addr, httpHandler(m.Handler(), ready, nil), log)
 		if serr != nil {
 			// The purge matters more than watching it.
 			log.Warn("serving no metrics", "error", serr)

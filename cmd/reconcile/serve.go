@@ -55,9 +55,11 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	if err != nil {
 		return err
 	}
+	rpc := replicationConfig(cfg, dryRun)
 	ready := &readiness{db: pool, metrics: m}
+	g := &gauges{r: r, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, log: log}
 	if addr := cfg.HTTP.Address(true); addr != "" {
-		stop, err := serveHTTP(ctx, addr, httpHandler(m, ready, nil), log)
+		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, nil), log)
 		if err != nil {
 			return usageError{err}
 		}
@@ -69,7 +71,13 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	if err := r.CheckCommitWaits(ctx); err != nil {
 		return err
 	}
-	rpc := replicationConfig(cfg, dryRun)
+	if !dryRun {
+		checkWALLimit(ctx, pool, rpc.Slot, log)
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watching := make(chan struct{})
+	go func() { defer close(watching); g.watch(watchCtx) }()
+	defer func() { stopWatch(); <-watching }()
 	rpc.Observer = streamObserver{Metrics: m, ready: ready}
 	stream := replication.New(rpc, idx, func(ctx context.Context) error {
 		cutoff, err := r.Cutoff(ctx)

@@ -27,6 +27,7 @@ import (
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
 	"github.com/reconcile/reconcile/internal/metrics"
+	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/internal/testdb"
 )
 
@@ -104,7 +105,8 @@ func launchService(t *testing.T, dryRun bool) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := openStore(ctx, cfg)
+	m := metrics.New("test")
+	st, err := openStore(ctx, cfg, storage.WithObserver(m.StorageRequest))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func launchService(t *testing.T, dryRun bool) *service {
 	s := &service{t: t, idx: idx, logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
 	log := slog.New(slog.NewTextHandler(s.logs, nil))
 	go func() {
-		err := runService(ctx, cfg, metrics.New("test"), pool, st, idx, dryRun, log)
+		err := runService(ctx, cfg, m, pool, st, idx, dryRun, log)
 		if err != nil {
 			log.Error("service ended", "error", err)
 		}

@@ -43,6 +43,7 @@ func reconcilerConfig(cfg *config.Config) reconciler.Config {
 		RemoveConcurrency: cfg.Storage.Concurrency,
 		StorageName:       storageName(cfg),
 		MaxDeletes:        cfg.Safety.MaxDeletes,
+		OverdueAfter:      cfg.Sweep.OverdueAfter,
 	}
 }
 
@@ -241,6 +242,22 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	if err != nil {
 		return err
 	}
+	// What is left, for the metrics file: rows the budget left, files
+	// still in the outbox.
+	defer func() {
+		if isUsage(err) {
+			return // nothing to count: the database is not set up
+		}
+		if reason := reconciler.StopReason(err); reason != "" {
+			m.PurgeErrors(reason, 1)
+		}
+		// The index is not read: without the stream it still lists the
+		// rows just purged.
+		g := &gauges{r: r, m: m, log: log}
+		if err := g.refreshOutbox(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("metrics not refreshed", "error", err)
+		}
+	}()
 	if err := r.CheckOutbox(ctx); err != nil {
 		return err
 	}

@@ -53,6 +53,22 @@ func (s *Server) Restart(t testing.TB, mode string) {
 	}
 }
 
+// Halt stops the server until Resume.
+func (s *Server) Halt(t testing.TB) {
+	t.Helper()
+	if out, err := s.bash("pg_halt"); err != nil {
+		t.Fatalf("stop PostgreSQL: %v\n%s", err, out)
+	}
+}
+
+// Resume starts the server again after Halt, on the same port.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if out, err := s.bash("pg_resume"); err != nil {
+		t.Fatalf("start PostgreSQL again: %v\n%s", err, out)
+	}
+}
+
 func (s *Server) bash(script string) ([]byte, error) {
 	cmd := exec.Command("bash", "-c", "source \"$PG_SH\" && "+script)
 	cmd.Env = append(os.Environ(), "PG_SH="+s.script, "PG_DIR="+s.dir, "PG_FIXED_PORT=")

@@ -69,7 +69,7 @@ type options struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRootCommand(stdout, stderr)
+	root := newRootCommand(stdout, stderr, isTerminal)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	switch {
@@ -92,7 +92,9 @@ func isUsage(err error) bool {
 	return errors.As(err, &usage) || errors.Is(err, reconciler.ErrSetup) || errors.Is(err, replication.ErrSetup)
 }
 
-func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+// newRootCommand builds the command; terminal tells whether stdout or
+// stderr can show a progress bar.
+func newRootCommand(stdout, stderr io.Writer, terminal func(io.Writer) bool) *cobra.Command {
 	var opts options
 	root := &cobra.Command{
 		Use:   "reconcile [--rescan] [--dry-run]",
@@ -120,7 +122,8 @@ RECONCILE_* environment variables, then flags.`,
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg, stderr)
+			con := newConsole(stdout, stderr, terminal)
+			log := newLogger(cfg, con.logs(stderr))
 			for _, w := range cfg.Warnings() {
 				log.Warn(w)
 			}
@@ -128,9 +131,9 @@ RECONCILE_* environment variables, then flags.`,
 				return serve(cmd.Context(), cfg, opts.dryRun, log)
 			}
 			if opts.dryRun {
-				return audit(cmd.Context(), cfg, opts, log, stdout, stderr)
+				return audit(cmd.Context(), cfg, opts, log, stdout, stderr, con)
 			}
-			return rescan(cmd.Context(), cfg, log, stdout)
+			return rescan(cmd.Context(), cfg, log, stdout, con)
 		},
 	}
 	root.SetOut(stdout)

@@ -50,7 +50,12 @@ type AuditWriter interface {
 // (with the storage keys that would be refused) and the inconsistent rows.
 // A storage that holds none of the table's files is reported in the totals,
 // and the audit then ends with ErrNoFiles, as the purge would.
-func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, error) {
+//
+// progress, if set, is told how many due rows there are, then after each
+// due row how many were examined: each costs a storage check (on local
+// disk, a look at every folder of its path). Counting them costs a query,
+// made only for progress.
+func (r *Reconciler) Audit(ctx context.Context, w AuditWriter, progress func(examined, total int)) (AuditTotals, error) {
 	totals := AuditTotals{Retention: r.cfg.Retention, MaxDeletes: r.cfg.MaxDeletes}
 	probeErr := r.probeFiles(ctx)
 	if probeErr != nil && !errors.Is(probeErr, ErrNoFiles) {
@@ -65,6 +70,13 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, err
 		return totals, fmt.Errorf("read database clock: %w", err)
 	}
 
+	total, examined := 0, 0
+	if progress != nil {
+		if err := r.db.QueryRow(ctx, r.sql.auditCount, totals.Cutoff).Scan(&total); err != nil {
+			return totals, fmt.Errorf("count due rows: %w", err)
+		}
+		progress(0, total)
+	}
 	rows, err := r.db.Query(ctx, r.sql.audit, totals.Cutoff)
 	if err != nil {
 		return totals, fmt.Errorf("audit due rows: %w", err)
@@ -93,6 +105,9 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter) (AuditTotals, err
 		if err := w.Due(row); err != nil {
 			rows.Close()
 			return totals, fmt.Errorf("write report: %w", err)
+		}
+		if examined++; progress != nil {
+			progress(examined, total)
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -27,7 +27,7 @@ func TestAuditReportsDueRefusedAndInconsistentRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	totals, err := b.r.Audit(b.ctx, w)
+	totals, err := b.r.Audit(b.ctx, w, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestAuditReportsDueRefusedAndInconsistentRows(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.r.Audit(b.ctx, w); err != nil {
+		if _, err := b.r.Audit(b.ctx, w, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -102,7 +102,7 @@ func TestInfiniteDeletedAtIsInconsistentAndKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	totals, err := b.r.Audit(b.ctx, w)
+	totals, err := b.r.Audit(b.ctx, w, nil)
 	if err != nil || totals.Due != 1 || totals.Inconsistent != 2 {
 		t.Fatalf("totals %+v, %v; want 1 due and 2 inconsistent\n%s", totals, err, out.String())
 	}

@@ -6,7 +6,7 @@ import "strings"
 // identifiers; nothing from configuration is spliced in unquoted.
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
-	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn                                               string
+	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, dueAt, outboxStats, lockHolder                                                                     string
 }
 
@@ -78,6 +78,9 @@ func buildQueries(t Table, types columnTypes) queries {
 			FROM {T}
 			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND {DATED}
 			ORDER BY {DELETED}, {ID}`),
+		auditCount: r.Replace(`
+			SELECT count(*) FROM {T}
+			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND {DATED}`),
 
 		inconsistent: r.Replace(`
 			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, '')

@@ -71,7 +71,7 @@ type options struct {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRootCommand(stdout, stderr)
+	root := newRootCommand(stdout, stderr, isTerminal)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	switch {
@@ -94,7 +94,9 @@ func isUsage(err error) bool {
 	return errors.As(err, &usage) || errors.Is(err, reconciler.ErrSetup) || errors.Is(err, replication.ErrSetup)
 }
 
-func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+// newRootCommand builds the command; terminal tells whether stdout or
+// stderr can show a progress bar.
+func newRootCommand(stdout, stderr io.Writer, terminal func(io.Writer) bool) *cobra.Command {
 	var opts options
 	root := &cobra.Command{
 		Use:   "reconcile [--rescan] [--dry-run]",
@@ -125,7 +127,8 @@ RECONCILE_* environment variables, then flags.`,
 			if err != nil {
 				return err
 			}
-			log := newLogger(cfg, stderr)
+			con := newConsole(stdout, stderr, terminal)
+			log := newLogger(cfg, con.logs(stderr))
 			for _, w := range cfg.Warnings() {
 				log.Warn(w)
 			}
@@ -134,9 +137,9 @@ RECONCILE_* environment variables, then flags.`,
 			}
 			return once(cmd.Context(), cfg, opts, log, func(m *metrics.Metrics) error {
 				if opts.dryRun {
-					return audit(cmd.Context(), cfg, m, opts, log, stdout, stderr)
+					return audit(cmd.Context(), cfg, m, opts, log, stdout, stderr, con)
 				}
-				return rescan(cmd.Context(), cfg, m, log, stdout)
+				return rescan(cmd.Context(), cfg, m, log, stdout, con)
 			})
 		},
 	}

@@ -154,7 +154,7 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 	return nil
 }
 
-func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts options, log *slog.Logger, stdout, stderr io.Writer) error {
+func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts options, log *slog.Logger, stdout, stderr io.Writer, con *console) error {
 	if _, err := reconciler.NewAuditWriter(opts.format, io.Discard, io.Discard); err != nil {
 		return usageError{fmt.Errorf("--format: %w", err)}
 	}
@@ -182,7 +182,14 @@ func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts opt
 	if err != nil {
 		return err
 	}
-	if _, err := r.Audit(ctx, w); err != nil {
+	// A bar on stderr while the report goes elsewhere; a report scrolling
+	// on the terminal shows its own progress, and a bar would break it up.
+	var progress func(examined, total int)
+	if con.tty == stderr && (opts.output != "" || !con.stdoutTTY) {
+		progress = func(examined, total int) { con.show("Examining", examined, total) }
+		defer con.done()
+	}
+	if _, err := r.Audit(ctx, w, progress); err != nil {
 		return err
 	}
 	if f, ok := out.(*os.File); ok && opts.output != "" {
@@ -228,7 +235,7 @@ func openAll(ctx context.Context, cfg *config.Config, use dbUse, log *slog.Logge
 	return pool, st, idx, func() { idx.Close(); closeBoth() }, nil
 }
 
-func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *slog.Logger, stdout io.Writer) (err error) {
+func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *slog.Logger, stdout io.Writer, con *console) (err error) {
 	defer logAbort(ctx, log, "run aborted", &err)
 	pool, st, idx, closeAll, err := openAll(ctx, cfg, forPurge, log, storage.WithObserver(m.StorageRequest))
 	if err != nil {
@@ -308,9 +315,21 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 
 	fmt.Fprintf(stdout, "Permanently deleting %d attachments in batches of %d...\n", due, cfg.BatchSize)
+	// On a terminal a bar shows the rows handled of those this run takes;
+	// the cron job's lines stay on a stdout that is no terminal.
+	total := due
+	if cfg.Safety.MaxDeletes > 0 {
+		total = min(due, cfg.Safety.MaxDeletes)
+	}
+	lines := con.tty == nil || !con.stdoutTTY
+	con.show("Deleting", 0, total)
 	sum, err := r.Purge(ctx, cutoff, func(handled int) {
-		fmt.Fprintf(stdout, "  Deleted %d/%d...\n", handled, due)
+		con.show("Deleting", handled, total)
+		if lines {
+			fmt.Fprintf(stdout, "  Deleted %d/%d...\n", handled, due)
+		}
 	})
+	con.done()
 	sum.FilesPending += leftover.FilesPending
 	printSummary(stdout, sum, cutoff)
 	if sum.Left > 0 {

@@ -42,6 +42,7 @@ func reconcilerConfig(cfg *config.Config) reconciler.Config {
 		RemoveConcurrency: cfg.Storage.Concurrency,
 		StorageName:       storageName(cfg),
 		MaxDeletes:        cfg.Safety.MaxDeletes,
+		OverdueAfter:      cfg.Sweep.OverdueAfter,
 	}
 }
 

@@ -7,6 +7,7 @@
 //	reconcile --dry-run                the service, logging what it would purge, purging nothing
 //	reconcile --rescan                 purge everything due, print a summary, exit
 //	reconcile --rescan --dry-run       report what would be purged, change nothing
+//	reconcile status                   show the backlog, the outbox, the slot and the lock holder
 package main
 
 import (
@@ -172,6 +173,25 @@ RECONCILE_* environment variables, then flags.`,
 			return migrate(cmd.Context(), cfg, newLogger(cfg, stderr), stdout)
 		},
 	})
+
+	var statusFormat string
+	statusCmd := &cobra.Command{
+		Use:   "status [--format text|json]",
+		Short: "Show the backlog, the outbox, the replication slot and who purges; changes nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if statusFormat != "text" && statusFormat != "json" {
+				return usageError{fmt.Errorf("--format: want text or json, got %q", statusFormat)}
+			}
+			cfg, err := loadConfig(cmd, opts.configPath)
+			if err != nil {
+				return err
+			}
+			return status(cmd.Context(), cfg, statusFormat, newLogger(cfg, stderr), stdout)
+		},
+	}
+	statusCmd.Flags().StringVar(&statusFormat, "format", "text", "output format: text or json")
+	root.AddCommand(statusCmd)
 	return root
 }
 

@@ -59,7 +59,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	ready := &readiness{db: pool, metrics: m}
 	g := &gauges{r: r, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, log: log}
 	if addr := cfg.HTTP.Address(true); addr != "" {
-		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, nil), log)
+		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, newStatusHandler(cfg, pool, r, idx)), log)
 		if err != nil {
 			return usageError{err}
 		}

@@ -4,14 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/reconcile/reconcile/internal/config"
-	"github.com/reconcile/reconcile/reconciler"
 )
 
 // statusJSON runs `reconcile status --format json` and decodes its report.
@@ -102,18 +98,8 @@ func TestStatusOfTheService(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The service's /status, mounted here as the service mounts it.
-	cfg, err := config.Load("", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := reconciler.New(context.Background(), f.pool, nil, s.idx, table(cfg), reconcilerConfig(cfg), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(newStatusHandler(cfg, f.pool, r, s.idx))
-	defer srv.Close()
-	t.Setenv("RECONCILE_HTTP_LISTEN", strings.TrimPrefix(srv.URL, "http://"))
+	// status finds the service where it listens.
+	t.Setenv("RECONCILE_HTTP_LISTEN", strings.TrimPrefix(s.url(""), "http://"))
 
 	check := func(rep statusReport, source string) {
 		t.Helper()

@@ -12,6 +12,7 @@
 #   make bench-s3  the S3 path with 10 ms of latency each way (versitygw behind
 #                toxiproxy): rows/s of --rescan and of the cron algorithm;
 #                make bench-s3 BENCH_ARGS='-baseline-reconcile OLD_BINARY'
+#   make check-deploy  check deploy/ with promtool and systemd-analyze
 #   make clean   remove bin/
 #
 # The scripts install what they need when it is missing: postgresql-15
@@ -22,7 +23,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build test demo bench bench-service bench-s3 clean
+.PHONY: all build test demo bench bench-service bench-s3 check-deploy clean
 
 all: build
 
@@ -43,6 +44,9 @@ bench-service:
 
 bench-s3:
 	bash scripts/bench.sh s3 $(BENCH_ARGS)
+
+check-deploy:
+	bash scripts/check-deploy.sh
 
 clean:
 	rm -rf bin

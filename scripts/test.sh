@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (make test, .ci/run).
 #
-#     scripts/test.sh                          gofmt, go vet, staticcheck, then go test ./...
+#     scripts/test.sh                          gofmt, go vet, staticcheck, the deployment
+#                                              files (scripts/check-deploy.sh), then go test ./...
 #     scripts/test.sh -run TestX ./reconciler/ only go test with these args (no lint;
 #                                              LINT=1 to lint as well); list the packages
 #
@@ -82,6 +83,9 @@ if [[ -n $lint ]]; then
     if command -v staticcheck >/dev/null 2>&1; then
         staticcheck ./... || failed+=(staticcheck)
     fi
+
+    step "scripts/check-deploy.sh"
+    bash scripts/check-deploy.sh || failed+=(check-deploy)
 fi
 
 step "starting PostgreSQL 15 and versitygw"

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"net/http/httptest"
 	"os"
 	"path"
 	"path/filepath"
@@ -19,50 +20,50 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/metrics"
 )
 
-// metricNames are the series reconcile exports, and the Go and process
-// collectors' that the dashboard shows.
-var metricNames = []string{
-	"reconcile_replication_connected",
-	"reconcile_replication_lag_bytes",
-	"reconcile_replication_lag_seconds",
-	"reconcile_slot_active",
-	"reconcile_slot_retained_wal_bytes",
-	"reconcile_slot_max_retained_wal_bytes",
-	"reconcile_slot_wal_status",
-	"reconcile_index_rows",
-	"reconcile_due_rows",
-	"reconcile_overdue_rows",
-	"reconcile_next_due_timestamp_seconds",
-	"reconcile_outbox_pending",
-	"reconcile_outbox_oldest_age_seconds",
-	"reconcile_last_sweep_timestamp_seconds",
-	"reconcile_leader",
-	"reconcile_ready",
-	"reconcile_build_info",
-	"reconcile_last_success_timestamp_seconds",
-	"reconcile_purged_rows_total",
-	"reconcile_files_removed_total",
-	"reconcile_files_missing_total",
-	"reconcile_shared_files_kept_total",
-	"reconcile_purge_errors_total",
-	"reconcile_rescans_total",
-	"reconcile_reconnects_total",
-	"reconcile_storage_request_duration_seconds",
-	"go_goroutines",
-	"go_memstats_heap_inuse_bytes",
-	"process_cpu_seconds_total",
-	"process_resident_memory_bytes",
-}
+// metricNames are the metrics reconcile serves and writes to its
+// textfile, read from internal/metrics itself; histograms are those whose
+// series carry _bucket, _count and _sum.
+var metricNames, histograms = exported()
 
-// histograms are the metricNames whose series carry _bucket, _count and
-// _sum.
-var histograms = []string{"reconcile_storage_request_duration_seconds"}
+func exported() (names, histograms []string) {
+	m := metrics.New("test")
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	text := rec.Body.String()
+	dir, err := os.MkdirTemp("", "reconcile-deploy-test")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "reconcile.prom")
+	if err := m.WriteTextfile(file, true, time.Now()); err != nil {
+		panic(err)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		panic(err)
+	}
+	for _, line := range strings.Split(text+string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 4 && f[0] == "#" && f[1] == "TYPE" {
+			if !slices.Contains(names, f[2]) {
+				names = append(names, f[2])
+			}
+			if f[3] == "histogram" {
+				histograms = append(histograms, f[2])
+			}
+		}
+	}
+	return names, histograms
+}
 
 // metricRef matches what may be a metric name in PromQL or prose.
 var metricRef = regexp.MustCompile(`\b(?:reconcile|go|process)_[a-z0-9_]+\b`)

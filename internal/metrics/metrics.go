@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -274,7 +276,18 @@ func (m *Metrics) SetSlot(s Slot) {
 	}
 }
 
-// WriteTextfile writes the reconcile_* metrics, and the end of the last
+// serviceOnly are the metrics a one-shot run leaves out of its textfile:
+// it has no stream, no slot, no timer and no lock to hold for long, and a
+// reconcile_leader of 0 from every host with a timer would read as an
+// instance that lost the lock.
+var serviceOnly = []string{
+	"replication_connected", "replication_lag_bytes", "replication_lag_seconds", "reconnects_total",
+	"slot_active", "slot_retained_wal_bytes", "slot_max_retained_wal_bytes", "slot_wal_status",
+	"index_rows", "due_rows", "overdue_rows", "next_due_timestamp_seconds",
+	"last_sweep_timestamp_seconds", "leader", "ready",
+}
+
+// WriteTextfile writes the reconcile_* metrics of a one-shot run, and the end of the last
 // successful run, to path for node_exporter's textfile collector: to a
 // temporary file in the same folder first, then renamed over path, so a
 // scrape never reads half a file. A failed run keeps the last success
@@ -285,9 +298,15 @@ func (m *Metrics) WriteTextfile(path string, success bool, now time.Time) error 
 	if !success {
 		last = lastSuccess(path)
 	}
-	families, err := m.reg.Gather()
+	gathered, err := m.reg.Gather()
 	if err != nil {
 		return fmt.Errorf("gather metrics: %w", err)
+	}
+	var families []*dto.MetricFamily
+	for _, f := range gathered {
+		if !slices.Contains(serviceOnly, strings.TrimPrefix(f.GetName(), namespace+"_")) {
+			families = append(families, f)
+		}
 	}
 	if !last.IsZero() {
 		families = append(families, gaugeFamily("last_success_timestamp_seconds",

@@ -51,7 +51,6 @@ func TestHandlerServesEveryMetricAndTheRuntime(t *testing.T) {
 	}
 }
 
-
 func TestTextfileKeepsTheLastSuccessThroughAFailure(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "reconcile.prom")
 	first := time.Unix(1_700_000_000, 0)

@@ -291,10 +291,12 @@ func (s *Stream) session(ctx context.Context) error {
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
 	s.cfg.Observer.Connected(true)
 	defer s.cfg.Observer.Connected(false)
-	beat, stopBeat := context.WithCancel(ctx)
-	beating := make(chan struct{})
-	go func() { defer close(beating); s.heartbeat(beat, cat) }()
-	defer func() { stopBeat(); <-beating }()
+	if !s.cfg.Temporary { // the dry run writes nothing, not even WAL
+		beat, stopBeat := context.WithCancel(ctx)
+		beating := make(chan struct{})
+		go func() { defer close(beating); s.heartbeat(beat, cat) }()
+		defer func() { stopBeat(); <-beating }()
+	}
 	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
 	err = l.run(ctx)
 	s.progressed = l.committed > start

@@ -241,6 +241,14 @@ func TestServiceWarnsOfRetainedWAL(t *testing.T) {
 		t.Errorf("retained %v, max %v: want the retained WAL above the bound of 1 byte",
 			m["reconcile_slot_retained_wal_bytes"], m["reconcile_slot_max_retained_wal_bytes"])
 	}
+
+	// On a quiet table the heartbeats keep the lag fresh: without them it
+	// would be the age of the last transaction.
+	f.add("forum/attachments/last-change.jpg", -1)
+	time.Sleep(4 * time.Second)
+	if lag := scrape(t, s.url("/metrics"))["reconcile_replication_lag_seconds"]; lag <= 0 || lag > 2.5 {
+		t.Errorf("replication lag %vs, 4 s after the last change; want the heartbeats' (under 2.5 s)", lag)
+	}
 }
 
 // A one-shot run writes its metrics for node_exporter's textfile

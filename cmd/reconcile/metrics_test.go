@@ -235,8 +235,12 @@ func TestServiceWarnsOfRetainedWAL(t *testing.T) {
 	f.migrate()
 	s := startService(t, false)
 	s.waitLog("max_slot_wal_keep_size is unlimited", 1)
-	s.waitLog("the replication slot holds more WAL than replication.max_retained_wal", 1)
-	m := scrape(t, s.url("/metrics"))
+	// A scrape reads the slot, as the service does every 30 s.
+	var m map[string]float64
+	eventually(t, 3*gaugesFresh, func() bool {
+		m = scrape(t, s.url("/metrics"))
+		return s.logs.count("the replication slot holds more WAL than replication.max_retained_wal") == 1
+	}, func() string { return "no warning:\n" + s.logs.String() })
 	if m["reconcile_slot_retained_wal_bytes"] <= m["reconcile_slot_max_retained_wal_bytes"] || m["reconcile_slot_max_retained_wal_bytes"] != 1 {
 		t.Errorf("retained %v, max %v: want the retained WAL above the bound of 1 byte",
 			m["reconcile_slot_retained_wal_bytes"], m["reconcile_slot_max_retained_wal_bytes"])

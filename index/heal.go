@@ -225,6 +225,12 @@ func openBolt(path string, readOnly bool) (db *bolt.DB, file *os.File, why, err 
 		}
 	}()
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	// bbolt refuses a file shorter than its two meta pages with a plain
+	// error (a truncated copy, a full disk, another file written over it):
+	// one more unreadable file, to set aside.
+	if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() && st.Size() > 0 && st.Size() < int64(2*os.Getpagesize()) {
+		return nil, nil, fmt.Errorf("the file is %d bytes, too short for an index", st.Size()), nil
+	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:  time.Second,
 		ReadOnly: readOnly,

@@ -302,6 +302,21 @@ func TestOpenSetsAsideAnIndexWithGarbagePages(t *testing.T) {
 	}
 }
 
+// A file shorter than bbolt's two meta pages (a truncated copy, another
+// file written over it) is set aside too: bbolt refuses it with a plain
+// error, which would stop every run.
+func TestOpenSetsAsideAShortFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "index.db")
+	if err := os.WriteFile(path, []byte("# HELP reconcile_purged_rows_total Rows hard-deleted.\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	x := open(t, path)
+	if x.Discarded == "" {
+		t.Fatal("the short file was not set aside")
+	}
+	checkEmptyUntilRescan(t, x)
+}
+
 func TestOperationsHealAnIndexWhoseBucketsAreGarbage(t *testing.T) {
 	tmpl := template(t)
 	change := []Change{{Op: Upsert, Entry: Entry{ID: "id-000042", DeletedAt: far, Key: "k"}}}

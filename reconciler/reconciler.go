@@ -104,11 +104,11 @@ func (noObserver) PurgeErrors(string, int) {}
 func (noObserver) Swept(time.Time)         {}
 
 // StopReason is the reason a purge that ended in err is counted under:
-// ErrorProbe, ErrorBatch, or "" for no failure (none, a shutdown, the lock
-// passed to another instance).
+// ErrorProbe, ErrorBatch, or "" for no failure of the purge (none, a
+// shutdown, the lock held or taken by another instance).
 func StopReason(err error) string {
 	switch {
-	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, ErrLockLost):
+	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, ErrLockLost), errors.Is(err, ErrBusy):
 		return ""
 	case errors.Is(err, ErrNoFiles):
 		return ErrorProbe

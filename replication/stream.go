@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -55,6 +56,9 @@ type Config struct {
 	// Temporary makes the slot one that goes with the connection: for the
 	// dry run, which must leave nothing holding WAL behind.
 	Temporary bool
+	// Heartbeat is how long the table may stay quiet before a heartbeat
+	// goes through the WAL, to keep the lag measured; 0 sends none.
+	Heartbeat time.Duration
 	// Observer hears what the stream does; nil hears nothing.
 	Observer Observer
 }
@@ -66,8 +70,6 @@ type Observer interface {
 	Reconnected()
 	// Rescanned counts a rebuild of the index, by a reason of RescanReasons.
 	Rescanned(reason string)
-	// Position is the server's WAL end and the position acknowledged.
-	Position(serverEnd, acknowledged uint64)
 	// Applied is the commit time of the last transaction the index holds,
 	// or the send time of a heartbeat after it.
 	Applied(at time.Time)
@@ -86,11 +88,10 @@ const (
 
 type noObserver struct{}
 
-func (noObserver) Connected(bool)          {}
-func (noObserver) Reconnected()            {}
-func (noObserver) Rescanned(string)        {}
-func (noObserver) Position(uint64, uint64) {}
-func (noObserver) Applied(time.Time)       {}
+func (noObserver) Connected(bool)    {}
+func (noObserver) Reconnected()      {}
+func (noObserver) Rescanned(string)  {}
+func (noObserver) Applied(time.Time) {}
 
 // Index is where the changes go; *index.Index has it.
 type Index interface {
@@ -114,6 +115,9 @@ type Stream struct {
 	// progressed says the last session moved the acknowledged position:
 	// it ran, and its failure starts a new count of tries.
 	progressed bool
+	// lastCommit is when the stream last brought a transaction of the
+	// table (Unix nanoseconds): no heartbeat is needed until Heartbeat after.
+	lastCommit atomic.Int64
 }
 
 const (
@@ -291,7 +295,7 @@ func (s *Stream) session(ctx context.Context) error {
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
 	s.cfg.Observer.Connected(true)
 	defer s.cfg.Observer.Connected(false)
-	if !s.cfg.Temporary { // the dry run writes nothing, not even WAL
+	if s.cfg.Heartbeat > 0 && !s.cfg.Temporary { // the dry run writes nothing, not even WAL
 		beat, stopBeat := context.WithCancel(ctx)
 		beating := make(chan struct{})
 		go func() { defer close(beating); s.heartbeat(beat, cat) }()
@@ -306,18 +310,22 @@ func (s *Stream) session(ctx context.Context) error {
 // heartbeatPrefix marks the messages heartbeat writes.
 const heartbeatPrefix = "reconcile_heartbeat"
 
-// heartbeat writes a message into the WAL every status interval (a second
-// at least), carrying this host's clock: its arrival on the stream tells
-// how far behind the stream is even when the table is quiet. A role that
-// may not write one only loses the lag's freshness.
+// heartbeat writes a message into the WAL when the table has been quiet
+// for the Heartbeat interval, carrying this host's clock: its arrival on
+// the stream tells how far behind the stream is even then. Only then: on
+// an idle server every write of WAL makes archive_timeout switch segments.
+// A role that may not write one only loses the lag's freshness.
 func (s *Stream) heartbeat(ctx context.Context, cat *pgx.Conn) {
-	tick := time.NewTicker(max(s.cfg.StatusInterval, time.Second))
+	tick := time.NewTicker(s.cfg.Heartbeat)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		if time.Since(time.Unix(0, s.lastCommit.Load())) < s.cfg.Heartbeat {
+			continue
 		}
 		_, err := cat.Exec(ctx, `SELECT pg_logical_emit_message(false, $1, $2::text)`, heartbeatPrefix, strconv.FormatInt(time.Now().UnixNano(), 10))
 		if err != nil {
@@ -550,7 +558,6 @@ type loop struct {
 	inTx      bool
 	complete  uint64    // the end of the last whole transaction seen, or a keepalive's position between transactions
 	committed uint64    // what the index holds: the only position reported
-	serverEnd uint64    // the server's WAL end, as its last keepalive said
 	seenAt    time.Time // commit time of the last whole transaction seen, or a heartbeat's time after it
 	flushAt   time.Time
 
@@ -659,8 +666,6 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 		if !l.inTx && uint64(k.ServerWALEnd) > l.complete {
 			l.complete = uint64(k.ServerWALEnd)
 		}
-		l.serverEnd = max(l.serverEnd, uint64(k.ServerWALEnd))
-		l.s.cfg.Observer.Position(l.serverEnd, l.committed)
 		if k.ReplyRequested {
 			return l.report(false)
 		}
@@ -716,6 +721,7 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 	case *pglogrepl.CommitMessage:
 		l.inTx = false
 		l.seenAt = m.CommitTime
+		l.s.lastCommit.Store(time.Now().UnixNano())
 		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
 		if l.truncated && l.rescanning == nil {
 			l.startRescan(ctx, "the table was truncated", RescanTruncate)
@@ -850,7 +856,6 @@ func (l *loop) send(askReply bool) error {
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
 	}
-	l.s.cfg.Observer.Position(max(l.serverEnd, l.committed), l.committed)
 	return nil
 }
 

@@ -43,23 +43,32 @@ type gauges struct {
 	slot           string // "" in a one-shot run: no slot to watch
 	maxRetainedWAL int64
 	m              *metrics.Metrics
+	ready          *readiness // judged with each reading, for reconcile_ready; nil in a one-shot run
 	log            *slog.Logger
 
 	mu      sync.Mutex
-	readAt  time.Time
-	overMax bool // the slot held more than maxRetainedWAL at the last reading
+	readAt  time.Time // when the last reading started
+	overMax bool      // the slot held more than maxRetainedWAL at the last reading
 	status  string
 }
 
-// refresh reads the gauges unless they are fresher than maxAge.
+// refresh reads the gauges unless they were read, or tried, within
+// maxAge, or a reading is under way: a scrape then serves the last values
+// rather than queue behind a database that does not answer.
 func (g *gauges) refresh(ctx context.Context, maxAge time.Duration) error {
-	g.mu.Lock()
+	if !g.mu.TryLock() {
+		return nil
+	}
 	defer g.mu.Unlock()
 	if time.Since(g.readAt) < maxAge {
 		return nil
 	}
+	g.readAt = time.Now()
 	ctx, cancel := context.WithTimeout(ctx, gaugesTimeout)
 	defer cancel()
+	if g.ready != nil {
+		g.ready.check(ctx)
+	}
 	var errs []error
 	if b, err := g.r.Backlog(ctx); err != nil {
 		errs = append(errs, err)
@@ -73,14 +82,13 @@ func (g *gauges) refresh(ctx context.Context, maxAge time.Duration) error {
 		if s, err := replication.Slot(ctx, g.db, g.slot); err != nil {
 			errs = append(errs, err)
 		} else {
-			g.m.SetSlot(metrics.Slot{Active: s.Active, WALStatus: s.WALStatus, RetainedBytes: s.RetainedBytes, MaxRetainedWAL: g.maxRetainedWAL})
+			g.m.SetSlot(metrics.Slot{Active: s.Active, WALStatus: s.WALStatus, RetainedBytes: s.RetainedBytes, LagBytes: s.LagBytes, MaxRetainedWAL: g.maxRetainedWAL})
 			g.warn(s)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("read the gauges: %w", err)
 	}
-	g.readAt = time.Now()
 	return nil
 }
 

@@ -83,10 +83,7 @@ func (o streamObserver) Connected(up bool) {
 // nil, /status.
 func httpHandler(metrics http.Handler, ready *readiness, status http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, req *http.Request) {
-		ready.check(req.Context()) // for reconcile_ready
-		metrics.ServeHTTP(w, req)
-	})
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

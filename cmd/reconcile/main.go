@@ -121,11 +121,11 @@ RECONCILE_* environment variables, then flags.`,
 			if !(opts.rescan && opts.dryRun) && (cmd.Flags().Changed("format") || cmd.Flags().Changed("output")) {
 				return usageError{errors.New("--format and --output shape the audit report: use them with --rescan --dry-run")}
 			}
-			if err := checkMetricsFile(opts); err != nil {
-				return err
-			}
 			cfg, err := loadConfig(cmd, opts.configPath)
 			if err != nil {
+				return err
+			}
+			if err := checkMetricsFile(opts, cfg); err != nil {
 				return err
 			}
 			con := newConsole(stdout, stderr, terminal)

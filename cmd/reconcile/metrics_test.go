@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -319,4 +320,56 @@ func readFile(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// A port another process holds is no configuration error: the service
+// exits 1, which its supervisor restarts, not 2, which it does not.
+func TestServiceExitsOneWhenItsPortIsTaken(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("RECONCILE_HTTP_LISTEN", ln.Addr().String())
+	if code, _, errOut := reconcile(); code != exitFailed || !strings.Contains(errOut, "http.listen "+ln.Addr().String()) {
+		t.Errorf("exit %d, %q; want %d naming http.listen", code, errOut, exitFailed)
+	}
+	// A one-shot run goes on without its metrics.
+	f.add("forum/attachments/old.jpg", 48)
+	if code, out, errOut := reconcile("--rescan"); code != exitOK || !strings.Contains(errOut, "serving no metrics") {
+		t.Errorf("--rescan with the port taken: exit %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+// Rows the run refused are counted as such, not as a purge that stopped
+// short; the index's own path is refused as a metrics file, as is a folder.
+func TestMetricsFileCountsAndPaths(t *testing.T) {
+	f := newForum(t)
+	f.add("forum/attachments/live.jpg", -1)
+	f.add("forum/attachments/ok.jpg", 48)
+	f.add("../outside.jpg", 48) // refused: outside the storage root
+	f.migrate()
+	prom := filepath.Join(t.TempDir(), "reconcile.prom")
+	if code, out, errOut := reconcile("--rescan", "--metrics-file", prom); code != exitFailed {
+		t.Fatalf("exit %d, want %d\n%s\n%s", code, exitFailed, out, errOut)
+	}
+	text := readFile(t, prom)
+	for _, want := range []string{`reconcile_purge_errors_total{reason="row"} 1`, `reconcile_purge_errors_total{reason="batch"} 0`, "reconcile_purged_rows_total 1"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics file lacks %q:\n%s", want, text)
+		}
+	}
+
+	folder := t.TempDir()
+	for _, path := range []string{os.Getenv("RECONCILE_INDEX_PATH"), folder} {
+		if code, _, errOut := reconcile("--rescan", "--metrics-file", path); code != exitUsage || !strings.Contains(errOut, "--metrics-file") {
+			t.Errorf("--metrics-file %s: exit %d, %q; want %d", path, code, errOut, exitUsage)
+		}
+	}
+	if code, out, errOut := reconcile("--rescan"); code != exitFailed || !strings.Contains(out, "Cleanup complete") {
+		t.Errorf("the run after: exit %d\nstdout: %q\nstderr: %q", code, out, errOut)
+	}
 }

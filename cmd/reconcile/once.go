@@ -16,18 +16,30 @@ import (
 // rescanOnce is the reason a one-shot run's rescan is counted under.
 const rescanOnce = "once"
 
-// checkMetricsFile refuses --metrics-file where it has no use, and a
-// folder that is not there, before anything is touched.
-func checkMetricsFile(opts options) error {
-	if opts.metricsFile == "" {
+// checkMetricsFile refuses --metrics-file where it has no use, a folder
+// that is not there, a folder in its place, and the index's own path,
+// which the file would replace, before anything is touched.
+func checkMetricsFile(opts options, cfg *config.Config) error {
+	path := opts.metricsFile
+	if path == "" {
 		return nil
 	}
 	if !opts.rescan {
 		return usageError{errors.New("--metrics-file is for --rescan: the service serves its metrics on http.listen")}
 	}
-	dir := filepath.Dir(opts.metricsFile)
+	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return usageError{fmt.Errorf("--metrics-file: the folder %s does not exist", dir)}
+	}
+	st, err := os.Stat(path)
+	if err == nil && st.IsDir() {
+		return usageError{fmt.Errorf("--metrics-file: %s is a folder; name a file in it, such as %s", path, filepath.Join(path, "reconcile.prom"))}
+	}
+	if filepath.Clean(path) == filepath.Clean(cfg.Index.Path) {
+		return usageError{fmt.Errorf("--metrics-file: %s is the index's file (index.path)", path)}
+	}
+	if idx, ierr := os.Stat(cfg.Index.Path); err == nil && ierr == nil && os.SameFile(st, idx) {
+		return usageError{fmt.Errorf("--metrics-file: %s is the index's file (index.path %s)", path, cfg.Index.Path)}
 	}
 	return nil
 }

@@ -57,13 +57,18 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	}
 	rpc := replicationConfig(cfg, dryRun)
 	ready := &readiness{db: pool, metrics: m}
-	g := &gauges{r: r, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, log: log}
-	if addr := cfg.HTTP.Address(true); addr != "" {
+	g := &gauges{r: r, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, ready: ready, log: log}
+	// The dry run serves only when asked: it would take the service's port.
+	if addr := cfg.HTTP.Address(!dryRun); addr != "" {
+		// A port in use is no configuration error: the service exits 1, for
+		// its supervisor to start it again.
 		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, newStatusHandler(cfg, pool, r, idx)), log)
 		if err != nil {
-			return usageError{err}
+			return err
 		}
 		defer stop()
+	} else {
+		log.Info("http.listen is empty: serving no /metrics, /healthz, /readyz")
 	}
 	if err := r.CheckOutbox(ctx); err != nil {
 		return err
@@ -210,6 +215,7 @@ func replicationConfig(cfg *config.Config, dryRun bool) replication.Config {
 		StatusInterval: cfg.Replication.StatusInterval,
 		Watchdog:       cfg.Replication.Watchdog,
 		RescanEvery:    cfg.Rescan.Every,
+		Heartbeat:      cfg.Replication.Heartbeat,
 		MaxBackoff:     cfg.Replication.MaxBackoff,
 	}
 }

@@ -70,6 +70,7 @@ func serviceEnv(t *testing.T, f *forum, retention string) {
 	t.Setenv("RECONCILE_REPLICATION_STATUS_INTERVAL", "200ms")
 	t.Setenv("RECONCILE_REPLICATION_WATCHDOG", "5s")
 	t.Setenv("RECONCILE_REPLICATION_MAX_BACKOFF", "1s")
+	t.Setenv("RECONCILE_REPLICATION_HEARTBEAT", "1s")
 }
 
 // serviceOn starts the service, with the given retention, on a migrated

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
@@ -189,38 +190,26 @@ func newStatusHandler(cfg *config.Config, db replication.Querier, r *reconciler.
 // for reading, so it changes nothing; while the service holds the index,
 // the service's /status gives the index's figures.
 func status(ctx context.Context, cfg *config.Config, format string, log *slog.Logger, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, statusDeadline)
+	defer cancel()
 	pool, err := openDB(ctx, cfg, forAudit)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 
-	var (
-		ri      reconciler.Index // stays nil without an index: New takes no typed nil
-		state   stateReader
-		unavail error
-	)
-	idx, openErr := index.OpenReadOnly(cfg.Index.Path)
-	switch {
-	case openErr == nil:
-		defer idx.Close()
-		ri, state = idx, idx
-	case errors.Is(openErr, fs.ErrNotExist):
-		unavail = fmt.Errorf("no index at %s (index.path): the service, or a --rescan, creates it", cfg.Index.Path)
-	case errors.Is(openErr, index.ErrLocked):
-		// The service is asked below, once the database has answered.
-	default:
-		unavail = openErr
-	}
-	r, err := reconciler.New(ctx, pool, nil, ri, table(cfg), reconcilerConfig(cfg), log)
+	r, err := reconciler.New(ctx, pool, nil, nil, table(cfg), reconcilerConfig(cfg), log)
 	if err != nil {
 		return err
 	}
-	rep, err := readStatus(ctx, cfg, pool, r, state, "file")
+	rep, err := readStatus(ctx, cfg, pool, r, nil, "file")
 	if err != nil {
 		return err
 	}
-	if errors.Is(openErr, index.ErrLocked) {
+	var unavail error
+	rep.Index, unavail = readIndexFile(ctx, cfg, pool, log)
+	if errors.Is(unavail, index.ErrLocked) {
+		unavail = nil
 		if rep.Index, err = askService(ctx, cfg); err != nil {
 			unavail = fmt.Errorf("another reconcile (the service, or a --rescan) holds the index %s, and the service's /status could not tell its figures: %w", cfg.Index.Path, err)
 		}
@@ -235,6 +224,29 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 	}
 	printStatus(stdout, rep, cfg)
 	return nil
+}
+
+// statusDeadline bounds the whole command: a hung database must not hold
+// the terminal, or a cron job, for ever.
+const statusDeadline = time.Minute
+
+// readIndexFile reads the index's figures from its file, which it holds
+// open for reading no longer than that: the service or a --rescan that
+// starts meanwhile waits a second for the file, then gives up.
+func readIndexFile(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) (*indexStatus, error) {
+	idx, err := index.OpenReadOnly(cfg.Index.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no index at %s (index.path): the service, or a --rescan, creates it", cfg.Index.Path)
+	case err != nil:
+		return nil, err // index.ErrLocked: the service is asked instead
+	}
+	defer idx.Close()
+	r, err := reconciler.New(ctx, pool, nil, idx, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return nil, err
+	}
+	return readIndexStatus(ctx, cfg, r, idx, "file")
 }
 
 // statusTimeout bounds the wait for the service's /status.

@@ -255,7 +255,8 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		if isUsage(err) {
 			return // nothing to count: the database is not set up
 		}
-		if reason := reconciler.StopReason(err); reason != "" {
+		// errSomeFailed: rows or files failed, and were counted as such.
+		if reason := reconciler.StopReason(err); reason != "" && !errors.Is(err, errSomeFailed) {
 			m.PurgeErrors(reason, 1)
 		}
 		// The index is not read: without the stream it still lists the

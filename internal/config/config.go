@@ -115,6 +115,9 @@ type Replication struct {
 	// MaxRetainedWAL is the WAL the slot may hold on the server, in bytes,
 	// before the service warns: a stuck stream fills the server's disk.
 	MaxRetainedWAL Size `mapstructure:"max_retained_wal"`
+	// Heartbeat is how long the table may stay quiet before the service
+	// writes a heartbeat into the WAL, to keep its lag measured; 0 never.
+	Heartbeat time.Duration `mapstructure:"heartbeat"`
 }
 
 // Rescan sets the service's periodic rescan.
@@ -194,6 +197,7 @@ var defaults = map[string]any{
 	"replication.watchdog":            "30s",
 	"replication.max_backoff":         "30s",
 	"replication.max_retained_wal":    "1GiB",
+	"replication.heartbeat":           "1m",
 	"rescan.every":                    "24h",
 	"sweep.max_wait":                  "1m",
 	"sweep.overdue_after":             "1h",
@@ -595,6 +599,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Sweep.OverdueAfter <= 0 {
 		bad("sweep.overdue_after", "must be a positive duration such as 1h, got %s", c.Sweep.OverdueAfter)
+	}
+	if hb := c.Replication.Heartbeat; hb != 0 && hb < time.Second {
+		bad("replication.heartbeat", "must be 0 (none) or a second or more, such as 1m, got %s", hb)
 	}
 	if c.Replication.MaxRetainedWAL <= 0 {
 		bad("replication.max_retained_wal", "must be a positive size such as 1GiB or 512MiB, got %d bytes", c.Replication.MaxRetainedWAL)

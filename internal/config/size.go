@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -12,11 +13,24 @@ import (
 	"github.com/spf13/viper"
 )
 
-// Size is a number of bytes, written 1GiB, 512MiB, 1.5GB or 1073741824.
+// Size is a number of bytes: 1073741824, or with a unit, 1GB, 512MB,
+// 1.5GiB. Units are binary, as in postgresql.conf: 1GB and 1GiB are both
+// 1024^3 bytes, so a size copied from max_slot_wal_keep_size means the same.
 type Size int64
 
 // sizeForms says how a size is written, for messages.
-const sizeForms = "give bytes with a unit, such as 1GiB, 512MiB or 2GB (GiB = 1024^3 bytes, GB = 1000^3)"
+const sizeForms = "give whole bytes, or a number with a unit: kB, MB, GB, TB (binary, as in postgresql.conf; KiB, MiB, GiB, TiB too), such as 1GB or 512MB"
+
+// sizeUnits are the units a size takes, by their lower-case spelling.
+var sizeUnits = map[string]float64{
+	"b": 1,
+	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+	"t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40,
+}
+
+var sizeSyntax = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
 
 // checkSizes reads every size key through ParseSize and puts the number
 // of bytes back.
@@ -33,30 +47,27 @@ func checkSizes(v *viper.Viper) error {
 	return invalid(lines)
 }
 
-// ParseSize reads a size. A bare number is bytes; a unit is required
-// otherwise, since "1G" could be read as either.
+// ParseSize reads a size. A number without a unit is whole bytes.
 func ParseSize(s string) (Size, error) {
 	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, fmt.Errorf("is empty")
-	}
-	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
-		if n < 0 {
-			return 0, fmt.Errorf("%q is negative", s)
-		}
-		return Size(n), nil
-	}
-	if strings.HasPrefix(s, "-") {
-		return 0, fmt.Errorf("%q is negative", s)
-	}
-	n, err := humanize.ParseBytes(s)
-	if err != nil {
+	m := sizeSyntax.FindStringSubmatch(s)
+	if m == nil {
 		return 0, fmt.Errorf("%q is not a size", s)
 	}
-	if n > math.MaxInt64 {
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	switch {
+	case m[2] == "" && strings.Contains(m[1], "."):
+		return 0, fmt.Errorf("%q has a fraction of a byte; give a unit", s)
+	case m[2] == "":
+		unit = 1
+	case !ok:
+		return 0, fmt.Errorf("%q has an unknown unit %q", s, m[2])
+	}
+	n, err := strconv.ParseFloat(m[1], 64)
+	if err != nil || n*unit >= math.MaxInt64 {
 		return 0, fmt.Errorf("%q is too large", s)
 	}
-	return Size(n), nil
+	return Size(n * unit), nil
 }
 
 // String writes the size in binary units.

@@ -13,14 +13,21 @@ func TestParseSize(t *testing.T) {
 	}{
 		{"1GiB", 1 << 30, ""},
 		{"512MiB", 512 << 20, ""},
-		{"2GB", 2e9, ""},
+		{"2GB", 2 << 30, ""}, // as postgresql.conf reads it
+		{"10gb", 10 << 30, ""},
+		{"1.5GB", 3 << 29, ""},
+		{"64kB", 64 << 10, ""},
 		{"1073741824", 1 << 30, ""},
 		{" 1 GiB ", 1 << 30, ""},
-		{"", 0, "empty"},
-		{"-1GiB", 0, "negative"},
-		{"-5", 0, "negative"},
+		{"", 0, "not a size"},
+		{"-1GiB", 0, "not a size"},
+		{"-5", 0, "not a size"},
+		{"-0", 0, "not a size"},
+		{"1.5", 0, "fraction"},
+		{"1e9", 0, "not a size"},
+		{"1PB", 0, "unknown unit"},
 		{"lots", 0, "not a size"},
-		{"99999999EiB", 0, "not a size"},
+		{"99999999999TB", 0, "too large"},
 	} {
 		got, err := ParseSize(c.in)
 		switch {

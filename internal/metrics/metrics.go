@@ -85,7 +85,7 @@ func New(version string) *Metrics {
 	f := factory{m.reg}
 
 	m.connected = f.gauge("replication_connected", "1 while the replication stream is connected and streaming.")
-	m.lagBytes = f.gauge("replication_lag_bytes", "The server's WAL end minus the position the index has acknowledged.")
+	m.lagBytes = f.gauge("replication_lag_bytes", "The server's WAL end minus the slot's confirmed position: what the index has yet to acknowledge.")
 	f.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "replication_lag_seconds",
 		Help: "Now minus the commit time of the last transaction (or heartbeat) applied to the index; 0 before the first.",
@@ -173,13 +173,6 @@ func (m *Metrics) Reconnected() { m.reconnects.Inc() }
 // Rescanned counts a rebuild of the index.
 func (m *Metrics) Rescanned(reason string) { m.rescans.WithLabelValues(reason).Inc() }
 
-// Position records the server's WAL end and the acknowledged position.
-func (m *Metrics) Position(serverEnd, acknowledged uint64) {
-	if serverEnd >= acknowledged {
-		m.lagBytes.Set(float64(serverEnd - acknowledged))
-	}
-}
-
 // Applied records the commit time of the last transaction, or heartbeat,
 // that the index holds.
 func (m *Metrics) Applied(at time.Time) {
@@ -262,7 +255,8 @@ func (m *Metrics) SetOutbox(pending int, oldestAge time.Duration) {
 type Slot struct {
 	Active         bool
 	WALStatus      string
-	RetainedBytes  int64
+	RetainedBytes  int64 // the WAL end minus restart_lsn
+	LagBytes       int64 // the WAL end minus confirmed_flush_lsn
 	MaxRetainedWAL int64
 }
 
@@ -270,6 +264,7 @@ type Slot struct {
 func (m *Metrics) SetSlot(s Slot) {
 	m.slotActive.Set(bool01(s.Active))
 	m.retainedWAL.Set(float64(s.RetainedBytes))
+	m.lagBytes.Set(float64(s.LagBytes))
 	m.maxRetainedWAL.Set(float64(s.MaxRetainedWAL))
 	for _, st := range WALStatuses {
 		m.walStatus.WithLabelValues(st).Set(bool01(st == s.WALStatus))

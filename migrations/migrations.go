@@ -9,3 +9,9 @@ import "embed"
 //
 //go:embed *.sql
 var FS embed.FS
+
+// Role creates reconcile's least-privileged role; reconcile migrate
+// --print-role prints it for an administrator to apply.
+//
+//go:embed role.sql.tmpl
+var Role string

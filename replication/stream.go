@@ -216,7 +216,7 @@ func (s *Stream) session(ctx context.Context) error {
 	if err := s.checkServer(ctx, cat); err != nil {
 		return err
 	}
-	if err := s.ensurePublication(ctx, cat); err != nil {
+	if err := EnsurePublication(ctx, cat, s.cfg, s.log); err != nil {
 		return err
 	}
 
@@ -428,11 +428,20 @@ func matchesStandbyNames(setting, name string) bool {
 	return false
 }
 
-// ensurePublication creates the publication of the table alone when it is
+// Catalog is what EnsurePublication needs of a connection; *pgx.Conn and
+// *pgxpool.Pool have it.
+type Catalog interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// EnsurePublication creates the publication of the table alone when it is
 // missing, and refuses one that does not publish the table's changes. The
 // changes of a partitioned table's partitions are published as the table's
 // own (publish_via_partition_root), so the stream knows them by its name.
-func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
+// Only the table's owner can create it: `reconcile migrate` does, and the
+// stream, run by a role of fewer rights, finds it there.
+func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.Logger) error {
 	var exists, all, hasTable, viaRoot, partitioned bool
 	err := cat.QueryRow(ctx, `
 		SELECT count(*) > 0,
@@ -441,17 +450,18 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 		       coalesce(bool_and(p.pubviaroot), false),
 		       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p')
-		FROM pg_publication p WHERE p.pubname = $1`, s.cfg.Publication, s.cfg.Schema, s.cfg.Table).Scan(&exists, &all, &hasTable, &viaRoot, &partitioned)
+		FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &all, &hasTable, &viaRoot, &partitioned)
 	if err != nil {
-		return fmt.Errorf("look for publication %q: %w", s.cfg.Publication, err)
+		return fmt.Errorf("look for publication %q: %w", cfg.Publication, err)
 	}
-	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
+	table := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
 	if !exists {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{s.cfg.Publication}.Sanitize(), table)
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{cfg.Publication}.Sanitize(), table)
 		if _, err := cat.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("create publication (run `%s` as the table's owner, or give reconcile's role ownership): %w: %w", sql, err, ErrSetup)
+			return fmt.Errorf("publication %q is missing and cannot be created by this role (%w): run `reconcile migrate` as the table's owner, which creates it: %w",
+				cfg.Publication, err, ErrSetup)
 		}
-		s.log.Info("created publication", "publication", s.cfg.Publication, "table", table)
+		log.Info("created publication", "publication", cfg.Publication, "table", table)
 		return nil
 	}
 	// A row filter, or a column list without one of reconcile's columns
@@ -466,13 +476,13 @@ func (s *Stream) ensurePublication(ctx context.Context, cat *pgx.Conn) error {
 			       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
 			        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $2::regclass AND a.attname = ANY ($3::text[]))
 			        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
-		s.cfg.Publication, table, []string{s.cfg.ID, s.cfg.Key, s.cfg.IsActive, s.cfg.DeletedAt}).Scan(&filtered)
+		cfg.Publication, table, []string{cfg.ID, cfg.Key, cfg.IsActive, cfg.DeletedAt}).Scan(&filtered)
 	if err != nil {
-		return fmt.Errorf("read publication %q: %w", s.cfg.Publication, err)
+		return fmt.Errorf("read publication %q: %w", cfg.Publication, err)
 	}
 	if !hasTable || !all || filtered || (partitioned && !viaRoot) {
-		return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and reconcile creates its own: %w",
-			s.cfg.Publication, table, ErrSetup)
+		return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and run `reconcile migrate`, which creates it: %w",
+			cfg.Publication, table, ErrSetup)
 	}
 	return nil
 }

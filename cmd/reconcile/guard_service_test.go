@@ -14,7 +14,12 @@ import (
 // without the publication, ever: the service drops it, makes a new one,
 // rescans, and purges what fell due meanwhile.
 func TestServiceRecoversFromADroppedPublication(t *testing.T) {
-	f, s := serviceOn(t, "3s")
+	f := newForum(t)
+	serviceEnv(t, f, "3s")
+	f.migrate()
+	// Only the table's owner can create the publication again.
+	t.Setenv("RECONCILE_DATABASE_URL", f.url)
+	s := startService(t, false)
 	ctx := context.Background()
 	first := f.add("forum/attachments/before.jpg", -1)
 	if _, err := f.pool.Exec(ctx, `DROP PUBLICATION reconcile_attachments`); err != nil {

@@ -74,9 +74,7 @@ func TestKilledBetweenCommitAndRemoval(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if code, _, stderr := reconcile("migrate"); code != exitOK {
-		t.Fatalf("migrate: %s", stderr)
-	}
+	f.migrate()
 
 	client, err := minio.New(endpoint, &minio.Options{Creds: credentials.NewStaticV4("test", "testsecret", "")})
 	if err != nil {

@@ -2,7 +2,8 @@
 // is_active = false for longer than the retention lose their file and then
 // their row. It replaces `python manage.py cleanup_attachments`.
 //
-//	reconcile migrate                  create the outbox table and indexes
+//	reconcile migrate                  create the outbox table, indexes and publication
+//	reconcile migrate --print-role R   print the SQL that creates reconcile's role R
 //	reconcile                          the service: tail the table, purge each row as it falls due
 //	reconcile --dry-run                the service, logging what it would purge, purging nothing
 //	reconcile --rescan                 purge everything due, print a summary, exit
@@ -161,18 +162,33 @@ RECONCILE_* environment variables, then flags.`,
 	f.StringVarP(&opts.output, "output", "o", "", "write the dry-run report to this file instead of standard output")
 	f.StringVar(&opts.metricsFile, "metrics-file", "", "with --rescan: write the run's metrics to this file for node_exporter's textfile collector (e.g. /var/lib/node_exporter/textfile_collector/reconcile.prom)")
 
-	root.AddCommand(&cobra.Command{
-		Use:   "migrate",
-		Short: "Create the outbox table and the indexes reconcile needs (idempotent)",
-		Args:  cobra.NoArgs,
+	var printRole string
+	migrateCmd := &cobra.Command{
+		Use:   "migrate [--print-role NAME]",
+		Short: "Create the outbox table, the indexes and the publication reconcile needs (idempotent)",
+		Long: `migrate creates the outbox table, the indexes and the publication that
+reconcile needs; run it as the table's owner. With --print-role NAME it
+connects to nothing: it prints the SQL that creates role NAME with only the
+privileges reconcile needs, for a superuser to apply after migrate.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd, opts.configPath)
 			if err != nil {
 				return err
 			}
+			if cmd.Flags().Changed("print-role") {
+				sql, err := reconciler.RoleSQL(table(cfg), printRole)
+				if err != nil {
+					return usageError{fmt.Errorf("--print-role: %w", err)}
+				}
+				_, err = io.WriteString(stdout, sql)
+				return err
+			}
 			return migrate(cmd.Context(), cfg, newLogger(cfg, stderr), stdout)
 		},
-	})
+	}
+	migrateCmd.Flags().StringVar(&printRole, "print-role", "", "print the SQL that creates this role with the privileges reconcile needs, and exit")
+	root.AddCommand(migrateCmd)
 
 	var statusFormat string
 	statusCmd := &cobra.Command{

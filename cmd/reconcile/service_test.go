@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -227,10 +229,44 @@ func (f *forum) exists(id string) bool {
 	return f.count(fmt.Sprintf(`SELECT count(*) FROM forum_attachment WHERE id = '%s'`, id)) == 1
 }
 
+// migrate runs `reconcile migrate` as the superuser, who owns the table,
+// then makes the test's role from `reconcile migrate --print-role` and
+// points reconcile at it: what follows runs with the rights a deployment
+// grants, not a superuser's.
 func (f *forum) migrate() {
 	f.t.Helper()
+	f.t.Setenv("RECONCILE_DATABASE_URL", f.url)
 	if code, out, stderr := reconcile("migrate"); code != exitOK {
 		f.t.Fatalf("migrate: exit %d\n%s%s", code, out, stderr)
+	}
+	if f.role == "" {
+		f.role = "reconcile_" + f.slot()
+	}
+	f.grantRole(f.url)
+	u, err := url.Parse(f.url)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	u.User = url.User(f.role)
+	f.t.Setenv("RECONCILE_DATABASE_URL", u.String())
+}
+
+// grantRole applies the SQL that `reconcile migrate --print-role` prints
+// for the test's role, connected as adminURL.
+func (f *forum) grantRole(adminURL string) {
+	f.t.Helper()
+	code, sql, stderr := reconcile("migrate", "--print-role", f.role)
+	if code != exitOK {
+		f.t.Fatalf("migrate --print-role: exit %d\n%s", code, stderr)
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		f.t.Fatalf("apply the role's SQL: %v\n%s", err, sql)
 	}
 }
 
@@ -410,15 +446,10 @@ func TestServiceRefusesARoleWithoutReplication(t *testing.T) {
 	f := newForum(t)
 	serviceEnv(t, f, "1h")
 	f.migrate()
-	ctx := context.Background()
-	role := "norepl_" + f.slot()
-	if _, err := f.pool.Exec(ctx, fmt.Sprintf(`CREATE ROLE %s LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO %s`, role, role)); err != nil {
+	// The role's every grant, but not REPLICATION.
+	if _, err := f.pool.Exec(context.Background(), "ALTER ROLE "+pgx.Identifier{f.role}.Sanitize()+" NOREPLICATION"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_, _ = f.pool.Exec(ctx, fmt.Sprintf(`DROP OWNED BY %s; DROP ROLE %s`, role, role))
-	})
-	t.Setenv("RECONCILE_DATABASE_URL", strings.Replace(f.url, "postgres@", role+"@", 1))
 	code, out, stderr := reconcile()
 	if code != exitUsage || !strings.Contains(stderr, "lacks the REPLICATION attribute") || !strings.Contains(stderr, "ALTER ROLE") {
 		t.Fatalf("exit %d; want %d naming the fix\n%s%s", code, exitUsage, out, stderr)
@@ -865,6 +896,11 @@ func TestServiceStartChecksOnItsOwnServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// As the role's SQL tells where synchronous_standby_names is set: the
+	// check that the role sees commits wait would come first.
+	if _, err := f.pool.Exec(ctx, "GRANT pg_read_all_stats TO "+pgx.Identifier{f.role}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.pool.Exec(ctx, `ALTER SYSTEM SET synchronous_standby_names = '*'`); err != nil {
 		t.Fatal(err)
 	}
@@ -1042,6 +1078,14 @@ func TestServiceRescanWaitsForCommitsHeldBySynchronousReplication(t *testing.T) 
 	}
 	setSync("nosuch")
 	t.Cleanup(func() { setSync("") })
+	// The role's SQL, applied again now that commits wait for a standby,
+	// grants pg_read_all_stats: the rescan must see them wait. Its own
+	// commit waits for no standby.
+	f.grantRole(f.url + "&synchronous_commit=local")
+	var stats bool
+	if err := f.pool.QueryRow(ctx, `SELECT pg_has_role($1, 'pg_read_all_stats', 'USAGE')`, f.role).Scan(&stats); err != nil || !stats {
+		t.Fatalf("the role is not in pg_read_all_stats (%v)", err)
+	}
 	held := make(chan error, 1)
 	go func() {
 		_, err := f.pool.Exec(ctx, `

@@ -18,6 +18,7 @@ import (
 	"github.com/reconcile/reconcile/internal/metrics"
 	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/reconciler"
+	"github.com/reconcile/reconcile/replication"
 )
 
 var (
@@ -148,6 +149,11 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 		return err
 	}
 	if err := r.Migrate(ctx); err != nil {
+		return err
+	}
+	// Created here, by the table's owner: the service's role need not own
+	// the table, and only checks the publication.
+	if err := replication.EnsurePublication(ctx, pool, replicationConfig(cfg, false), log); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "Database is ready for reconcile.")

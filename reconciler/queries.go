@@ -7,6 +7,7 @@ import "strings"
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn                                               string
+	lock, unlock, closeFence                                                                                    string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -40,6 +41,35 @@ func buildQueries(t Table, types columnTypes) queries {
 	now = wall(now)
 	dueCutoff := cutoff
 	cutoff = func(param string) string { return wall(dueCutoff(param)) }
+
+	// The advisory locks. The lock makes one process the table's purger; a
+	// statement that deletes rows or claims files for removal passes the
+	// fence only while that process's lock session holds the lock: it takes
+	// the fence's key shared for its transaction, then (the CASE and the
+	// subquery's reference to f keep that order) looks for the lock among
+	// pg_locks, where a bigint key shows as its high half in classid, its
+	// low half in objid, objsubid 1. A new holder takes the fence's key
+	// exclusively once (closeFence), so it waits for every statement of the
+	// previous holder that passed the fence, and those after fail; only a
+	// new holder takes it so, hence a statement that cannot take it shared
+	// has lost the lock and need not wait. $pid is
+	// the lock session's backend; 0, a reconciler that never took the lock,
+	// passes as long as no session holds it.
+	lockKey := "hashtextextended(" + literal("reconcile:"+t.qualified()) + ", 0)"
+	fenceKey := "hashtextextended(" + literal("reconcile fence:"+t.qualified()) + ", 0)"
+	fence := func(pid string) string {
+		return `fence AS (
+				SELECT CASE WHEN f.shared THEN (
+					SELECT coalesce(bool_or(l.pid = ` + pid + `), ` + pid + ` = 0)
+					FROM pg_locks l
+					WHERE f.shared AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+					  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+					  AND l.classid = ((` + lockKey + ` >> 32) & 4294967295)::oid
+					  AND l.objid = (` + lockKey + ` & 4294967295)::oid
+				) ELSE false END AS held
+				FROM (SELECT pg_try_advisory_xact_lock_shared(` + fenceKey + `) AS shared) f
+			)`
+	}
 	r := strings.NewReplacer(
 		"{NOW}", now,
 		"{CUTOFF1}", cutoff("$1"),
@@ -55,6 +85,8 @@ func buildQueries(t Table, types columnTypes) queries {
 		"{DELETED}", quote(t.DeletedAt),
 		// The stream's decoder holds to the same range.
 		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01 00:00:00+00' AND "+quote(t.DeletedAt)+" < '2260-01-01 00:00:00+00')",
+		"{FENCE4}", fence("$4"),
+		"{FENCE2}", fence("$2"),
 	)
 	return queries{
 		// Every soft-deleted row, twice: in the byte order of each index
@@ -92,9 +124,12 @@ func buildQueries(t Table, types columnTypes) queries {
 		// excluded by id. Both IN (subquery) forms run as hashed subplans,
 		// keeping a batch linear in its size. A row without a key (NULL or
 		// '', a FileField with blank=True) has no file: it is deleted and
-		// queues nothing. $1 ids, $2 keys, $3 retention in microseconds.
+		// queues nothing. Behind the fence: when this process no longer
+		// holds the lock nothing is deleted, and the only row returned has
+		// false in its first column. $1 ids, $2 keys, $3 retention in
+		// microseconds, $4 the lock session's pid.
 		purge: r.Replace(`
-			WITH candidate AS (
+			WITH {FENCE4}, candidate AS (
 				SELECT c.id, c.key FROM unnest($1::text[], $2::text[]) AS c(id, key)
 			), purged AS (
 				DELETE FROM {T} t
@@ -103,6 +138,7 @@ func buildQueries(t Table, types columnTypes) queries {
 				  AND coalesce(t.{KEY}::text, '') = c.key
 				  AND t.{ACTIVE} = false
 				  AND t.{DELETED} <= {CUTOFF3}
+				  AND (SELECT held FROM fence)
 				RETURNING t.{ID} AS pid, t.{ID}::text AS id, coalesce(t.{KEY}::text, '') AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
@@ -117,8 +153,10 @@ func buildQueries(t Table, types columnTypes) queries {
 				SELECT key, id, name FROM freed
 				ON CONFLICT (storage_key) DO NOTHING
 			)
-			SELECT p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
-			FROM purged p`),
+			SELECT true, p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
+			FROM purged p
+			UNION ALL
+			SELECT false, '', '', '', false FROM fence WHERE NOT held`),
 
 		// The check made again just before the files go: a key some row
 		// uses now leaves the outbox and its file stays (kept). Every key
@@ -126,17 +164,22 @@ func buildQueries(t Table, types columnTypes) queries {
 		// database's clock, and that clock now: a file modified since is a
 		// new upload under the same name. A key no longer in the outbox is
 		// not returned, and not removed. The SELECT sees the outbox as it
-		// was before the DELETE, in the same snapshot.
+		// was before the DELETE, in the same snapshot. Behind the fence, as
+		// the purge: the only row returned then has false in its first
+		// column. $1 keys, $2 the lock session's pid.
 		claimRemovals: r.Replace(`
-			WITH kept AS (
+			WITH {FENCE2}, kept AS (
 				DELETE FROM {OUTBOX} o
 				WHERE o.storage_key = ANY($1::text[])
 				  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
+				  AND (SELECT held FROM fence)
 				RETURNING o.storage_key
 			)
-			SELECT o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
+			SELECT true, o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
 			FROM {OUTBOX} o
-			WHERE o.storage_key = ANY($1::text[])`),
+			WHERE o.storage_key = ANY($1::text[]) AND (SELECT held FROM fence)
+			UNION ALL
+			SELECT false, '', now(), now(), false FROM fence WHERE NOT held`),
 
 		// Removed files leave the outbox; failed ones stay, with their
 		// error and a later next try (exponential, capped at an hour).
@@ -195,6 +238,13 @@ func buildQueries(t Table, types columnTypes) queries {
 		// microseconds. For a column without time zone only the database
 		// knows the zone's offset at that date.
 		dueIn: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond' - now()`),
+
+		// The lock, with the backend that holds it; closeFence, in a
+		// transaction of the lock's session, waits for the statements that
+		// passed the fence under an earlier holder.
+		lock:       `SELECT pg_try_advisory_lock(` + lockKey + `), pg_backend_pid()`,
+		unlock:     `SELECT pg_advisory_unlock(` + lockKey + `)`,
+		closeFence: `SELECT pg_advisory_xact_lock(` + fenceKey + `)`,
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

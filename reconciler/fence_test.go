@@ -194,3 +194,45 @@ func TestLockWaitsForTheStatementsOfThePreviousHolder(t *testing.T) {
 		t.Fatalf("the new holder's drain: %+v, %v; want the file removed", s, err)
 	}
 }
+
+// A session that ends releases its advisory locks one at a time: a new
+// holder that finds the lock free waits until the holder key of the old
+// session has gone too, or the old holder's statements would still pass
+// the fence.
+func TestLockWaitsForTheHolderKeyOfAnEndingSession(t *testing.T) {
+	b := setup(t)
+	old, err := pgx.ConnectConfig(b.ctx, b.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(b.ctx)
+	if _, err := old.Exec(b.ctx, `SELECT pg_advisory_lock(hashtext('reconcile holder:"public"."forum_attachment"'), pg_backend_pid())`); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := b.pool.Acquire(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	took := make(chan error, 1)
+	var release func(context.Context) error
+	go func() {
+		var err error
+		_, release, err = b.r.Lock(b.ctx, conn)
+		took <- err
+	}()
+	select {
+	case err := <-took:
+		t.Fatalf("took the lock (%v) while an old holder key is held", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if _, err := old.Exec(b.ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-took; err != nil {
+		t.Fatal(err)
+	}
+	if err := release(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -7,7 +7,7 @@ import "strings"
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn                                               string
-	lock, unlock, closeFence                                                                                    string
+	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -42,32 +42,31 @@ func buildQueries(t Table, types columnTypes) queries {
 	dueCutoff := cutoff
 	cutoff = func(param string) string { return wall(dueCutoff(param)) }
 
-	// The advisory locks. The lock makes one process the table's purger; a
-	// statement that deletes rows or claims files for removal passes the
-	// fence only while that process's lock session holds the lock: it takes
-	// the fence's key shared for its transaction, then (the CASE and the
-	// subquery's reference to f keep that order) looks for the lock among
-	// pg_locks, where a bigint key shows as its high half in classid, its
-	// low half in objid, objsubid 1. A new holder takes the fence's key
-	// exclusively once (closeFence), so it waits for every statement of the
-	// previous holder that passed the fence, and those after fail; only a
-	// new holder takes it so, hence a statement that cannot take it shared
-	// has lost the lock and need not wait. $pid is
-	// the lock session's backend; 0, a reconciler that never took the lock,
-	// passes as long as no session holds it.
+	// The advisory locks. The lock makes one process the table's purger; its
+	// session also holds a key of its own, the holder key with its backend
+	// pid. A statement that deletes rows or claims files for removal passes
+	// the fence only while that session holds them: it takes the fence's
+	// key shared for its transaction, then tries the holder key shared,
+	// which fails only while that session holds it (the CASE keeps the
+	// order). A new holder, the lock taken, waits for the holder keys that
+	// other sessions still hold (one that ends releases its keys one by
+	// one), then takes the fence's key exclusively once (closeFence): it so
+	// waits for every statement of the previous holder that passed the
+	// fence, and those after fail. Only a new holder takes the fence's key
+	// exclusively, so a statement that cannot take it shared has lost the
+	// lock and need not wait. $pid is the lock session's backend; 0, a
+	// reconciler that never took the lock, passes while no session holds
+	// the lock, and keeps it from being taken until it commits.
 	lockKey := "hashtextextended(" + literal("reconcile:"+t.qualified()) + ", 0)"
 	fenceKey := "hashtextextended(" + literal("reconcile fence:"+t.qualified()) + ", 0)"
+	holderKey := "hashtext(" + literal("reconcile holder:"+t.qualified()) + ")"
 	fence := func(pid string) string {
 		return `fence AS (
-				SELECT CASE WHEN f.shared THEN (
-					SELECT coalesce(bool_or(l.pid = ` + pid + `), ` + pid + ` = 0)
-					FROM pg_locks l
-					WHERE f.shared AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-					  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-					  AND l.classid = ((` + lockKey + ` >> 32) & 4294967295)::oid
-					  AND l.objid = (` + lockKey + ` & 4294967295)::oid
-				) ELSE false END AS held
-				FROM (SELECT pg_try_advisory_xact_lock_shared(` + fenceKey + `) AS shared) f
+				SELECT CASE
+					WHEN NOT pg_try_advisory_xact_lock_shared(` + fenceKey + `) THEN false
+					WHEN ` + pid + ` = 0 THEN pg_try_advisory_xact_lock_shared(` + lockKey + `)
+					ELSE NOT pg_try_advisory_xact_lock_shared(` + holderKey + `, ` + pid + `)
+				END AS held
 			)`
 	}
 	r := strings.NewReplacer(
@@ -239,12 +238,23 @@ func buildQueries(t Table, types columnTypes) queries {
 		// knows the zone's offset at that date.
 		dueIn: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond' - now()`),
 
-		// The lock, with the backend that holds it; closeFence, in a
-		// transaction of the lock's session, waits for the statements that
-		// passed the fence under an earlier holder.
-		lock:       `SELECT pg_try_advisory_lock(` + lockKey + `), pg_backend_pid()`,
-		unlock:     `SELECT pg_advisory_unlock(` + lockKey + `)`,
+		// The lock, with the backend that takes it. In a transaction of the
+		// lock's session, once the lock is taken: waitHolders waits until
+		// the other sessions have released their holder keys (pg_locks
+		// shows a key of two integers as classid and objid, objsubid 2),
+		// closeFence waits for the statements that passed the fence under
+		// an earlier holder, takeHolder takes the session's own holder key.
+		lock: `SELECT pg_try_advisory_lock(` + lockKey + `), pg_backend_pid()`,
+		waitHolders: `
+			SELECT pg_advisory_xact_lock_shared(` + holderKey + `, l.objid::int8::int4)
+			FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.objsubid = 2
+			  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+			  AND l.classid = ` + holderKey + `::oid
+			  AND l.pid <> pg_backend_pid()`,
 		closeFence: `SELECT pg_advisory_xact_lock(` + fenceKey + `)`,
+		takeHolder: `SELECT pg_advisory_lock(` + holderKey + `, pg_backend_pid())`,
+		unlock:     `SELECT pg_advisory_unlock(` + holderKey + `, pg_backend_pid()), pg_advisory_unlock(` + lockKey + `)`,
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

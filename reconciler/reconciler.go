@@ -87,9 +87,9 @@ type Reconciler struct {
 	holder atomic.Pointer[holder]
 }
 
-// holder is a session that took the advisory lock: its backend's pid, which
-// the fenced statements look for among the lock's holders, and the end of
-// its run.
+// holder is a session that took the advisory lock: its backend's pid, part
+// of the holder key that the fenced statements look for, and the end of its
+// run.
 type holder struct {
 	pid  int32
 	lost context.CancelCauseFunc
@@ -184,7 +184,7 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 	if err := r.closeFence(ctx, conn); err != nil {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released it already
+		_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released them already
 		return nil, nil, err
 	}
 	held, lost := context.WithCancelCause(ctx)
@@ -223,15 +223,18 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 }
 
 // closeFence waits, on the lock's session, until every fenced statement of
-// an earlier holder has ended: each holds the fence's key shared until it
-// commits. The wait is as long as theirs, whatever lock_timeout says.
+// an earlier holder has ended (each holds the fence's key shared until it
+// commits), then takes the session's holder key, which lets this process's
+// statements through the fence. The wait is as long as theirs, whatever
+// lock_timeout says.
 func (r *Reconciler) closeFence(ctx context.Context, conn LockConn) error {
 	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 0"); err != nil {
-			return err
+		for _, sql := range []string{"SET LOCAL lock_timeout = 0", r.sql.waitHolders, r.sql.closeFence, r.sql.takeHolder} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
 		}
-		_, err := tx.Exec(ctx, r.sql.closeFence)
-		return err
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("wait for the purge statements of the previous holder of the advisory lock: %w", err)
@@ -239,8 +242,8 @@ func (r *Reconciler) closeFence(ctx context.Context, conn LockConn) error {
 	return nil
 }
 
-// holderPID is the backend pid that the fenced statements look for among
-// the lock's holders: 0 before the first Lock.
+// holderPID is the backend pid of the holder key that the fenced statements
+// look for: 0 before the first Lock.
 func (r *Reconciler) holderPID() int32 {
 	if h := r.holder.Load(); h != nil {
 		return h.pid

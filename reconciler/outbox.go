@@ -138,26 +138,34 @@ func (r *Reconciler) claimRemovals(ctx context.Context, keys []string) ([]storag
 	// written just after its key was queued is never taken for an older
 	// one.
 	local := time.Now()
-	rows, err := r.db.Query(ctx, r.sql.claimRemovals, keys)
+	rows, err := r.db.Query(ctx, r.sql.claimRemovals, keys, r.holderPID())
 	if err != nil {
 		return nil, nil, fmt.Errorf("check keys before removing files: %w", err)
 	}
 	var (
 		removals []storage.Removal
 		kept     []string
+		held     bool
+		shut     bool // the fence's own row: nothing was claimed
 		key      string
 		queued   time.Time
 		dbNow    time.Time
 		used     bool
 	)
-	_, err = pgx.ForEachRow(rows, []any{&key, &queued, &dbNow, &used}, func() error {
-		if used {
+	_, err = pgx.ForEachRow(rows, []any{&held, &key, &queued, &dbNow, &used}, func() error {
+		switch {
+		case !held:
+			shut = true
+		case used:
 			kept = append(kept, key)
-			return nil
+		default:
+			removals = append(removals, storage.Removal{Key: key, QueuedAt: local.Add(queued.Sub(dbNow))})
 		}
-		removals = append(removals, storage.Removal{Key: key, QueuedAt: local.Add(queued.Sub(dbNow))})
 		return nil
 	})
+	if err == nil && shut {
+		err = r.fenceShut()
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("check keys before removing files: %w", err)
 	}
@@ -189,6 +197,7 @@ func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error)
 		s, err := r.removeFiles(ctx, keys)
 		total.add(s)
 		if err != nil {
+			r.endIfLost(err)
 			return total, err
 		}
 	}

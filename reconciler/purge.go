@@ -232,6 +232,7 @@ func (r *Reconciler) purge(ctx context.Context, src source, progress func(handle
 	}
 
 	err := g.Wait()
+	r.endIfLost(err)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.s, t.refused, err
@@ -460,21 +461,32 @@ func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry, t *tal
 // alone; they are reported, counted as failed and handed to t for a later
 // try, and the rest goes ahead. An error that any statement would meet (a
 // lost connection, a read-only server, a missing permission) refuses every
-// row alike, so it ends the purge instead.
+// row alike, so it ends the purge instead; so does the fence, when the
+// advisory lock is no longer this process's (nothing was deleted).
 func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry, t *tally) ([]purgedRow, int, error) {
 	ids := make([]string, len(batch))
 	keys := make([]string, len(batch))
 	for i, e := range batch {
 		ids[i], keys[i] = e.ID, e.Key
 	}
-	rows, err := r.db.Query(ctx, r.sql.purge, ids, keys, r.retentionMicros())
-	var purged []purgedRow
+	rows, err := r.db.Query(ctx, r.sql.purge, ids, keys, r.retentionMicros(), r.holderPID())
+	var (
+		purged []purgedRow
+		p      purgedRow
+		held   bool
+		shut   bool // the fence's own row: nothing was deleted
+	)
 	if err == nil {
-		purged, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (purgedRow, error) {
-			var p purgedRow
-			err := row.Scan(&p.ID, &p.Key, &p.Name, &p.Freed)
-			return p, err
+		_, err = pgx.ForEachRow(rows, []any{&held, &p.ID, &p.Key, &p.Name, &p.Freed}, func() error {
+			shut = shut || !held
+			if held {
+				purged = append(purged, p)
+			}
+			return nil
 		})
+	}
+	if err == nil && shut {
+		return nil, 0, fmt.Errorf("purge batch of %d rows: %w", len(batch), r.fenceShut())
 	}
 	if err == nil {
 		return purged, 0, nil

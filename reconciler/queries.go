@@ -8,6 +8,7 @@ type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, dueAt, outboxStats, lockHolder                                                                     string
+	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -41,6 +42,34 @@ func buildQueries(t Table, types columnTypes) queries {
 	now = wall(now)
 	dueCutoff := cutoff
 	cutoff = func(param string) string { return wall(dueCutoff(param)) }
+
+	// The advisory locks. The lock makes one process the table's purger; its
+	// session also holds a key of its own, the holder key with its backend
+	// pid. A statement that deletes rows or claims files for removal passes
+	// the fence only while that session holds them: it takes the fence's
+	// key shared for its transaction, then tries the holder key shared,
+	// which fails only while that session holds it (the CASE keeps the
+	// order). A new holder, the lock taken, waits for the holder keys that
+	// other sessions still hold (one that ends releases its keys one by
+	// one), then takes the fence's key exclusively once (closeFence): it so
+	// waits for every statement of the previous holder that passed the
+	// fence, and those after fail. Only a new holder takes the fence's key
+	// exclusively, so a statement that cannot take it shared has lost the
+	// lock and need not wait. $pid is the lock session's backend; 0, a
+	// reconciler that never took the lock, passes while no session holds
+	// the lock, and keeps it from being taken until it commits.
+	lockKey := "hashtextextended(" + literal(t.lockName()) + ", 0)"
+	fenceKey := "hashtextextended(" + literal("reconcile fence:"+t.qualified()) + ", 0)"
+	holderKey := "hashtext(" + literal("reconcile holder:"+t.qualified()) + ")"
+	fence := func(pid string) string {
+		return `fence AS (
+				SELECT CASE
+					WHEN NOT pg_try_advisory_xact_lock_shared(` + fenceKey + `) THEN false
+					WHEN ` + pid + ` = 0 THEN pg_try_advisory_xact_lock_shared(` + lockKey + `)
+					ELSE NOT pg_try_advisory_xact_lock_shared(` + holderKey + `, ` + pid + `)
+				END AS held
+			)`
+	}
 	r := strings.NewReplacer(
 		"{NOW}", now,
 		"{CUTOFF1}", cutoff("$1"),
@@ -56,6 +85,8 @@ func buildQueries(t Table, types columnTypes) queries {
 		"{DELETED}", quote(t.DeletedAt),
 		// The stream's decoder holds to the same range.
 		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01 00:00:00+00' AND "+quote(t.DeletedAt)+" < '2260-01-01 00:00:00+00')",
+		"{FENCE4}", fence("$4"),
+		"{FENCE2}", fence("$2"),
 	)
 	return queries{
 		// Every soft-deleted row, twice: in the byte order of each index
@@ -96,9 +127,12 @@ func buildQueries(t Table, types columnTypes) queries {
 		// excluded by id. Both IN (subquery) forms run as hashed subplans,
 		// keeping a batch linear in its size. A row without a key (NULL or
 		// '', a FileField with blank=True) has no file: it is deleted and
-		// queues nothing. $1 ids, $2 keys, $3 retention in microseconds.
+		// queues nothing. Behind the fence: when this process no longer
+		// holds the lock nothing is deleted, and the only row returned has
+		// false in its first column. $1 ids, $2 keys, $3 retention in
+		// microseconds, $4 the lock session's pid.
 		purge: r.Replace(`
-			WITH candidate AS (
+			WITH {FENCE4}, candidate AS (
 				SELECT c.id, c.key FROM unnest($1::text[], $2::text[]) AS c(id, key)
 			), purged AS (
 				DELETE FROM {T} t
@@ -107,6 +141,7 @@ func buildQueries(t Table, types columnTypes) queries {
 				  AND coalesce(t.{KEY}::text, '') = c.key
 				  AND t.{ACTIVE} = false
 				  AND t.{DELETED} <= {CUTOFF3}
+				  AND (SELECT held FROM fence)
 				RETURNING t.{ID} AS pid, t.{ID}::text AS id, coalesce(t.{KEY}::text, '') AS key, coalesce(t.{NAME}::text, '') AS name
 			), freed AS (
 				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
@@ -121,8 +156,10 @@ func buildQueries(t Table, types columnTypes) queries {
 				SELECT key, id, name FROM freed
 				ON CONFLICT (storage_key) DO NOTHING
 			)
-			SELECT p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
-			FROM purged p`),
+			SELECT true, p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
+			FROM purged p
+			UNION ALL
+			SELECT false, '', '', '', false FROM fence WHERE NOT held`),
 
 		// The check made again just before the files go: a key some row
 		// uses now leaves the outbox and its file stays (kept). Every key
@@ -130,17 +167,22 @@ func buildQueries(t Table, types columnTypes) queries {
 		// database's clock, and that clock now: a file modified since is a
 		// new upload under the same name. A key no longer in the outbox is
 		// not returned, and not removed. The SELECT sees the outbox as it
-		// was before the DELETE, in the same snapshot.
+		// was before the DELETE, in the same snapshot. Behind the fence, as
+		// the purge: the only row returned then has false in its first
+		// column. $1 keys, $2 the lock session's pid.
 		claimRemovals: r.Replace(`
-			WITH kept AS (
+			WITH {FENCE2}, kept AS (
 				DELETE FROM {OUTBOX} o
 				WHERE o.storage_key = ANY($1::text[])
 				  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
+				  AND (SELECT held FROM fence)
 				RETURNING o.storage_key
 			)
-			SELECT o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
+			SELECT true, o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
 			FROM {OUTBOX} o
-			WHERE o.storage_key = ANY($1::text[])`),
+			WHERE o.storage_key = ANY($1::text[]) AND (SELECT held FROM fence)
+			UNION ALL
+			SELECT false, '', now(), now(), false FROM fence WHERE NOT held`),
 
 		// Removed files leave the outbox; failed ones stay, with their
 		// error and a later next try (exponential, capped at an hour).
@@ -226,6 +268,24 @@ func buildQueries(t Table, types columnTypes) queries {
 			 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 			JOIN pg_stat_activity a ON a.pid = l.pid
 			LIMIT 1`,
+
+		// The lock, with the backend that takes it. In a transaction of the
+		// lock's session, once the lock is taken: waitHolders waits until
+		// the other sessions have released their holder keys (pg_locks
+		// shows a key of two integers as classid and objid, objsubid 2),
+		// closeFence waits for the statements that passed the fence under
+		// an earlier holder, takeHolder takes the session's own holder key.
+		lock: `SELECT pg_try_advisory_lock(` + lockKey + `), pg_backend_pid()`,
+		waitHolders: `
+			SELECT pg_advisory_xact_lock_shared(` + holderKey + `, l.objid::int8::int4)
+			FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' AND l.objsubid = 2
+			  AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+			  AND l.classid = ` + holderKey + `::oid
+			  AND l.pid <> pg_backend_pid()`,
+		closeFence: `SELECT pg_advisory_xact_lock(` + fenceKey + `)`,
+		takeHolder: `SELECT pg_advisory_lock(` + holderKey + `, pg_backend_pid())`,
+		unlock:     `SELECT pg_advisory_unlock(` + holderKey + `, pg_backend_pid()), pg_advisory_unlock(` + lockKey + `)`,
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -138,6 +139,17 @@ type Reconciler struct {
 	log   *slog.Logger
 	probe probeState
 	naive bool // deleted_at is a timestamp without time zone
+	// holder is the session of the last advisory lock taken, nil before
+	// the first.
+	holder atomic.Pointer[holder]
+}
+
+// holder is a session that took the advisory lock: its backend's pid, part
+// of the holder key that the fenced statements look for, and the end of its
+// run.
+type holder struct {
+	pid  int32
+	lost context.CancelCauseFunc
 }
 
 // New checks the table against the database catalog and prepares the
@@ -208,18 +220,35 @@ const (
 // purging the table, on a connection the caller keeps for the whole run.
 // The purge relies on it: rows sharing a file are ordered within one
 // process only. The returned context ends, with ErrLockLost as its cause,
-// as soon as that session is gone (the lock went with it); release stops
-// the watch and unlocks. conn belongs to the watch until release.
+// as soon as that session is gone (the lock went with it) or a statement
+// finds the lock no longer its own; release stops the watch and unlocks.
+// conn belongs to the watch until release.
+//
+// The statements that delete rows or claim files for removal are fenced
+// (see queries.go): once the lock's session is gone they change nothing,
+// and Lock returns only after every such statement of an earlier holder
+// has ended, so two processes never purge at once, even while the one that
+// lost the lock has yet to notice.
 func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
-	name := r.table.lockName()
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, name).Scan(&ok); err != nil {
+	var (
+		ok  bool
+		pid int32
+	)
+	if err := conn.QueryRow(ctx, r.sql.lock).Scan(&ok, &pid); err != nil {
 		return nil, nil, fmt.Errorf("take advisory lock: %w", err)
 	}
 	if !ok {
-		return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w", r.table.qualified(), name, ErrBusy)
+		return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
+			r.table.qualified(), r.table.lockName(), ErrBusy)
+	}
+	if err := r.closeFence(ctx, conn); err != nil {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released them already
+		return nil, nil, err
 	}
 	held, lost := context.WithCancelCause(ctx)
+	r.holder.Store(&holder{pid: pid, lost: lost})
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -247,13 +276,62 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 		close(stop)
 		<-done
 		lost(nil)
-		_, err := conn.Exec(ctx, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, name)
+		_, err := conn.Exec(ctx, r.sql.unlock)
 		return err
 	}
 	return held, release, nil
 }
 
-// ErrLockLost means the session holding the advisory lock ended mid-run.
+// closeFence waits, on the lock's session, until every fenced statement of
+// an earlier holder has ended (each holds the fence's key shared until it
+// commits), then takes the session's holder key, which lets this process's
+// statements through the fence. The wait is as long as theirs, whatever
+// lock_timeout says.
+func (r *Reconciler) closeFence(ctx context.Context, conn LockConn) error {
+	err := pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		for _, sql := range []string{"SET LOCAL lock_timeout = 0", r.sql.waitHolders, r.sql.closeFence, r.sql.takeHolder} {
+			if _, err := tx.Exec(ctx, sql); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for the purge statements of the previous holder of the advisory lock: %w", err)
+	}
+	return nil
+}
+
+// holderPID is the backend pid of the holder key that the fenced statements
+// look for: 0 before the first Lock.
+func (r *Reconciler) holderPID() int32 {
+	if h := r.holder.Load(); h != nil {
+		return h.pid
+	}
+	return 0
+}
+
+// fenceShut is the error of a fenced statement that found the advisory lock
+// not held by this reconciler's session: it changed nothing.
+func (r *Reconciler) fenceShut() error {
+	if r.holder.Load() == nil {
+		return fmt.Errorf("another reconcile holds the advisory lock on %s: %w", r.table.qualified(), ErrBusy)
+	}
+	return fmt.Errorf("%w: the fence found the lock no longer held by that session", ErrLockLost)
+}
+
+// endIfLost ends the run that took the lock when err says that a fenced
+// statement found the lock gone, as the lock's watch does when its session
+// ends: the service then waits to take the lock again.
+func (r *Reconciler) endIfLost(err error) {
+	if h := r.holder.Load(); h != nil && errors.Is(err, ErrLockLost) {
+		h.lost(err)
+	}
+}
+
+// ErrLockLost means the session holding the advisory lock ended mid-run, or
+// a fenced statement found the lock no longer held by it (and changed
+// nothing).
 var ErrLockLost = errors.New("lost the database session holding the advisory lock")
 
 // ErrBusy means another process is purging the same table.

@@ -165,9 +165,9 @@ func TestFailoverAfterSIGKILL(t *testing.T) {
 		if late > 10*time.Second {
 			t.Errorf("%s purged %s after its due time; want within 10 s", r.key, late)
 		}
-		if !f.fileGone(r.key) {
-			t.Errorf("%s: the row is gone, its file is not", r.key)
-		}
+		// The file goes after the row's commit, through the outbox.
+		eventually(t, 5*time.Second, func() bool { return f.fileGone(r.key) },
+			func() string { return fmt.Sprintf("%s: the row is gone, its file is not", r.key) })
 	}
 }
 

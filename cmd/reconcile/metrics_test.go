@@ -6,18 +6,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/johannesboyne/gofakes3"
-	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/reconcile/reconcile/internal/testdb"
 )
@@ -79,28 +74,7 @@ func TestServiceMetricsFollowThePurge(t *testing.T) {
 	f := newForumOn(t, srv)
 	serviceEnv(t, f, "1s")
 	t.Setenv("RECONCILE_SWEEP_MAX_WAIT", "1s")
-	const bucket = "media"
-	backend := s3mem.New(s3mem.WithTimeSource(gofakes3.FixedTimeSource(time.Now().Add(-time.Hour))))
-	if err := backend.CreateBucket(bucket); err != nil {
-		t.Fatal(err)
-	}
-	var down atomic.Bool
-	s3 := gofakes3.New(backend).Server()
-	storage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() && r.Method == http.MethodPost && r.URL.Query().Has("delete") {
-			http.Error(w, "storage is down", http.StatusServiceUnavailable)
-			return
-		}
-		s3.ServeHTTP(w, r)
-	}))
-	t.Cleanup(storage.Close)
-	t.Setenv("RECONCILE_STORAGE_BACKEND", "s3")
-	t.Setenv("RECONCILE_STORAGE_S3_ENDPOINT", strings.TrimPrefix(storage.URL, "http://"))
-	t.Setenv("RECONCILE_STORAGE_S3_BUCKET", bucket)
-	t.Setenv("RECONCILE_STORAGE_S3_USE_SSL", "false")
-	t.Setenv("RECONCILE_STORAGE_S3_ACCESS_KEY", "test")
-	t.Setenv("RECONCILE_STORAGE_S3_SECRET_KEY", "testsecret")
-	t.Setenv("RECONCILE_STORAGE_S3_REGION", "us-east-1")
+	backend, bucket, down := flakyS3(t)
 	put := func(key string) {
 		meta := map[string]string{"Last-Modified": time.Now().UTC().Format(http.TimeFormat)}
 		if _, err := backend.PutObject(bucket, key, meta, strings.NewReader("img"), 3, nil); err != nil {

@@ -937,30 +937,7 @@ func TestServiceRetriesRemovalsAfterAStorageOutage(t *testing.T) {
 	f := newForum(t)
 	serviceEnv(t, f, "1s")
 	t.Setenv("RECONCILE_SWEEP_MAX_WAIT", "1s")
-	const bucket = "media"
-	// Uploaded an hour ago: an object modified about the time its
-	// removal is queued is a new upload, which stays.
-	backend := s3mem.New(s3mem.WithTimeSource(gofakes3.FixedTimeSource(time.Now().Add(-time.Hour))))
-	if err := backend.CreateBucket(bucket); err != nil {
-		t.Fatal(err)
-	}
-	var down atomic.Bool
-	s3 := gofakes3.New(backend).Server()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() && r.Method == http.MethodPost && r.URL.Query().Has("delete") {
-			http.Error(w, "storage is down", http.StatusServiceUnavailable)
-			return
-		}
-		s3.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	t.Setenv("RECONCILE_STORAGE_BACKEND", "s3")
-	t.Setenv("RECONCILE_STORAGE_S3_ENDPOINT", strings.TrimPrefix(srv.URL, "http://"))
-	t.Setenv("RECONCILE_STORAGE_S3_BUCKET", bucket)
-	t.Setenv("RECONCILE_STORAGE_S3_USE_SSL", "false")
-	t.Setenv("RECONCILE_STORAGE_S3_ACCESS_KEY", "test")
-	t.Setenv("RECONCILE_STORAGE_S3_SECRET_KEY", "testsecret")
-	t.Setenv("RECONCILE_STORAGE_S3_REGION", "us-east-1")
+	backend, bucket, down := flakyS3(t)
 	f.migrate()
 	s := startService(t, false)
 
@@ -1154,4 +1131,35 @@ func TestServiceRescansAStaleIndex(t *testing.T) {
 	if got, want := entries(t, s.idx), f.truth(); !sameEntries(got, want) {
 		t.Fatalf("index %v, table %v", got, want)
 	}
+}
+
+// flakyS3 points the configuration at an S3 server in the test's process,
+// whose DeleteObjects fails while down is set.
+func flakyS3(t *testing.T) (backend *s3mem.Backend, bucket string, down *atomic.Bool) {
+	t.Helper()
+	bucket = "media"
+	// Uploaded an hour ago: an object modified about the time its
+	// removal is queued is a new upload, which stays.
+	backend = s3mem.New(s3mem.WithTimeSource(gofakes3.FixedTimeSource(time.Now().Add(-time.Hour))))
+	if err := backend.CreateBucket(bucket); err != nil {
+		t.Fatal(err)
+	}
+	down = &atomic.Bool{}
+	s3 := gofakes3.New(backend).Server()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() && r.Method == http.MethodPost && r.URL.Query().Has("delete") {
+			http.Error(w, "storage is down", http.StatusServiceUnavailable)
+			return
+		}
+		s3.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	t.Setenv("RECONCILE_STORAGE_BACKEND", "s3")
+	t.Setenv("RECONCILE_STORAGE_S3_ENDPOINT", strings.TrimPrefix(srv.URL, "http://"))
+	t.Setenv("RECONCILE_STORAGE_S3_BUCKET", bucket)
+	t.Setenv("RECONCILE_STORAGE_S3_USE_SSL", "false")
+	t.Setenv("RECONCILE_STORAGE_S3_ACCESS_KEY", "test")
+	t.Setenv("RECONCILE_STORAGE_S3_SECRET_KEY", "testsecret")
+	t.Setenv("RECONCILE_STORAGE_S3_REGION", "us-east-1")
+	return backend, bucket, down
 }

@@ -275,6 +275,11 @@ func buildQueries(t Table, types columnTypes) queries {
 		// shows a key of two integers as classid and objid, objsubid 2),
 		// closeFence waits for the statements that passed the fence under
 		// an earlier holder, takeHolder takes the session's own holder key.
+		// takeHolder also bounds how long the session may stay idle: the
+		// lock's watch pings it every 2 s, so a holder cut off from the
+		// server (a partition, a proxy that holds the connection open)
+		// loses its session, and the lock, in 30 s, where TCP keepalives
+		// would not tell (PostgreSQL 14 and later; unlock lifts it).
 		lock: `SELECT pg_try_advisory_lock(` + lockKey + `), pg_backend_pid()`,
 		waitHolders: `
 			SELECT pg_advisory_xact_lock_shared(` + holderKey + `, l.objid::int8::int4)
@@ -284,8 +289,8 @@ func buildQueries(t Table, types columnTypes) queries {
 			  AND l.classid = ` + holderKey + `::oid
 			  AND l.pid <> pg_backend_pid()`,
 		closeFence: `SELECT pg_advisory_xact_lock(` + fenceKey + `)`,
-		takeHolder: `SELECT pg_advisory_lock(` + holderKey + `, pg_backend_pid())`,
-		unlock:     `SELECT pg_advisory_unlock(` + holderKey + `, pg_backend_pid()), pg_advisory_unlock(` + lockKey + `)`,
+		takeHolder: `SELECT pg_advisory_lock(` + holderKey + `, pg_backend_pid()), ` + idleSessionTimeout(lockIdleTimeout),
+		unlock:     `SELECT pg_advisory_unlock(` + holderKey + `, pg_backend_pid()), pg_advisory_unlock(` + lockKey + `), ` + idleSessionTimeout("0"),
 
 		// Which of these rows are due now, for the service's dry run; $1
 		// ids, $2 retention in microseconds.
@@ -296,4 +301,13 @@ func buildQueries(t Table, types columnTypes) queries {
 			  AND {ACTIVE} = false
 			  AND {DELETED} <= {CUTOFF2}`),
 	}
+}
+
+// lockIdleTimeout is the idle_session_timeout of the lock's session.
+const lockIdleTimeout = "30s"
+
+// idleSessionTimeout sets the session's idle_session_timeout, on servers
+// that have it (PostgreSQL 14 and later).
+func idleSessionTimeout(value string) string {
+	return `CASE WHEN current_setting('server_version_num')::int >= 140000 THEN set_config('idle_session_timeout', ` + literal(value) + `, false) END`
 }

@@ -241,7 +241,14 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 		return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
 			r.table.qualified(), r.table.lockName(), ErrBusy)
 	}
-	if err := r.closeFence(ctx, conn); err != nil {
+	// The wait has no bound of its own (a statement of the old holder may
+	// be held by a forum transaction): say so when it lasts.
+	slow := time.AfterFunc(fenceWaitWarning, func() {
+		r.log.WarnContext(ctx, "took the advisory lock; still waiting for the previous holder's statements to end before purging")
+	})
+	err := r.closeFence(ctx, conn)
+	slow.Stop()
+	if err != nil {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released them already
@@ -281,6 +288,10 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 	}
 	return held, release, nil
 }
+
+// fenceWaitWarning is how long a new holder waits for the previous one's
+// statements before it says so.
+const fenceWaitWarning = 10 * time.Second
 
 // closeFence waits, on the lock's session, until every fenced statement of
 // an earlier holder has ended (each holds the fence's key shared until it

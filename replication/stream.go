@@ -286,8 +286,17 @@ func (s *Stream) session(ctx context.Context) error {
 		}
 	}
 
-	// messages: the heartbeats below come through the stream.
-	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication), "messages 'true'"}
+	// messages: the heartbeats below come through the stream. pgoutput
+	// has them from PostgreSQL 14; before, no heartbeat is written.
+	var version int
+	if err := cat.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		return fmt.Errorf("read server_version_num: %w", err)
+	}
+	messages := version >= 140000
+	args := []string{"proto_version '1'", fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
+	if messages {
+		args = append(args, "messages 'true'")
+	}
 	err = pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{PluginArgs: args})
 	if err != nil {
 		return fmt.Errorf("start replication from %s: %w", pglogrepl.LSN(start), err)
@@ -295,7 +304,7 @@ func (s *Stream) session(ctx context.Context) error {
 	s.log.Info("streaming changes", "slot", s.cfg.Slot, "from", pglogrepl.LSN(start))
 	s.cfg.Observer.Connected(true)
 	defer s.cfg.Observer.Connected(false)
-	if s.cfg.Heartbeat > 0 && !s.cfg.Temporary { // the dry run writes nothing, not even WAL
+	if s.cfg.Heartbeat > 0 && messages && !s.cfg.Temporary { // the dry run writes nothing, not even WAL
 		beat, stopBeat := context.WithCancel(ctx)
 		beating := make(chan struct{})
 		go func() { defer close(beating); s.heartbeat(beat, cat) }()

@@ -125,3 +125,27 @@ func TestPrintRole(t *testing.T) {
 		}
 	}
 }
+
+// The role's SQL takes an existing role only if it has REPLICATION (the
+// file applied before): given to the forum's own role by mistake, it would
+// let the web application create slots and hold WAL.
+func TestRoleSQLRefusesAnExistingRoleWithoutReplication(t *testing.T) {
+	f := newForum(t)
+	f.role = "forum_app_" + f.slot() // the forum drops it at the end
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `CREATE ROLE `+f.role+` LOGIN NOREPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	code, sql, stderr := reconcile("migrate", "--print-role", f.role)
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s", code, stderr)
+	}
+	_, err := f.pool.Exec(ctx, sql)
+	if err == nil || !strings.Contains(err.Error(), "exists without REPLICATION") {
+		t.Fatalf("applying the role's SQL to an existing role without REPLICATION: %v", err)
+	}
+	var replication bool
+	if err := f.pool.QueryRow(ctx, `SELECT rolreplication FROM pg_roles WHERE rolname = $1`, f.role).Scan(&replication); err != nil || replication {
+		t.Errorf("the role has REPLICATION %v (%v); want it left as it was", replication, err)
+	}
+}

@@ -83,6 +83,14 @@ func openDB(ctx context.Context, cfg *config.Config, use dbUse) (*pgxpool.Pool, 
 	if use == forAudit {
 		params["default_transaction_read_only"] = "on"
 	}
+	// The server drops the sessions of a host that went away without a
+	// word (a crash, a partition) in about 30 s rather than the kernel's 2
+	// hours: until then the lost holder's session keeps the advisory lock
+	// and no other instance can take over.
+	params["tcp_keepalives_idle"] = "10"
+	params["tcp_keepalives_interval"] = "5"
+	params["tcp_keepalives_count"] = "3"
+	params["tcp_user_timeout"] = "30000"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)

@@ -68,7 +68,7 @@ type Config struct {
 type Observer interface {
 	Connected(up bool)
 	Reconnected()
-	// Rescanned counts a rebuild of the index, by a reason of RescanReasons.
+	// Rescanned counts a rebuild of the index, by one of the Rescan* reasons.
 	Rescanned(reason string)
 	// Applied is the commit time of the last transaction the index holds,
 	// or the send time of a heartbeat after it.

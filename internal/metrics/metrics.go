@@ -26,8 +26,8 @@ import (
 
 const namespace = "reconcile"
 
-// WALStatuses are the values of pg_replication_slots.wal_status.
-var WALStatuses = []string{"reserved", "extended", "unreserved", "lost"}
+// walStatuses are the values of pg_replication_slots.wal_status.
+var walStatuses = []string{"reserved", "extended", "unreserved", "lost"}
 
 // Metrics is every metric of one process. Its methods are safe from any
 // goroutine.
@@ -35,43 +35,43 @@ type Metrics struct {
 	reg     *prometheus.Registry // reconcile_* alone: the textfile's
 	runtime *prometheus.Registry // the Go and process collectors
 
-	connected       prometheus.Gauge
-	lagBytes        prometheus.Gauge
-	reconnects      prometheus.Counter
-	rescans         *prometheus.CounterVec
-	slotActive      prometheus.Gauge
-	retainedWAL     prometheus.Gauge
-	maxRetainedWAL  prometheus.Gauge
-	walStatus       *prometheus.GaugeVec
-	indexRows       prometheus.Gauge
-	dueRows         prometheus.Gauge
-	overdueRows     prometheus.Gauge
-	nextDue         prometheus.Gauge
-	purgedRows      prometheus.Counter
-	filesRemoved    prometheus.Counter
-	filesMissing    prometheus.Counter
-	sharedKept      prometheus.Counter
-	purgeErrors     *prometheus.CounterVec
-	outboxPending   prometheus.Gauge
-	outboxOldestAge prometheus.Gauge
-	storageDuration *prometheus.HistogramVec
-	storageOps      map[string]prometheus.Observer // StorageOps, resolved once
-	lastSweep       prometheus.Gauge
-	leader          prometheus.Gauge
-	ready           prometheus.Gauge
+	connected        prometheus.Gauge
+	lagBytes         prometheus.Gauge
+	reconnects       prometheus.Counter
+	rescans          *prometheus.CounterVec
+	slotActive       prometheus.Gauge
+	retainedWAL      prometheus.Gauge
+	maxRetainedWAL   prometheus.Gauge
+	walStatus        *prometheus.GaugeVec
+	indexRows        prometheus.Gauge
+	dueRows          prometheus.Gauge
+	overdueRows      prometheus.Gauge
+	nextDue          prometheus.Gauge
+	purgedRows       prometheus.Counter
+	filesRemoved     prometheus.Counter
+	filesMissing     prometheus.Counter
+	sharedKept       prometheus.Counter
+	purgeErrors      *prometheus.CounterVec
+	outboxPending    prometheus.Gauge
+	outboxOldestAge  prometheus.Gauge
+	storageDuration  *prometheus.HistogramVec
+	storageObservers map[string]prometheus.Observer // one per op of storageOps, resolved once
+	lastSweep        prometheus.Gauge
+	leader           prometheus.Gauge
+	ready            prometheus.Gauge
 
 	mu      sync.Mutex
 	applied time.Time // commit time of the last transaction in the index
 }
 
-// PurgeErrorReasons are the reason labels of reconcile_purge_errors_total.
-var PurgeErrorReasons = []string{"row", "batch", "storage", "probe"}
+// purgeErrorReasons are the reason labels of reconcile_purge_errors_total.
+var purgeErrorReasons = []string{"row", "batch", "storage", "probe"}
 
-// RescanReasons are the reason labels of reconcile_rescans_total.
-var RescanReasons = []string{"new_slot", "index_empty", "index_mismatch", "index_behind", "periodic", "truncate", "large_transaction", "once"}
+// rescanReasons are the reason labels of reconcile_rescans_total.
+var rescanReasons = []string{"new_slot", "index_empty", "index_mismatch", "index_behind", "periodic", "truncate", "large_transaction", "once"}
 
-// StorageOps are the op labels of reconcile_storage_request_duration_seconds.
-var StorageOps = []string{"stat", "remove", "list", "other"}
+// storageOps are the op labels of reconcile_storage_request_duration_seconds.
+var storageOps = []string{"stat", "remove", "list", "other"}
 
 // Handler serves every metric, the Go runtime's and the process's too.
 func (m *Metrics) Handler() http.Handler {
@@ -91,11 +91,11 @@ func New(version string) *Metrics {
 		Help: "Now minus the commit time of the last transaction (or heartbeat) applied to the index; 0 before the first.",
 	}, m.lagSeconds))
 	m.reconnects = f.counter("reconnects_total", "Replication sessions that ended in an error and were dialled again.")
-	m.rescans = f.counterVec("rescans_total", "Rebuilds of the index from the table, by reason.", "reason", RescanReasons)
+	m.rescans = f.counterVec("rescans_total", "Rebuilds of the index from the table, by reason.", "reason", rescanReasons)
 	m.slotActive = f.gauge("slot_active", "1 while the replication slot has a connected reader.")
 	m.retainedWAL = f.gauge("slot_retained_wal_bytes", "WAL the slot holds on the server: the WAL end minus the slot's restart_lsn.")
 	m.maxRetainedWAL = f.gauge("slot_max_retained_wal_bytes", "replication.max_retained_wal: above it the service warns.")
-	m.walStatus = f.gaugeVec("slot_wal_status", "1 for the slot's wal_status, 0 for the others.", "status", WALStatuses)
+	m.walStatus = f.gaugeVec("slot_wal_status", "1 for the slot's wal_status, 0 for the others.", "status", walStatuses)
 	m.indexRows = f.gauge("index_rows", "Soft-deleted rows in the index.")
 	m.dueRows = f.gauge("due_rows", "Rows in the index whose retention has passed.")
 	m.overdueRows = f.gauge("overdue_rows", "Rows due for longer than sweep.overdue_after: the purge is not keeping up.")
@@ -106,7 +106,7 @@ func New(version string) *Metrics {
 	m.sharedKept = f.counter("shared_files_kept_total", "Files kept because another row still uses them.")
 	m.purgeErrors = f.counterVec("purge_errors_total",
 		"Purge failures: row (a row the database refused), batch (a purge that stopped short), storage (a file removal that failed and waits in the outbox), probe (storage held none of the table's files: nothing deleted).",
-		"reason", PurgeErrorReasons)
+		"reason", purgeErrorReasons)
 	m.outboxPending = f.gauge("outbox_pending", "Files waiting in the outbox for removal.")
 	m.outboxOldestAge = f.gauge("outbox_oldest_age_seconds", "Age of the oldest file waiting in the outbox; 0 when it is empty.")
 	m.storageDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -115,9 +115,9 @@ func New(version string) *Metrics {
 		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	}, []string{"op"})
 	m.reg.MustRegister(m.storageDuration)
-	m.storageOps = make(map[string]prometheus.Observer, len(StorageOps))
-	for _, op := range StorageOps {
-		m.storageOps[op] = m.storageDuration.WithLabelValues(op)
+	m.storageObservers = make(map[string]prometheus.Observer, len(storageOps))
+	for _, op := range storageOps {
+		m.storageObservers[op] = m.storageDuration.WithLabelValues(op)
 	}
 	m.lastSweep = f.gauge("last_sweep_timestamp_seconds", "When the service's timer last swept what was due (Unix time).")
 	m.leader = f.gauge("leader", "1 while this instance holds the advisory lock and purges.")
@@ -216,7 +216,7 @@ func (m *Metrics) Swept(at time.Time) { m.lastSweep.Set(unix(at)) }
 
 // StorageRequest records how long a storage request took.
 func (m *Metrics) StorageRequest(op string, d time.Duration) {
-	o, ok := m.storageOps[op]
+	o, ok := m.storageObservers[op]
 	if !ok {
 		o = m.storageDuration.WithLabelValues(op)
 	}
@@ -266,7 +266,7 @@ func (m *Metrics) SetSlot(s Slot) {
 	m.retainedWAL.Set(float64(s.RetainedBytes))
 	m.lagBytes.Set(float64(s.LagBytes))
 	m.maxRetainedWAL.Set(float64(s.MaxRetainedWAL))
-	for _, st := range WALStatuses {
+	for _, st := range walStatuses {
 		m.walStatus.WithLabelValues(st).Set(bool01(st == s.WALStatus))
 	}
 }

@@ -11,7 +11,8 @@
 #   5. what was purged and what stayed, from SQL and the media root
 #   6. reconcile as a service: it tails the table through logical
 #      replication, purges a row the moment it falls due and leaves a row
-#      restored in time alone; then SIGTERM
+#      restored in time alone; reconcile status and the service's /metrics;
+#      then SIGTERM
 #
 # Needs nothing running; stops and removes everything it started on exit.
 # Options (environment): RECONCILE_BIN=path (use this binary, skip the build),
@@ -241,6 +242,11 @@ echo "rescan: $due_before due rows purged, $((due_before - 1)) files removed, ev
 
 # --- 6. the service ---------------------------------------------------------------------
 say "The service: reconcile (no --rescan) purges each row when it falls due (logs to service.log)"
+# Its /metrics, /healthz, /readyz and /status, on a free port rather than
+# the default 127.0.0.1:9478, which a real service may hold.
+HTTP_PORT=$(free_port)
+export RECONCILE_HTTP_LISTEN=127.0.0.1:$HTTP_PORT
+echo "RECONCILE_HTTP_LISTEN=$RECONCILE_HTTP_LISTEN"
 printf '%s$ reconcile &%s\n' "$bold" "$plain"
 "$RECONCILE" 2>"$DEMO_DIR/service.log" &
 SERVICE_PID=$!
@@ -279,6 +285,17 @@ done
 [[ $(sql1 "SELECT count(*) FROM forum_attachment WHERE id = '$keep_id' AND is_active") -eq 1 && -f $MEDIA/$keep_key ]] ||
     die "the restored row $keep_id or its file is gone"
 echo "restored in time, kept: $keep_id ($keep_key)"
+
+say "What an operator watches: reconcile status, and the service's /metrics"
+rc status
+printf '%s$ curl -s http://%s/metrics | grep ...%s\n' "$bold" "$RECONCILE_HTTP_LISTEN" "$plain"
+exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT" || die "the service does not serve /metrics"
+printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$RECONCILE_HTTP_LISTEN" >&3
+metrics=$(cat <&3)
+exec 3<&-
+grep -E '^reconcile_(replication_connected|leader|index_rows|due_rows|purged_rows_total|files_removed_total|outbox_pending|slot_retained_wal_bytes) ' <<<"$metrics" |
+    sed 's/^/  /'
+grep -q '^reconcile_purged_rows_total 1$' <<<"$metrics" || die "/metrics does not count the purged row"
 
 show kill -TERM "$SERVICE_PID"
 wait "$SERVICE_PID" || die "the service exited with status $?"

@@ -209,6 +209,9 @@ func (x *Index) open() (why, err error) {
 	return nil, nil
 }
 
+// minIndexSize is two meta pages of bbolt's smallest page, 4 KiB.
+const minIndexSize = 2 * 4096
+
 // openBolt opens the file at path, for reading only with readOnly (a
 // missing file is then an error, not a new index). why is set when bbolt cannot read it:
 // its meta pages are invalid, or it panicked (it reads the freelist page
@@ -227,8 +230,9 @@ func openBolt(path string, readOnly bool) (db *bolt.DB, file *os.File, why, err 
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// bbolt refuses a file shorter than its two meta pages with a plain
 	// error (a truncated copy, a full disk, another file written over it):
-	// one more unreadable file, to set aside.
-	if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() && st.Size() > 0 && st.Size() < int64(2*os.Getpagesize()) {
+	// one more unreadable file, to set aside. No index bbolt wrote is that
+	// short, whatever the page size of the host that wrote it.
+	if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() && st.Size() > 0 && st.Size() < minIndexSize {
 		return nil, nil, fmt.Errorf("the file is %d bytes, too short for an index", st.Size()), nil
 	}
 	db, err = bolt.Open(path, 0o600, &bolt.Options{

@@ -67,13 +67,7 @@ func TestFenceStopsAHolderWhoseSessionIsGone(t *testing.T) {
 	if _, err := b.pool.Exec(b.ctx, `INSERT INTO reconcile_forum_attachment_outbox (storage_key, attachment_id) VALUES ('fence/queued.jpg', 'gone')`); err != nil {
 		t.Fatal(err)
 	}
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	cutoff := rescanned(t, b.ctx, b.r)
 
 	held, pid := lockOn(t, b, b.r)
 	terminate(t, b.pool, pid)
@@ -123,13 +117,7 @@ func TestFenceStopsAHolderWhoseSessionIsGone(t *testing.T) {
 func TestLockWaitsForTheStatementsOfThePreviousHolder(t *testing.T) {
 	b := setup(t)
 	ids := b.seed(due("wait/row.jpg"))
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	cutoff := rescanned(t, b.ctx, b.r)
 	// A forum transaction holds the row: the purge statement waits on it.
 	// Its own connection: the bundle's pool is small.
 	fc, err := pgx.ConnectConfig(b.ctx, b.pool.Config().ConnConfig.Copy())

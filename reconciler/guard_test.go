@@ -434,13 +434,7 @@ func TestHourlyDeletionBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.r = r
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	rescanned(t, b.ctx, b.r)
 	clock := newFakeClock()
 	sweeping(t, b.r, reconciler.SweepConfig{MaxWait: 50 * time.Millisecond, MaxDeletesPerHour: 4, Now: clock.Now})
 	left := func() int { return b.count(`SELECT count(*) FROM forum_attachment`) }

@@ -55,13 +55,7 @@ func TestPurgeProgressOnlyRises(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	cutoff := rescanned(t, b.ctx, b.r)
 	var c counts
 	s, err := b.r.Purge(b.ctx, cutoff, c.add)
 	if err != nil {

@@ -7,7 +7,7 @@ import "strings"
 type queries struct {
 	rescanByID, rescanByDue, audit, inconsistent, purge, claimRemovals, finishRemoval, outboxPage, outboxExists string
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
-	cutoffs, dueAt, outboxStats, lockHolder                                                                     string
+	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
 }
 
@@ -247,12 +247,9 @@ func buildQueries(t Table, types columnTypes) queries {
 		// microseconds.
 		cutoffs: r.Replace(`SELECT {CUTOFF1}, {CUTOFF2}`),
 
-		// When a deleted_at without time zone falls due, as an instant; $1
-		// the deleted_at as the index holds it, $2 retention in microseconds.
-		dueAt: r.Replace(`SELECT ` + instant("$1::timestamp") + ` + $2 * interval '1 microsecond'`),
-
-		// The outbox's size and the time its oldest entry was queued.
-		outboxStats: r.Replace(`SELECT count(*), min(enqueued_at) FROM {OUTBOX}`),
+		// The outbox's size, the time its oldest entry was queued, and its
+		// age in seconds by the database's clock.
+		outboxStats: r.Replace(`SELECT count(*), min(enqueued_at), coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::float8 FROM {OUTBOX}`),
 
 		// The session holding the advisory lock of Lock in this database; $1
 		// the lock's name. pg_locks shows a bigint key as its high (classid)
@@ -260,7 +257,7 @@ func buildQueries(t Table, types columnTypes) queries {
 		// role's session are NULL without pg_read_all_stats.
 		lockHolder: `
 			SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), ''), a.backend_start
-			FROM (SELECT hashtextextended($1, 0) AS k) h
+			FROM (SELECT ` + lockKey + ` AS k) h
 			JOIN pg_locks l
 			  ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
 			 AND l.classid = ((h.k >> 32) & 4294967295)::oid

@@ -210,6 +210,20 @@ func (b *bundle) count(sql string, args ...any) int {
 }
 
 // run is one `reconcile --rescan`: drain the outbox, rescan, purge.
+// rescanned fills r's index from the table at the database's cutoff, and
+// returns that cutoff.
+func rescanned(t *testing.T, ctx context.Context, r *reconciler.Reconciler) time.Time {
+	t.Helper()
+	cutoff, err := r.Cutoff(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rescan(ctx, cutoff); err != nil {
+		t.Fatal(err)
+	}
+	return cutoff
+}
+
 func (b *bundle) run() reconciler.Summary {
 	b.t.Helper()
 	s, err := b.runErr()

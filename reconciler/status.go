@@ -36,38 +36,35 @@ func (r *Reconciler) Backlog(ctx context.Context) (Backlog, error) {
 		return Backlog{}, err
 	}
 	b := Backlog{Rows: st.Rows, Due: st.Due, Overdue: st.Overdue}
-	if st.Earliest.IsZero() {
-		return b, nil
-	}
-	if !r.naive {
-		b.NextDue = st.Earliest.Add(r.cfg.Retention)
-		return b, nil
-	}
-	// A wall time's offset depends on its date (summer time): the
-	// database tells.
-	if err := r.db.QueryRow(ctx, r.sql.dueAt, st.Earliest.UTC().Format("2006-01-02 15:04:05.999999"), r.retentionMicros()).Scan(&b.NextDue); err != nil {
-		return Backlog{}, fmt.Errorf("read when the earliest row falls due: %w", err)
+	if !st.Earliest.IsZero() {
+		if b.NextDue, err = r.dueAt(ctx, st.Earliest, 0); err != nil {
+			return Backlog{}, err
+		}
 	}
 	return b, nil
 }
 
-// OutboxStats returns how many files wait in the outbox for removal, and
-// when the oldest was queued (zero when none waits). It fails with ErrSetup
-// when `reconcile migrate` has not created the outbox.
-func (r *Reconciler) OutboxStats(ctx context.Context) (pending int, oldest time.Time, err error) {
-	var first *time.Time
-	err = r.db.QueryRow(ctx, r.sql.outboxStats).Scan(&pending, &first)
+// OutboxStats returns how many files wait in the outbox for removal, when
+// the oldest was queued (zero when none waits), and its age by the
+// database's clock. It fails with ErrSetup when `reconcile migrate` has
+// not created the outbox.
+func (r *Reconciler) OutboxStats(ctx context.Context) (pending int, oldest time.Time, age time.Duration, err error) {
+	var (
+		first   *time.Time
+		seconds float64
+	)
+	err = r.db.QueryRow(ctx, r.sql.outboxStats).Scan(&pending, &first, &seconds)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == pgerrcode.UndefinedTable {
-		return 0, time.Time{}, fmt.Errorf("outbox table %s is missing; run `reconcile migrate` first: %w", r.table.outbox(), ErrSetup)
+		return 0, time.Time{}, 0, fmt.Errorf("outbox table %s is missing; run `reconcile migrate` first: %w", r.table.outbox(), ErrSetup)
 	}
 	if err != nil {
-		return 0, time.Time{}, fmt.Errorf("read outbox size: %w", err)
+		return 0, time.Time{}, 0, fmt.Errorf("read outbox size: %w", err)
 	}
 	if first != nil {
 		oldest = *first
 	}
-	return pending, oldest, nil
+	return pending, oldest, time.Duration(seconds * float64(time.Second)), nil
 }
 
 // Holder is the database session holding the advisory lock of Lock: the
@@ -83,7 +80,7 @@ type Holder struct {
 // false when none does.
 func (r *Reconciler) LockHolder(ctx context.Context) (h Holder, ok bool, err error) {
 	var started *time.Time
-	err = r.db.QueryRow(ctx, r.sql.lockHolder, r.table.lockName()).Scan(&h.PID, &h.ApplicationName, &h.ClientAddr, &started)
+	err = r.db.QueryRow(ctx, r.sql.lockHolder).Scan(&h.PID, &h.ApplicationName, &h.ClientAddr, &started)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Holder{}, false, nil
 	}

@@ -33,13 +33,7 @@ func TestBacklogCountsDueAndOverdueRows(t *testing.T) {
 		row{key: "b/recent.jpg", deletedAt: ago(retention / 2)},
 		row{key: "b/active.jpg", active: true},
 	)
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	rescanned(t, b.ctx, b.r)
 	bl, err := b.r.Backlog(b.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -74,13 +68,7 @@ func TestBacklogOfANaiveDeletedAt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cutoff, err := r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	rescanned(t, b.ctx, r)
 	bl, err := r.Backlog(b.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +81,7 @@ func TestBacklogOfANaiveDeletedAt(t *testing.T) {
 
 func TestOutboxStats(t *testing.T) {
 	b := setup(t)
-	if n, oldest, err := b.r.OutboxStats(b.ctx); err != nil || n != 0 || !oldest.IsZero() {
+	if n, oldest, _, err := b.r.OutboxStats(b.ctx); err != nil || n != 0 || !oldest.IsZero() {
 		t.Fatalf("empty outbox: %d, %s, %v", n, oldest, err)
 	}
 	queued := time.Now().Add(-3 * time.Hour).Truncate(time.Microsecond)
@@ -102,13 +90,13 @@ func TestOutboxStats(t *testing.T) {
 		VALUES ('o/a.jpg', '1', $1), ('o/b.jpg', '2', now())`, queued); err != nil {
 		t.Fatal(err)
 	}
-	if n, oldest, err := b.r.OutboxStats(b.ctx); err != nil || n != 2 || !oldest.Equal(queued) {
+	if n, oldest, _, err := b.r.OutboxStats(b.ctx); err != nil || n != 2 || !oldest.Equal(queued) {
 		t.Fatalf("OutboxStats = %d, %s, %v; want 2, %s", n, oldest, err, queued)
 	}
 	if _, err := b.pool.Exec(b.ctx, `DROP TABLE reconcile_forum_attachment_outbox`); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := b.r.OutboxStats(b.ctx); !errors.Is(err, reconciler.ErrSetup) {
+	if _, _, _, err := b.r.OutboxStats(b.ctx); !errors.Is(err, reconciler.ErrSetup) {
 		t.Fatalf("without the outbox: %v; want ErrSetup", err)
 	}
 }

@@ -67,13 +67,7 @@ search:
 	if err != nil {
 		t.Fatal(err)
 	}
-	cutoff, err := r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	rescanned(t, b.ctx, r)
 	ctx, cancel := context.WithCancel(b.ctx)
 	done := make(chan error, 1)
 	go func() { done <- r.Sweep(ctx, reconciler.SweepConfig{MaxWait: time.Minute}) }()
@@ -101,13 +95,7 @@ search:
 func TestBudgetWaitKeepsAnEarlierDueEntry(t *testing.T) {
 	b := setup(t)
 	b.seed(dueRows(10, "blocked/%02d.jpg")...)
-	cutoff, err := b.r.Cutoff(b.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.r.Rescan(b.ctx, cutoff); err != nil {
-		t.Fatal(err)
-	}
+	rescanned(t, b.ctx, b.r)
 	if err := b.index.Rescanned("test", 1, time.Now()); err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ const (
 // has it.
 type backlogReader interface {
 	Backlog(ctx context.Context) (reconciler.Backlog, error)
-	OutboxStats(ctx context.Context) (pending int, oldest time.Time, err error)
+	OutboxStats(ctx context.Context) (pending int, oldest time.Time, age time.Duration, err error)
 }
 
 // gauges reads what the database and the index hold into the metrics: the
@@ -94,15 +94,11 @@ func (g *gauges) refresh(ctx context.Context, maxAge time.Duration) error {
 
 // refreshOutbox reads the outbox's size and age.
 func (g *gauges) refreshOutbox(ctx context.Context) error {
-	pending, oldest, err := g.r.OutboxStats(ctx)
+	pending, _, age, err := g.r.OutboxStats(ctx)
 	if err != nil {
 		return err
 	}
-	var age time.Duration
-	if !oldest.IsZero() {
-		age = max(time.Since(oldest), 0)
-	}
-	g.m.SetOutbox(pending, age)
+	g.m.SetOutbox(pending, max(age, 0))
 	return nil
 }
 

@@ -15,7 +15,6 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
@@ -102,17 +101,14 @@ type stateReader interface {
 func readStatus(ctx context.Context, cfg *config.Config, db replication.Querier, r *reconciler.Reconciler, idx stateReader, source string) (statusReport, error) {
 	rep := statusReport{GeneratedAt: time.Now().UTC(), Table: cfg.Table.Schema + "." + cfg.Table.Name}
 
-	pending, oldest, err := r.OutboxStats(ctx)
+	pending, oldest, age, err := r.OutboxStats(ctx)
 	switch {
 	case errors.Is(err, reconciler.ErrSetup):
 		// Not migrated yet: said, not failed.
 	case err != nil:
 		return rep, err
 	default:
-		rep.Outbox = outboxStatus{Exists: true, PendingFiles: pending, OldestEnqueuedAt: stamp(oldest)}
-		if !oldest.IsZero() {
-			rep.Outbox.OldestAgeSeconds = rep.GeneratedAt.Sub(oldest).Seconds()
-		}
+		rep.Outbox = outboxStatus{Exists: true, PendingFiles: pending, OldestEnqueuedAt: stamp(oldest), OldestAgeSeconds: age.Seconds()}
 	}
 
 	slot, err := replication.Slot(ctx, db, cfg.Replication.Slot)
@@ -198,7 +194,22 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 	}
 	defer pool.Close()
 
-	r, err := reconciler.New(ctx, pool, nil, nil, table(cfg), reconcilerConfig(cfg), log)
+	// The index is held open only while its own figures are read: the
+	// service or a --rescan starting meanwhile waits a second for the
+	// file, then gives up.
+	idx, unavail := openIndexForStatus(cfg.Index.Path)
+	var ri reconciler.Index // stays nil without an index: New takes no typed nil
+	if idx != nil {
+		ri = idx
+	}
+	r, err := reconciler.New(ctx, pool, nil, ri, table(cfg), reconcilerConfig(cfg), log)
+	var figures *indexStatus
+	if err == nil && idx != nil {
+		figures, unavail = readIndexStatus(ctx, cfg, r, idx, "file")
+	}
+	if idx != nil {
+		idx.Close()
+	}
 	if err != nil {
 		return err
 	}
@@ -206,8 +217,7 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	var unavail error
-	rep.Index, unavail = readIndexFile(ctx, cfg, pool, log)
+	rep.Index = figures
 	if errors.Is(unavail, index.ErrLocked) {
 		unavail = nil
 		if rep.Index, err = askService(ctx, cfg); err != nil {
@@ -230,23 +240,14 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 // the terminal, or a cron job, for ever.
 const statusDeadline = time.Minute
 
-// readIndexFile reads the index's figures from its file, which it holds
-// open for reading no longer than that: the service or a --rescan that
-// starts meanwhile waits a second for the file, then gives up.
-func readIndexFile(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) (*indexStatus, error) {
-	idx, err := index.OpenReadOnly(cfg.Index.Path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no index at %s (index.path): the service, or a --rescan, creates it", cfg.Index.Path)
-	case err != nil:
-		return nil, err // index.ErrLocked: the service is asked instead
+// openIndexForStatus opens the index for reading, or says why it cannot:
+// index.ErrLocked when another process holds it.
+func openIndexForStatus(path string) (*index.Index, error) {
+	idx, err := index.OpenReadOnly(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no index at %s (index.path): the service, or a --rescan, creates it", path)
 	}
-	defer idx.Close()
-	r, err := reconciler.New(ctx, pool, nil, idx, table(cfg), reconcilerConfig(cfg), log)
-	if err != nil {
-		return nil, err
-	}
-	return readIndexStatus(ctx, cfg, r, idx, "file")
+	return idx, err
 }
 
 // statusTimeout bounds the wait for the service's /status.

@@ -104,3 +104,27 @@ func read(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// A path the textfile cannot replace (a folder holding files) fails the
+// write, and leaves the folder and its files as they were, with no
+// temporary file behind.
+func TestTextfileThatCannotBeReplacedChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "reconcile.prom")
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kept := filepath.Join(path, "keep")
+	if err := os.WriteFile(kept, []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := New("v1").WriteTextfile(path, true, time.Now()); err == nil {
+		t.Fatal("the textfile replaced a folder")
+	}
+	if got := read(t, kept); got != "kept" {
+		t.Errorf("the folder's file holds %q", got)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d entries beside the folder, want none: a temporary file was left", len(entries)-1)
+	}
+}

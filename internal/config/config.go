@@ -19,6 +19,9 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/reconcile/reconcile/internal/derived"
+	"github.com/reconcile/reconcile/internal/storage"
 )
 
 // envPrefix starts every environment variable: storage.s3.bucket is read
@@ -43,6 +46,7 @@ type Config struct {
 	Rescan      Rescan        `mapstructure:"rescan"`
 	Sweep       Sweep         `mapstructure:"sweep"`
 	Safety      Safety        `mapstructure:"safety"`
+	Orphans     Orphans       `mapstructure:"orphans"`
 	HTTP        HTTP          `mapstructure:"http"`
 	Retention   time.Duration `mapstructure:"retention"`
 	BatchSize   int           `mapstructure:"batch_size"`
@@ -65,6 +69,21 @@ type Table struct {
 	// zone (USE_TZ = False): the zone its wall times are in. Empty: the
 	// database session's TimeZone.
 	TimeZone string `mapstructure:"time_zone"`
+	// Derived are the patterns of the files derived from each row's file
+	// (thumbnails): see package derived.
+	Derived []string `mapstructure:"derived"`
+	// Prefixes are the folders of the storage the table owns, for the
+	// orphan scan: empty, the folder its keys share and the derived
+	// patterns' folders under it; "/" is the whole root or bucket prefix.
+	Prefixes []string `mapstructure:"prefixes"`
+}
+
+// Orphans tunes what is done with files no row owns.
+type Orphans struct {
+	// Grace is how old a file must be before it is taken for an orphan (an
+	// upload whose row is yet to commit is younger), and how long the
+	// service waits after a row is deleted outright.
+	Grace time.Duration `mapstructure:"grace"`
 }
 
 // Columns names the columns reconcile reads.
@@ -180,6 +199,9 @@ var defaults = map[string]any{
 	"table.columns.is_active":         "is_active",
 	"table.columns.deleted_at":        "deleted_at",
 	"table.time_zone":                 "",
+	"table.derived":                   []string{},
+	"table.prefixes":                  []string{},
+	"orphans.grace":                   "1h",
 	"storage.backend":                 "local",
 	"storage.concurrency":             8,
 	"storage.local.root":              "",
@@ -299,6 +321,8 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
 			mapstructure.StringToTimeDurationHookFunc(),
+			// A list from the environment: comma-separated.
+			mapstructure.StringToSliceHookFunc(","),
 		)
 	})
 	if err != nil {
@@ -622,6 +646,22 @@ func (c *Config) Validate() error {
 	}
 	if tz := c.Table.TimeZone; tz != "" && !timeZoneName.MatchString(tz) {
 		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), not an offset, got %q", tz)
+	}
+	for i, text := range c.Table.Derived {
+		if _, err := derived.Parse(text); err != nil {
+			bad(fmt.Sprintf("table.derived[%d]", i), "%v", err)
+		}
+	}
+	for i, prefix := range c.Table.Prefixes {
+		if prefix == "/" {
+			continue // the whole root, said on purpose
+		}
+		if err := storage.ValidateKey(strings.TrimSuffix(prefix, "/")); err != nil {
+			bad(fmt.Sprintf("table.prefixes[%d]", i), "must be a folder relative to the storage root such as forum/attachments/, or \"/\" for the whole root: %v", err)
+		}
+	}
+	if c.Orphans.Grace < time.Minute {
+		bad("orphans.grace", "must be a minute or more, such as 1h: an upload whose row has yet to commit must never look orphaned, got %s", c.Orphans.Grace)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
 		bad("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)

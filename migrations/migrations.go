@@ -15,3 +15,9 @@ var FS embed.FS
 //
 //go:embed role.sql.tmpl
 var Role string
+
+// DerivedIndex builds the index of one pattern of table.derived; reconcile
+// migrate applies it once per pattern, after the others.
+//
+//go:embed derived_index.sql.tmpl
+var DerivedIndex string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strings"
 	"text/template"
@@ -40,7 +41,7 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
 		if idx := indexOf(name); idx != "" {
-			err = r.buildIndex(ctx, tmpl, idx, r.table.Schema, r.table.Name)
+			err = r.buildIndex(ctx, tmpl, idx, r.table.Schema, r.table.Name, nil)
 		} else {
 			err = r.execMigration(ctx, tmpl, r.migrationVars(r.table.Schema, r.table.Name))
 		}
@@ -48,6 +49,40 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 			return fmt.Errorf("migration %s: %w", name, err)
 		}
 		r.log.InfoContext(ctx, "migration applied", "migration", name)
+	}
+	return r.migrateDerived(ctx)
+}
+
+// migrateDerived builds the index of each pattern of table.derived that
+// lacks one.
+func (r *Reconciler) migrateDerived(ctx context.Context) error {
+	if len(r.table.Derived) == 0 {
+		return nil
+	}
+	tmpl, err := template.New("derived_index").Option("missingkey=error").Parse(migrations.DerivedIndex)
+	if err != nil {
+		return fmt.Errorf("derived index migration: %w", err)
+	}
+	for _, p := range r.table.Derived {
+		vars := func(table string) map[string]string {
+			return map[string]string{
+				"DerivedIndex": quote(derivedIndexName(table, p)),
+				"DerivedExpr":  p.SQL(quote(r.table.Key)),
+			}
+		}
+		qualified := quote(r.table.Schema, derivedIndexName(r.table.Name, p))
+		var valid bool
+		if err := r.db.QueryRow(ctx, r.sql.indexValid, qualified).Scan(&valid); err != nil {
+			return fmt.Errorf("derived index of %q: %w", p, err)
+		}
+		if valid {
+			r.log.InfoContext(ctx, "migration not needed", "migration", "derived index", "pattern", p.String(), "reason", "index "+qualified+" exists")
+			continue
+		}
+		if err := r.buildIndex(ctx, tmpl, "DerivedIndex", r.table.Schema, r.table.Name, vars); err != nil {
+			return fmt.Errorf("derived index of %q: %w", p, err)
+		}
+		r.log.InfoContext(ctx, "migration applied", "migration", "derived index", "pattern", p.String(), "index", qualified)
 	}
 	return nil
 }
@@ -100,8 +135,11 @@ func (r *Reconciler) execMigration(ctx context.Context, tmpl *template.Template,
 // attached; once every partition's is attached, PostgreSQL marks the
 // parent's valid. Nothing holds a lock on the forum's writes for longer
 // than a catalog change.
-func (r *Reconciler) buildIndex(ctx context.Context, tmpl *template.Template, idx, schema, name string) error {
+func (r *Reconciler) buildIndex(ctx context.Context, tmpl *template.Template, idx, schema, name string, extra func(table string) map[string]string) error {
 	vars := r.migrationVars(schema, name)
+	if extra != nil {
+		maps.Copy(vars, extra(name))
+	}
 	var kind string
 	if err := r.db.QueryRow(ctx, `SELECT relkind::text FROM pg_class WHERE oid = $1::regclass`, vars["Table"]).Scan(&kind); err != nil {
 		return fmt.Errorf("read the kind of %s: %w", vars["Table"], err)
@@ -131,10 +169,14 @@ func (r *Reconciler) buildIndex(ctx context.Context, tmpl *template.Template, id
 	}
 	parent := quote(schema) + "." + vars[idx]
 	for _, p := range parts {
-		if err := r.buildIndex(ctx, tmpl, idx, p.Schema, p.Name); err != nil {
+		if err := r.buildIndex(ctx, tmpl, idx, p.Schema, p.Name, extra); err != nil {
 			return err
 		}
-		child := quote(p.Schema) + "." + r.migrationVars(p.Schema, p.Name)[idx]
+		childVars := r.migrationVars(p.Schema, p.Name)
+		if extra != nil {
+			maps.Copy(childVars, extra(p.Name))
+		}
+		child := quote(p.Schema) + "." + childVars[idx]
 		var attached bool
 		err := r.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = $1::regclass AND inhparent = $2::regclass)`,
 			child, parent).Scan(&attached)

@@ -43,10 +43,9 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 		return s, nil
 	}
 
-	results := r.store.Remove(ctx, removals)
 	var done, failed, reasons, missing []string
 	defer func() {
-		r.cfg.Observer.Files(s.FilesRemoved, s.FilesMissing, 0)
+		r.cfg.Observer.Files(s.FilesRemoved+s.DerivedRemoved, s.FilesMissing, s.DerivedKept)
 		r.cfg.Observer.PurgeErrors(ErrorStorage, len(failed))
 	}()
 	fail := func(key string, err error) {
@@ -55,6 +54,26 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 		r.log.ErrorContext(ctx, "[CLEANUP] Failed to remove file; it stays in the outbox for a retry",
 			"storage_key", key, "error", err)
 	}
+	if len(r.table.Derived) > 0 {
+		// The derived files go first: a file whose derived files are left
+		// stays, with its key in the outbox, so that a retry finds both.
+		removed, kept, unsure, err := r.removeDerived(ctx, removals)
+		if err != nil {
+			return s, err
+		}
+		s.DerivedRemoved, s.DerivedKept = removed, kept
+		ready := removals[:0:0]
+		for i, rm := range removals {
+			if err, ok := unsure[i]; ok {
+				fail(rm.Key, err)
+				continue
+			}
+			ready = append(ready, rm)
+		}
+		removals = ready
+	}
+
+	results := r.store.Remove(ctx, removals)
 	for i, res := range results {
 		key := removals[i].Key
 		switch {
@@ -203,9 +222,10 @@ func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error)
 	}
 }
 
-// CheckOutbox fails with ErrSetup when `reconcile migrate` has not created
-// the outbox table.
-func (r *Reconciler) CheckOutbox(ctx context.Context) error {
+// CheckSetup fails with ErrSetup when `reconcile migrate` has not created
+// the outbox table, or the index of a derived pattern; and when the storage
+// refuses the listing that derived files need.
+func (r *Reconciler) CheckSetup(ctx context.Context) error {
 	var exists bool
 	if err := r.db.QueryRow(ctx, r.sql.outboxExists, r.table.outbox()).Scan(&exists); err != nil {
 		return fmt.Errorf("look for the outbox table: %w", err)
@@ -213,5 +233,5 @@ func (r *Reconciler) CheckOutbox(ctx context.Context) error {
 	if !exists {
 		return fmt.Errorf("outbox table %s is missing; run `reconcile migrate` first: %w", r.table.outbox(), ErrSetup)
 	}
-	return nil
+	return r.checkDerived(ctx)
 }

@@ -28,6 +28,8 @@ type Summary struct {
 	FilesKept      int // files left because another row still uses them
 	FilesRewritten int // files left because they were written again after their removal was queued
 	FilesPending   int // files whose removal failed; they wait in the outbox
+	DerivedRemoved int // derived files (thumbnails) removed with their source
+	DerivedKept    int // derived files left because a remaining row maps to them
 }
 
 func (s *Summary) add(o Summary) {
@@ -41,6 +43,8 @@ func (s *Summary) add(o Summary) {
 	s.FilesKept += o.FilesKept
 	s.FilesRewritten += o.FilesRewritten
 	s.FilesPending += o.FilesPending
+	s.DerivedRemoved += o.DerivedRemoved
+	s.DerivedKept += o.DerivedKept
 }
 
 // tally is a Summary that concurrent stages add to, and the rows the

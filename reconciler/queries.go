@@ -1,6 +1,9 @@
 package reconciler
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // queries are the statements of one table, built once from quoted
 // identifiers; nothing from configuration is spliced in unquoted.
@@ -9,6 +12,7 @@ type queries struct {
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
+	indexValid, derivedOwners, locations, keyRange                                                              string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -206,6 +210,13 @@ func buildQueries(t Table, types columnTypes) queries {
 			LIMIT $3`),
 
 		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
+		indexValid:   `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
+
+		derivedOwners: derivedOwners(t, r),
+		locations:     locations(t, r),
+		// The lowest and highest keys in byte order: the folder they share
+		// is the table's by default.
+		keyRange: r.Replace(`SELECT coalesce(min({KEY}::text COLLATE "C"), ''), coalesce(max({KEY}::text COLLATE "C"), '') FROM {T} WHERE {KEY} > ''`),
 
 		// The latest deleted_at that is due now, by the database's clock
 		// ($1 retention in microseconds); clock adds the time now.
@@ -307,4 +318,22 @@ const lockIdleTimeout = "30s"
 // that have it (PostgreSQL 14 and later).
 func idleSessionTimeout(value string) string {
 	return `CASE WHEN current_setting('server_version_num')::int >= 140000 THEN set_config('idle_session_timeout', ` + literal(value) + `, false) END`
+}
+
+// derivedOwners asks which of some files a row names as its own file ($1,
+// through the key index), and which candidate locations of each derived
+// pattern some row maps to ($2, $3...: one array per pattern, through the
+// pattern's index); rows come back as (-1, key) and (pattern, location).
+// Nothing without patterns.
+func derivedOwners(t Table, r *strings.Replacer) string {
+	if len(t.Derived) == 0 {
+		return ""
+	}
+	branches := []string{r.Replace(`SELECT -1, {KEY}::text FROM {T} WHERE {KEY} = ANY($1::text[])`)}
+	for i, p := range t.Derived {
+		loc := p.SQL(quote(t.Key)) + ` COLLATE "C"`
+		branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE %s = ANY($%d::text[])`,
+			i, loc, t.qualified(), loc, i+2))
+	}
+	return strings.Join(branches, "\nUNION ALL\n")
 }

@@ -28,8 +28,8 @@ type DB interface {
 	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
 }
 
-// Store is where the files are. Each method answers once per key, in
-// order. Check refuses keys that must not be touched (they could reach
+// Store is where the files are. Check, Stat and Remove answer once per
+// key, in order. Check refuses keys that must not be touched (they could reach
 // outside the storage root or name another row's file through a link);
 // Stat tells whether files exist; Remove removes files, telling a file
 // removed from one that was missing, and keeps a file modified after its
@@ -38,6 +38,9 @@ type Store interface {
 	Check(ctx context.Context, keys []string) []error
 	Stat(ctx context.Context, keys []string) []storage.FileInfo
 	Remove(ctx context.Context, removals []storage.Removal) []storage.Result
+	// List lists files under a prefix, in byte order: the derived files of
+	// a purged row.
+	List(ctx context.Context, opts storage.ListOptions, fn func(storage.Object) error) error
 }
 
 // Index is the local store of soft-deleted rows; *index.Index has it.

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/reconcile/reconcile/internal/derived"
 )
 
 // Table names the attachment table and the columns reconcile reads.
@@ -23,6 +25,16 @@ type Table struct {
 	// TimeZone is the zone of a deleted_at without time zone (Django's
 	// TIME_ZONE); empty: the database session's.
 	TimeZone string
+	// Derived name the files derived from each row's file (thumbnails).
+	Derived []derived.Pattern
+}
+
+// derivedIndexName names the index of a derived pattern's locations: the
+// pattern's hash tells a changed pattern's index from the old one's.
+func derivedIndexName(table string, p derived.Pattern) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(p.String()))
+	return objectName(table, fmt.Sprintf("derived_%08x_idx", h.Sum32()))
 }
 
 // objectName names what reconcile creates for a table, within Postgres's 63

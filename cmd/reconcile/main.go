@@ -208,6 +208,7 @@ privileges reconcile needs, for a superuser to apply after migrate.`,
 	}
 	statusCmd.Flags().StringVar(&statusFormat, "format", "text", "output format: text or json")
 	root.AddCommand(statusCmd)
+	root.AddCommand(newOrphansCommand(&opts.configPath, stdout, stderr))
 	return root
 }
 

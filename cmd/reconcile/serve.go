@@ -70,7 +70,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	} else {
 		log.Info("http.listen is empty: serving no /metrics, /healthz, /readyz")
 	}
-	if err := r.CheckOutbox(ctx); err != nil {
+	if err := r.CheckSetup(ctx); err != nil {
 		return err
 	}
 	if err := r.CheckCommitWaits(ctx); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/derived"
 	"github.com/reconcile/reconcile/internal/metrics"
 	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/reconciler"
@@ -33,7 +34,21 @@ func table(cfg *config.Config) reconciler.Table {
 		Schema: cfg.Table.Schema, Name: cfg.Table.Name,
 		ID: c.ID, Key: c.Key, OriginalFilename: c.OriginalFilename, IsActive: c.IsActive, DeletedAt: c.DeletedAt,
 		TimeZone: cfg.Table.TimeZone,
+		Derived:  patterns(cfg.Table.Derived),
 	}
+}
+
+// patterns parses table.derived, which config has checked.
+func patterns(texts []string) []derived.Pattern {
+	var out []derived.Pattern
+	for _, text := range texts {
+		p, err := derived.Parse(text)
+		if err != nil {
+			panic(fmt.Sprintf("table.derived %q passed validation: %v", text, err))
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func reconcilerConfig(cfg *config.Config) reconciler.Config {
@@ -280,7 +295,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 			log.Warn("metrics not refreshed", "error", err)
 		}
 	}()
-	if err := r.CheckOutbox(ctx); err != nil {
+	if err := r.CheckSetup(ctx); err != nil {
 		return err
 	}
 	conn, err := pool.Acquire(ctx)

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/reconciler"
+)
+
+// orphanOptions are the flags of `reconcile orphans`.
+type orphanOptions struct {
+	dryRun     bool
+	format     string
+	output     string
+	startAfter string
+}
+
+func newOrphansCommand(configPath *string, stdout, stderr io.Writer) *cobra.Command {
+	var opts orphanOptions
+	cmd := &cobra.Command{
+		Use:   "orphans [--dry-run] [--format text|json|csv] [--output FILE] [--start-after KEY]",
+		Short: "List, and without --dry-run remove, files under the table's prefixes that no row owns",
+		Long: `orphans walks the storage under the folders the table owns (table.prefixes;
+by default the folder its keys share and the derived patterns' folders under
+it) beside the keys and derived locations of every row, read in the same
+order from the database. A file that no row owns and that is older than
+orphans.grace is an orphan: a failed upload, a row deleted outright. Each is
+checked against the database again just before it is removed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := reconciler.NewOrphanWriter(opts.format, io.Discard, io.Discard, true); err != nil {
+				return usageError{fmt.Errorf("--format: %w", err)}
+			}
+			cfg, err := loadConfig(cmd, *configPath)
+			if err != nil {
+				return err
+			}
+			log := newLogger(cfg, stderr)
+			err = orphans(cmd.Context(), cfg, opts, log, stdout, stderr)
+			logAbort(cmd.Context(), log, "orphan scan", &err)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&opts.dryRun, "dry-run", false, "remove nothing: report the orphans")
+	f.StringVar(&opts.format, "format", "text", "report format: text, json or csv")
+	f.StringVarP(&opts.output, "output", "o", "", "write the report to this file instead of standard output")
+	f.StringVar(&opts.startAfter, "start-after", "", "resume an interrupted scan after this key (the scan prints it when cut short)")
+	return cmd
+}
+
+func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *slog.Logger, stdout, stderr io.Writer) error {
+	mode := forPurge
+	if opts.dryRun {
+		mode = forAudit
+	}
+	pool, st, closeAll, err := openBoth(ctx, cfg, mode)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
+	if err != nil {
+		return err
+	}
+	if err := r.CheckSetup(ctx); err != nil {
+		return err
+	}
+	out := stdout
+	if opts.output != "" {
+		f, err := os.Create(opts.output)
+		if err != nil {
+			return usageError{fmt.Errorf("--output: %w", err)}
+		}
+		defer f.Close()
+		out = f
+	}
+	w, err := reconciler.NewOrphanWriter(opts.format, out, stderr, opts.dryRun)
+	if err != nil {
+		return err
+	}
+	totals, scanErr := r.ScanOrphans(ctx, reconciler.OrphanOptions{
+		Prefixes:   cfg.Table.Prefixes,
+		Grace:      cfg.Orphans.Grace,
+		DryRun:     opts.dryRun,
+		StartAfter: opts.startAfter,
+		MaxDeletes: cfg.Safety.MaxDeletes,
+	}, w.File)
+	if err := w.Close(totals); err != nil {
+		return fmt.Errorf("write report: %w", errors.Join(scanErr, err))
+	}
+	if f, ok := out.(*os.File); ok && opts.output != "" {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("write report: %w", err)
+		}
+	}
+	if scanErr != nil {
+		return scanErr
+	}
+	log.Info("[CLEANUP] Orphan scan complete", "listed", totals.Listed, "orphans", totals.Orphans, "bytes", totals.Bytes, "removed", totals.Removed, "failed", totals.Failed)
+	if totals.Failed > 0 {
+		return errSomeFailed
+	}
+	return nil
+}

@@ -1,0 +1,423 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/reconcile/reconcile/internal/storage"
+)
+
+// OrphanOptions say what an orphan scan covers and does.
+type OrphanOptions struct {
+	// Prefixes are the folders the table owns (table.prefixes); none: the
+	// folder its keys share and the derived patterns' folders under it.
+	// "/" is the whole root, said on purpose.
+	Prefixes []string
+	// Grace is how old a file must be to be an orphan.
+	Grace time.Duration
+	// DryRun lists and removes nothing.
+	DryRun bool
+	// StartAfter resumes an interrupted scan after this key.
+	StartAfter string
+	// Skip is a prefix never scanned: the trash.
+	Skip string
+	// MaxDeletes bounds the files removed (safety.max_deletes); past it the
+	// scan goes on as a dry run. 0: no bound.
+	MaxDeletes int
+	// Now is the clock the files' ages are measured with.
+	Now func() time.Time
+}
+
+// Orphan is a file under the table's prefixes that no row owns.
+type Orphan struct {
+	Key     string    `json:"storage_key"`
+	Reason  string    `json:"reason"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"modified_at"`
+	Age     string    `json:"age"`
+	// Action is what became of it: "would remove" (dry run), "removed",
+	// "missing" (gone meanwhile), "kept: ..." with why, or "failed: ...".
+	Action string `json:"action"`
+}
+
+// OrphanTotals sum up a scan.
+type OrphanTotals struct {
+	Prefixes    []string `json:"prefixes"`
+	Listed      int      `json:"files_listed"`
+	Orphans     int      `json:"orphans"`
+	Bytes       int64    `json:"orphan_bytes"`
+	Removed     int      `json:"removed"`
+	Young       int      `json:"younger_than_grace"`
+	Kept        int      `json:"kept"`
+	Failed      int      `json:"failed"`
+	Refused     int      `json:"refused"`
+	// BudgetReached: safety.max_deletes stopped the removals; the rest
+	// was only listed.
+	BudgetReached bool `json:"max_deletes_reached,omitempty"`
+	LastHandled string   `json:"last_handled,omitempty"`
+}
+
+// ErrOrphanScanStopped wraps the error that cut a scan short; the message
+// says how to resume.
+var ErrOrphanScanStopped = errors.New("orphan scan stopped")
+
+// orphanBatch is how many candidates are judged together: one stat of
+// local files, one query to the database, one removal.
+const orphanBatch = 500
+
+// Reasons a file is an orphan.
+const (
+	ReasonNoRow   = "no row names it"
+	ReasonDerived = "derived from a missing source"
+)
+
+// ScanOrphans lists the files under the table's prefixes, in byte order,
+// beside the locations its rows own, read in the same order from the
+// database: a file that no row names, and that no derived location of a
+// row owns, is an orphan once it is older than the grace period. Each is
+// checked against the database again just before its removal. Memory
+// stays flat: neither side is held whole.
+func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report func(Orphan) error) (OrphanTotals, error) {
+	var totals OrphanTotals
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	prefixes, err := r.orphanPrefixes(ctx, opts.Prefixes)
+	if err != nil {
+		return totals, err
+	}
+	totals.Prefixes = prefixes
+	if !opts.DryRun {
+		if err := r.ensureFiles(ctx); err != nil {
+			return totals, err
+		}
+	}
+	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived))}
+	for i, p := range r.table.Derived {
+		s.derivedRe[i] = p.Regexp()
+	}
+	for _, prefix := range prefixes {
+		if opts.StartAfter != "" && opts.StartAfter > prefix && !strings.HasPrefix(opts.StartAfter, prefix) {
+			continue // wholly before the resume point
+		}
+		if err := s.scan(ctx, prefix); err != nil {
+			if totals.LastHandled != "" {
+				return totals, fmt.Errorf("%w: %w; resume with --start-after %q", ErrOrphanScanStopped, err, totals.LastHandled)
+			}
+			return totals, fmt.Errorf("%w: %w", ErrOrphanScanStopped, err)
+		}
+	}
+	return totals, nil
+}
+
+// orphanPrefixes are the configured prefixes, or the default ones, sorted,
+// without one inside another.
+func (r *Reconciler) orphanPrefixes(ctx context.Context, configured []string) ([]string, error) {
+	var prefixes []string
+	for _, p := range configured {
+		if p == "/" {
+			p = ""
+		} else if !strings.HasSuffix(p, "/") {
+			p += "/"
+		}
+		prefixes = append(prefixes, p)
+	}
+	if len(configured) == 0 {
+		base, err := r.uploadFolder(ctx)
+		if err != nil {
+			return nil, err
+		}
+		prefixes = append(prefixes, base)
+		for _, p := range r.table.Derived {
+			prefix := p.Prefix(base)
+			if prefix == "" {
+				return nil, fmt.Errorf("table.derived %q may put files anywhere in the storage: set table.prefixes to the folders the table owns (\"/\" for the whole root): %w", p, ErrSetup)
+			}
+			prefixes = append(prefixes, prefix)
+		}
+	}
+	slices.Sort(prefixes)
+	var out []string
+	for _, p := range prefixes {
+		if len(out) == 0 || !strings.HasPrefix(p, out[len(out)-1]) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// uploadFolder is the folder the table's keys share, up to the first
+// element of digits (Django's upload_to "forum/attachments/%Y/%m/%d/"
+// gives "forum/attachments/"). The whole root is never taken by default.
+func (r *Reconciler) uploadFolder(ctx context.Context) (string, error) {
+	var lo, hi string
+	if err := r.db.QueryRow(ctx, r.sql.keyRange).Scan(&lo, &hi); err != nil {
+		return "", fmt.Errorf("read the range of the table's keys: %w", err)
+	}
+	shared := ""
+	for _, elem := range strings.Split(commonPrefix(lo, hi), "/") {
+		if !strings.HasPrefix(hi[len(shared):], elem+"/") || strings.Trim(elem, "0123456789") == "" {
+			break
+		}
+		shared += elem + "/"
+	}
+	if shared == "" {
+		return "", fmt.Errorf("the keys of %s share no folder (from %q to %q): set table.prefixes to the folders the table owns (\"/\" for the whole root): %w",
+			r.table.qualified(), lo, hi, ErrSetup)
+	}
+	return shared, nil
+}
+
+// orphanScan is the state of one scan.
+type orphanScan struct {
+	r         *Reconciler
+	opts      OrphanOptions
+	report    func(Orphan) error
+	totals    *OrphanTotals
+	derivedRe []*regexp.Regexp
+	pending   []storage.Object // unowned files awaiting judgement
+	listed    string           // the last key listed
+}
+
+// owner is a location of a row, open while the listing is inside it.
+type owner struct {
+	loc     string
+	pattern int // -1: a row's own file
+}
+
+// scan merges the listing under prefix with the locations the rows own.
+func (s *orphanScan) scan(ctx context.Context, prefix string) error {
+	rows, err := s.r.db.Query(ctx, s.r.sql.locations, prefix)
+	if err != nil {
+		return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
+	}
+	defer rows.Close()
+	var (
+		next    owner
+		more    = true
+		open    []owner
+		started bool
+	)
+	advance := func() error {
+		if more = rows.Next(); more {
+			return rows.Scan(&next.loc, &next.pattern)
+		}
+		return rows.Err()
+	}
+	if err := advance(); err != nil {
+		return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
+	}
+	empty := !more
+	err = s.r.store.List(ctx, storage.ListOptions{Prefix: prefix, StartAfter: s.opts.StartAfter}, func(obj storage.Object) error {
+		if !started && empty && !s.opts.DryRun {
+			// Every file would look orphaned: a wrong prefix, database or
+			// table, more likely than a table that owns nothing there.
+			return fmt.Errorf("no row of %s owns a file under %q, yet the storage holds %q there: is it the right database, table and prefix? Nothing was removed: %w",
+				s.r.table.qualified(), prefix, obj.Key, ErrNoFiles)
+		}
+		started = true
+		s.totals.Listed++
+		s.listed = obj.Key
+		if s.opts.Skip != "" && strings.HasPrefix(obj.Key, s.opts.Skip) {
+			return nil
+		}
+		for more && next.loc <= obj.Key {
+			open = push(open, next)
+			if err := advance(); err != nil {
+				return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
+			}
+		}
+		for len(open) > 0 && !strings.HasPrefix(obj.Key, open[len(open)-1].loc) {
+			open = open[:len(open)-1]
+		}
+		if s.owned(open, obj.Key) {
+			if len(s.pending) == 0 {
+				s.totals.LastHandled = obj.Key
+			}
+			return nil
+		}
+		s.pending = append(s.pending, obj)
+		if len(s.pending) >= orphanBatch {
+			return s.judge(ctx)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return s.judge(ctx)
+}
+
+// push opens loc, closing first the open locations it is not inside of:
+// the open ones are then always prefixes of one another, and of the file
+// being looked at.
+func push(open []owner, o owner) []owner {
+	for len(open) > 0 && !strings.HasPrefix(o.loc, open[len(open)-1].loc) {
+		open = open[:len(open)-1]
+	}
+	return append(open, o)
+}
+
+// owned tells whether an open location owns key.
+func (s *orphanScan) owned(open []owner, key string) bool {
+	for _, o := range open {
+		switch {
+		case o.pattern < 0 && o.loc == key:
+			return true
+		case o.pattern >= 0 && s.r.table.Derived[o.pattern].Owns(o.loc, key):
+			return true
+		}
+	}
+	return false
+}
+
+// judge decides the pending files: too young, owned after all (the
+// database asked again), or orphans, removed unless this is a dry run.
+func (s *orphanScan) judge(ctx context.Context) error {
+	if len(s.pending) == 0 {
+		return nil
+	}
+	batch := s.pending
+	s.pending = nil
+	// A local listing carries no times: look at the candidates only.
+	var keys []string
+	for _, obj := range batch {
+		if obj.Refused == nil && obj.ModTime.IsZero() {
+			keys = append(keys, obj.Key)
+		}
+	}
+	if len(keys) > 0 {
+		infos := s.r.store.Stat(ctx, keys)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		byKey := make(map[string]storage.FileInfo, len(keys))
+		for i, k := range keys {
+			byKey[k] = infos[i]
+		}
+		for i, obj := range batch {
+			if info, ok := byKey[obj.Key]; ok {
+				batch[i].ModTime, batch[i].Size = info.ModTime, info.Size
+				if info.Err != nil {
+					batch[i].Refused = info.Err
+				} else if !info.Exists {
+					batch[i].Refused = errGone
+				}
+			}
+		}
+	}
+	now := s.opts.Now()
+	var (
+		old      []Orphan
+		oldKeys  []string
+		removals []storage.Removal
+	)
+	for _, obj := range batch {
+		o := Orphan{Key: obj.Key, Reason: s.reason(obj.Key), Size: obj.Size, ModTime: obj.ModTime}
+		switch {
+		case errors.Is(obj.Refused, errGone):
+			continue
+		case obj.Refused != nil:
+			s.totals.Refused++
+			o.Action = "kept: " + obj.Refused.Error()
+			if err := s.report(o); err != nil {
+				return err
+			}
+			continue
+		case now.Sub(obj.ModTime) < s.opts.Grace:
+			s.totals.Young++
+			continue
+		}
+		o.Age = now.Sub(obj.ModTime).Round(time.Second).String()
+		old = append(old, o)
+		oldKeys = append(oldKeys, o.Key)
+	}
+	// Asked again just before the removal: a row committed since the
+	// listing owns its file.
+	owned, err := s.r.ownedFiles(ctx, oldKeys)
+	if err != nil {
+		return err
+	}
+	var orphans []Orphan
+	for _, o := range old {
+		if owned[o.Key] {
+			continue
+		}
+		orphans = append(orphans, o)
+		removals = append(removals, storage.Removal{Key: o.Key, QueuedAt: now})
+	}
+	remove := !s.opts.DryRun
+	if left := s.opts.MaxDeletes - s.totals.Removed; remove && s.opts.MaxDeletes > 0 && len(removals) > left {
+		for i := left; i < len(orphans); i++ {
+			orphans[i].Action = "would remove (safety.max_deletes reached)"
+		}
+		removals = removals[:left]
+		s.opts.DryRun, s.totals.BudgetReached = true, true
+	}
+	if remove && len(removals) > 0 {
+		for i, res := range s.r.store.Remove(ctx, removals) {
+			o := &orphans[i]
+			switch {
+			case res.Err != nil:
+				s.totals.Failed++
+				o.Action = "failed: " + res.Err.Error()
+			case res.Outcome == storage.Removed:
+				s.totals.Removed++
+				o.Action = "removed"
+			case res.Outcome == storage.Missing:
+				o.Action = "missing"
+			default:
+				s.totals.Kept++
+				o.Action = "kept: written again since it was listed"
+			}
+		}
+	}
+	for _, o := range orphans {
+		if o.Action == "" {
+			o.Action = "would remove"
+		}
+		if o.Action != "missing" {
+			s.totals.Orphans++
+			s.totals.Bytes += o.Size
+		}
+		if err := s.report(o); err != nil {
+			return err
+		}
+	}
+	s.totals.LastHandled = s.listed
+	return ctx.Err()
+}
+
+// errGone marks a candidate found gone when looked at: nothing to do.
+var errGone = errors.New("gone")
+
+// reason says why a file is an orphan: derived, when a derived pattern
+// could have named it.
+func (s *orphanScan) reason(key string) string {
+	for i, re := range s.derivedRe {
+		if re.MatchString(key) {
+			return ReasonDerived + " (" + s.r.table.Derived[i].String() + ")"
+		}
+	}
+	return ReasonNoRow
+}
+
+// locations reads the locations the rows own around a prefix ($1), in byte
+// order: each row's key, and each derived pattern's location for it.
+func locations(t Table, r *strings.Replacer) string {
+	branches := []string{r.Replace(`SELECT {KEY}::text COLLATE "C" AS loc, -1 AS pattern FROM {T} WHERE {KEY} > ''`)}
+	for i, p := range t.Derived {
+		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE %s > ''`,
+			p.SQL(quote(t.Key)), i, t.qualified(), quote(t.Key)))
+	}
+	// Under the prefix, or a folder above it that a derived location owns
+	// whole.
+	return `SELECT loc, pattern FROM (` + strings.Join(branches, " UNION ALL ") + `) l
+		WHERE left(loc, length($1)) = $1 OR left($1, length(loc)) = loc
+		ORDER BY loc`
+}

@@ -1,0 +1,166 @@
+package reconciler_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/reconcile/reconcile/reconciler"
+)
+
+// scan runs an orphan scan and returns the report's files by key.
+func (b *bundle) scan(opts reconciler.OrphanOptions) (map[string]reconciler.Orphan, reconciler.OrphanTotals, error) {
+	b.t.Helper()
+	if opts.Grace == 0 {
+		opts.Grace = time.Hour
+	}
+	files := map[string]reconciler.Orphan{}
+	totals, err := b.r.ScanOrphans(b.ctx, opts, func(o reconciler.Orphan) error {
+		files[o.Key] = o
+		return nil
+	})
+	return files, totals, err
+}
+
+func TestOrphanScanRemovesOnlyFilesNoRowOwns(t *testing.T) {
+	b := setup(t)
+	b.withDerived("imagekit")
+	const day = "forum/attachments/2025/10/04/"
+	b.seed(row{key: day + "live.jpg", active: true}, due(day+"soft.jpg"), row{key: "forum/attachments/2024/01/01/old.png", active: true})
+	owned := append([]string{day + "live.jpg", day + "soft.jpg", "forum/attachments/2024/01/01/old.png"},
+		imagekitFiles(day+"live.jpg", specs...)...)
+	owned = append(owned, imagekitFiles(day+"soft.jpg", "thumbnail")...)
+	orphans := append([]string{day + "failed-upload.jpg", "forum/attachments/2023/x/gone.pdf"},
+		imagekitFiles(day+"deleted-outright.jpg", specs...)...)
+	outside := []string{"other-app/file.jpg", "CACHE/images/other-app/x/0123.jpg", "forum/README"}
+	for _, f := range slices.Concat(owned, orphans, outside) {
+		b.writeFile(f)
+	}
+	// A fresh upload whose row has yet to commit.
+	young := day + "uploading.jpg"
+	if err := os.WriteFile(filepath.Join(b.root, young), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A link inside the prefix, to a file outside it: never followed or
+	// removed.
+	b.writeFile("secret/target.jpg")
+	if err := os.Symlink(filepath.Join(b.root, "secret/target.jpg"), filepath.Join(b.root, day+"link.jpg")); err != nil {
+		t.Fatal(err)
+	}
+
+	report, totals, err := b.scan(reconciler.OrphanOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"CACHE/images/forum/attachments/", "forum/attachments/"}
+	if !slices.Equal(totals.Prefixes, want) {
+		t.Errorf("default prefixes %q, want %q", totals.Prefixes, want)
+	}
+	for _, f := range orphans {
+		if o, ok := report[f]; !ok || o.Action != "would remove" {
+			t.Errorf("orphan %s reported as %+v", f, o)
+		}
+	}
+	if o := report[imagekitFiles(day+"deleted-outright.jpg", "large")[0]]; !strings.HasPrefix(o.Reason, reconciler.ReasonDerived) {
+		t.Errorf("derived orphan's reason %q", o.Reason)
+	}
+	if o := report[day+"failed-upload.jpg"]; o.Reason != reconciler.ReasonNoRow || o.Size == 0 {
+		t.Errorf("orphan upload reported as %+v", o)
+	}
+	if o := report[day+"link.jpg"]; !strings.HasPrefix(o.Action, "kept: ") {
+		t.Errorf("link reported as %+v, want kept", o)
+	}
+	for _, f := range slices.Concat(owned, outside, []string{young}) {
+		if o, ok := report[f]; ok {
+			t.Errorf("%s reported: %+v", f, o)
+		}
+	}
+	if totals.Orphans != len(orphans) || totals.Young != 1 || totals.Removed != 0 {
+		t.Errorf("dry-run totals %+v", totals)
+	}
+	for _, f := range orphans {
+		if !b.fileExists(f) {
+			t.Fatalf("dry run removed %s", f)
+		}
+	}
+
+	report, totals, err = b.scan(reconciler.OrphanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if totals.Removed != len(orphans) {
+		t.Errorf("removed %d, want %d: %+v", totals.Removed, len(orphans), report)
+	}
+	for _, f := range orphans {
+		if b.fileExists(f) {
+			t.Errorf("orphan %s left", f)
+		}
+	}
+	for _, f := range slices.Concat(owned, outside, []string{young, "secret/target.jpg", day + "link.jpg"}) {
+		if !b.fileExists(f) {
+			t.Errorf("%s removed", f)
+		}
+	}
+}
+
+func TestOrphanScanAsksTheDatabaseAgainBeforeRemoving(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true})
+	b.writeFile("up/b-committing.jpg")
+	b.writeFile("up/c-orphan.jpg")
+	b.writeFile("elsewhere/x.jpg")
+	if err := os.Symlink(filepath.Join(b.root, "elsewhere/x.jpg"), filepath.Join(b.root, "up/a-link.jpg")); err != nil {
+		t.Fatal(err)
+	}
+	committed := false
+	totals, err := b.r.ScanOrphans(b.ctx, reconciler.OrphanOptions{Grace: time.Hour}, func(o reconciler.Orphan) error {
+		// The link is reported while its batch is judged, before the
+		// database is asked again: a row now commits for b.
+		if o.Key == "up/a-link.jpg" && !committed {
+			committed = true
+			b.seed(row{key: "up/b-committing.jpg", active: true, noFile: true})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !committed || !b.fileExists("up/b-committing.jpg") || b.fileExists("up/c-orphan.jpg") || totals.Removed != 1 {
+		t.Errorf("committed %v, totals %+v: the file of the row committed during the scan must stay, the orphan go", committed, totals)
+	}
+}
+
+func TestOrphanScanRefusesWhenNoRowOwnsAnythingThere(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true, noFile: true})
+	b.writeFile("media/a.jpg")
+	_, _, err := b.scan(reconciler.OrphanOptions{Prefixes: []string{"media/"}})
+	if !errors.Is(err, reconciler.ErrNoFiles) || !b.fileExists("media/a.jpg") {
+		t.Fatalf("scan of a prefix no row owns anything under: %v; want ErrNoFiles and nothing removed", err)
+	}
+	// Keys that share no folder: no default prefix.
+	b.seed(row{key: "top.jpg", active: true, noFile: true})
+	if _, _, err := b.scan(reconciler.OrphanOptions{}); !errors.Is(err, reconciler.ErrSetup) {
+		t.Fatalf("scan without a folder the keys share: %v, want ErrSetup", err)
+	}
+}
+
+func TestOrphanScanHonoursTheBudgetAndResumes(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true})
+	for _, f := range []string{"up/1.jpg", "up/2.jpg", "up/3.jpg", "up/4.jpg"} {
+		b.writeFile(f)
+	}
+	_, totals, err := b.scan(reconciler.OrphanOptions{MaxDeletes: 2})
+	if err != nil || totals.Removed != 2 || !totals.BudgetReached || !b.fileExists("up/3.jpg") {
+		t.Fatalf("budget of 2: %+v, %v", totals, err)
+	}
+	report, _, err := b.scan(reconciler.OrphanOptions{StartAfter: "up/3.jpg"})
+	if err != nil || len(report) != 1 || b.fileExists("up/4.jpg") || !b.fileExists("up/3.jpg") {
+		t.Fatalf("resumed after up/3.jpg: %v, %v", report, err)
+	}
+}

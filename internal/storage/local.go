@@ -82,8 +82,8 @@ func (l *Local) Check(ctx context.Context, keys []string) []error {
 	return errs
 }
 
-// Stat tells, for each key, whether its file exists and when it was last
-// modified. A key refused by Check gets its error.
+// Stat tells, for each key, whether its file exists, when it was last
+// modified and its size. A key refused by Check gets its error.
 func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 	dirs := l.folders()
 	defer dirs.close()
@@ -104,7 +104,7 @@ func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 		case err != nil:
 			infos[i].Err = err
 		case f.found:
-			infos[i] = FileInfo{Exists: true, ModTime: f.modTime()}
+			infos[i] = FileInfo{Exists: true, ModTime: f.modTime(), Size: f.st.Size}
 		}
 	}
 	return infos

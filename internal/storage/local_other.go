@@ -47,5 +47,13 @@ func (*Local) Remove(_ context.Context, removals []Removal) []Result {
 	return results
 }
 
+// List fails.
+func (*Local) List(context.Context, ListOptions, func(Object) error) error {
+	return errNeedsLinux
+}
+
+// CheckList fails.
+func (*Local) CheckList(context.Context, string) error { return errNeedsLinux }
+
 // Close does nothing.
 func (*Local) Close() error { return nil }

@@ -61,5 +61,6 @@ type Result struct {
 type FileInfo struct {
 	Exists  bool
 	ModTime time.Time
+	Size    int64 // bytes
 	Err     error
 }

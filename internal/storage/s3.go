@@ -128,10 +128,10 @@ func (s *S3) Check(_ context.Context, keys []string) []error {
 	return errs
 }
 
-// Stat tells, for each key, whether its object exists and when it was last
-// modified, from listings of the keys' folders (see lookup), not a request
-// per object. Once ctx is done, the remaining valid keys fail with its
-// error.
+// Stat tells, for each key, whether its object exists, when it was last
+// modified and its size, from listings of the keys' folders (see lookup),
+// not a request per object. Once ctx is done, the remaining valid keys fail
+// with its error.
 func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
 	infos := make([]FileInfo, len(keys))
 	at, names := make(map[string][]int, len(keys)), make([]string, 0, len(keys))
@@ -152,8 +152,8 @@ func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
 			for _, i := range at[name] {
 				if err := failed[name]; err != nil {
 					infos[i].Err = s.redact(fmt.Errorf("stat %q: %w", keys[i], err))
-				} else if t, ok := found[name]; ok {
-					infos[i] = FileInfo{Exists: true, ModTime: t}
+				} else if st, ok := found[name]; ok {
+					infos[i] = FileInfo{Exists: true, ModTime: st.modTime, Size: st.size}
 				}
 			}
 		}
@@ -208,7 +208,8 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 	deleter := make(map[string]int)
 	var doomed []string
 	for _, name := range names {
-		modTime, exists := found[name]
+		st, exists := found[name]
+		modTime := st.modTime
 		for _, i := range at[name] {
 			switch {
 			case failed[name] != nil:
@@ -268,8 +269,14 @@ const (
 // time: without it a rewritten object cannot be told apart.
 var errNoModTime = errors.New("the listing gave no LastModified")
 
-// lookup returns the modification time of each of names (distinct object
-// names) that exists, and the error of each name it could not look up.
+// objectStat is what a listing tells of an object.
+type objectStat struct {
+	modTime time.Time
+	size    int64
+}
+
+// lookup returns the modification time and size of each of names (distinct
+// object names) that exists, and the error of each name it could not look up.
 //
 // It lists ranges of names rather than asking for each object. A listing
 // starts just before the first name not yet looked up and reads one page
@@ -281,8 +288,8 @@ var errNoModTime = errors.New("the listing gave no LastModified")
 // leaves are cut into maxListings runs, listed concurrently, since latency
 // is what costs on S3. Only a name that a listing may not give back as it
 // is (see listable) is asked for alone.
-func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.Time, failed map[string]error) {
-	found = make(map[string]time.Time, len(names))
+func (s *S3) lookup(ctx context.Context, names []string) (found map[string]objectStat, failed map[string]error) {
+	found = make(map[string]objectStat, len(names))
 	failed = make(map[string]error)
 	if len(names) == 0 {
 		return found, failed
@@ -306,26 +313,26 @@ func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.
 		mu sync.Mutex
 		g  errgroup.Group
 	)
-	record := func(run []string, times map[string]time.Time, err error) {
+	record := func(run []string, stats map[string]objectStat, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, name := range run {
-			t, ok := times[name]
+			st, ok := stats[name]
 			switch {
 			case err != nil:
 				failed[name] = err
-			case ok && t.IsZero():
+			case ok && st.modTime.IsZero():
 				failed[name] = errNoModTime
 			case ok:
-				found[name] = t
+				found[name] = st
 			}
 		}
 	}
 	g.SetLimit(maxListings)
 	for _, name := range alone {
 		g.Go(func() error {
-			times, err := s.statObject(ctx, name)
-			record([]string{name}, times, err)
+			stats, err := s.statObject(ctx, name)
+			record([]string{name}, stats, err)
 			return nil
 		})
 	}
@@ -333,19 +340,19 @@ func (s *S3) lookup(ctx context.Context, names []string) (found map[string]time.
 		// The first page, of twice as many objects as names, tells how
 		// many objects lie between the names; the runs' pages are sized
 		// by it.
-		times := make(map[string]time.Time)
-		n, seen, err := s.listFrom(ctx, listed, times, pageFor(len(listed), 2))
+		stats := make(map[string]objectStat)
+		n, seen, err := s.listFrom(ctx, listed, stats, pageFor(len(listed), 2))
 		if err != nil {
 			n = len(listed)
 		}
-		record(listed[:n], times, err)
+		record(listed[:n], stats, err)
 		if rest := listed[n:]; len(rest) > 0 {
 			perName := float64(seen) / float64(n)
 			per := (len(rest) + maxListings - 1) / maxListings
 			for run := range slices.Chunk(rest, per) {
 				g.Go(func() error {
-					times, err := s.listRun(ctx, run, pageFor(len(run), perName))
-					record(run, times, err)
+					stats, err := s.listRun(ctx, run, pageFor(len(run), perName))
+					record(run, stats, err)
 					return nil
 				})
 			}
@@ -380,8 +387,8 @@ func validXMLChar(r rune) bool {
 }
 
 // statObject asks for one object (HEAD) and returns its modification time
-// if it exists.
-func (s *S3) statObject(ctx context.Context, name string) (map[string]time.Time, error) {
+// and size if it exists.
+func (s *S3) statObject(ctx context.Context, name string) (map[string]objectStat, error) {
 	info, err := s.client.StatObject(ctx, s.bucket, name, minio.StatObjectOptions{})
 	switch {
 	case minio.ToErrorResponse(err).Code == minio.NoSuchKey:
@@ -389,7 +396,7 @@ func (s *S3) statObject(ctx context.Context, name string) (map[string]time.Time,
 	case err != nil:
 		return nil, fmt.Errorf("stat object %q in bucket %q: %w", name, s.bucket, err)
 	}
-	return map[string]time.Time{name: info.LastModified}, nil
+	return map[string]objectStat{name: {modTime: info.LastModified, size: info.Size}}, nil
 }
 
 // pageFor sizes a listing meant to serve names names, where perName
@@ -399,26 +406,26 @@ func pageFor(names int, perName float64) int {
 }
 
 // listRun looks up run (sorted, listable names) with pages of page objects
-// and returns the modification time of those found.
-func (s *S3) listRun(ctx context.Context, run []string, page int) (map[string]time.Time, error) {
-	times := make(map[string]time.Time, len(run))
+// and returns the modification time and size of those found.
+func (s *S3) listRun(ctx context.Context, run []string, page int) (map[string]objectStat, error) {
+	stats := make(map[string]objectStat, len(run))
 	for i := 0; i < len(run); {
-		next, _, err := s.listFrom(ctx, run[i:], times, page)
+		next, _, err := s.listFrom(ctx, run[i:], stats, page)
 		if err != nil {
 			return nil, err
 		}
 		i += next
 	}
-	return times, nil
+	return stats, nil
 }
 
 // listFrom reads one page of at most page objects from just before
-// names[0], records the times of the names it finds, and returns how many
-// of names are decided (at least one: found, or missing) and how many
-// objects it read. Names up to the last object listed are decided; a
+// names[0], records the modification times and sizes of the names it finds,
+// and returns how many of names are decided (at least one: found, or
+// missing) and how many objects it read. Names up to the last object listed are decided; a
 // listing that ends before its page is full has seen every object there is
 // up to the end of names.
-func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time.Time, page int) (decided, seen int, err error) {
+func (s *S3) listFrom(ctx context.Context, names []string, stats map[string]objectStat, page int) (decided, seen int, err error) {
 	lo, hi := names[0], names[len(names)-1]
 	// StartAfter is exclusive: start after lo without its last rune, which
 	// sorts just before lo and is still valid UTF-8.
@@ -436,7 +443,7 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 	last := ""
 	for obj := range s.client.ListObjectsIter(ctx, s.bucket, opts) {
 		if obj.Err != nil {
-			return 0, 0, s.listError(opts.Prefix, obj.Err)
+			return 0, 0, s.listError(opts.Prefix, "to check files before removing them", obj.Err)
 		}
 		seen++
 		// A name that may have been mangled on the way may not be where
@@ -451,7 +458,7 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 		last = obj.Key
 		for decided < len(names) && names[decided] <= obj.Key {
 			if names[decided] == obj.Key {
-				times[obj.Key] = obj.LastModified
+				stats[obj.Key] = objectStat{modTime: obj.LastModified, size: obj.Size}
 			}
 			decided++
 		}
@@ -476,11 +483,11 @@ func (s *S3) listFrom(ctx context.Context, names []string, times map[string]time
 // lists them: a name missing from it cannot be told missing.
 var errUnordered = errors.New("listing out of order")
 
-// listError explains a listing that failed.
-func (s *S3) listError(prefix string, err error) error {
+// listError explains a listing that failed; why says what the listing was for.
+func (s *S3) listError(prefix, why string, err error) error {
 	if minio.ToErrorResponse(err).Code == "AccessDenied" {
-		return fmt.Errorf("%w: s3:ListBucket permission is needed on bucket %q prefix %q to check files before removing them: %w",
-			ErrMisconfigured, s.bucket, prefix, err)
+		return fmt.Errorf("%w: s3:ListBucket permission is needed on bucket %q prefix %q %s: %w",
+			ErrMisconfigured, s.bucket, prefix, why, err)
 	}
 	return fmt.Errorf("list bucket %q prefix %q: %w", s.bucket, prefix, err)
 }

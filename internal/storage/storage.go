@@ -7,12 +7,24 @@
 //   - Check refuses the keys that must not be touched (ErrUnsafeKey for a
 //     key that could reach outside the root or prefix or passes through a
 //     symbolic link, an error for a directory); a missing file is fine.
-//   - Stat tells whether each file exists and when it was last modified.
+//   - Stat tells whether each file exists, when it was last modified and
+//     its size.
 //   - Remove removes files, each one decided just before it is removed: a
 //     file that is not there is Missing, which is not Removed; a file
 //     modified since its removal was queued (Removal.QueuedAt) is Rewritten
 //     and kept, because the application reuses a freed name for a new
 //     upload; a refused key gets an error and nothing is touched.
+//
+// List finds the files no row names (the derived files of a purged row,
+// orphans): it walks everything under a prefix in byte order of keys, the
+// order of S3 listings, so that a caller can merge it with keys sorted by
+// the database. Its memory does not grow with the number of files: Local
+// reads the folders depth first through openat2 as below, holding the
+// entries of the folders on the current path, and S3 reads ListObjectsV2
+// pages one at a time. Entries that must never be removed (symbolic links,
+// devices, folder markers, names ValidateKey refuses) come marked Refused.
+// CheckList tells, before any work depends on it, whether listing is
+// allowed.
 //
 // Keys come from the database and are untrusted. Every key is checked by
 // ValidateKey before it is used, and each backend keeps it inside its root

@@ -324,11 +324,7 @@ func idleSessionTimeout(value string) string {
 // through the key index), and which candidate locations of each derived
 // pattern some row maps to ($2, $3...: one array per pattern, through the
 // pattern's index); rows come back as (-1, key) and (pattern, location).
-// Nothing without patterns.
 func derivedOwners(t Table, r *strings.Replacer) string {
-	if len(t.Derived) == 0 {
-		return ""
-	}
 	branches := []string{r.Replace(`SELECT -1, {KEY}::text FROM {T} WHERE {KEY} = ANY($1::text[])`)}
 	for i, p := range t.Derived {
 		loc := p.SQL(quote(t.Key)) + ` COLLATE "C"`

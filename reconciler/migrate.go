@@ -105,6 +105,7 @@ func (r *Reconciler) migrationVars(schema, name string) map[string]string {
 	t := r.table
 	return map[string]string{
 		"Table":        quote(schema, name),
+		"TableLiteral": literal(quote(schema, name)),
 		"Outbox":       t.outbox(),
 		"IsActive":     quote(t.IsActive),
 		"DeletedAt":    quote(t.DeletedAt),

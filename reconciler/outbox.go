@@ -235,3 +235,58 @@ func (r *Reconciler) CheckSetup(ctx context.Context) error {
 	}
 	return r.checkDerived(ctx)
 }
+
+// GoneRow is a row deleted outright, as its DELETE showed it.
+type GoneRow struct {
+	ID, Key string
+	// SoftDeleted: it was soft-deleted at DeletedAt, as the index holds
+	// such times.
+	SoftDeleted bool
+	DeletedAt   time.Time
+	// At is when the DELETE committed.
+	At time.Time
+}
+
+// QueueGone queues the files of rows deleted outright in the outbox, to be
+// removed once grace has passed since their DELETE, with the rules of
+// every removal: a key a row uses then keeps its file (a row put back with
+// the same key), a file written after the DELETE is a new upload's. A row
+// that was soft-deleted and due was purged (by this service, or another
+// purger): its file is the outbox's already.
+func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.Duration) error {
+	cutoff, err := r.Cutoff(ctx)
+	if err != nil {
+		return err
+	}
+	var keys, ids []string
+	var ats []time.Time
+	for _, row := range rows {
+		if row.Key == "" || row.SoftDeleted && !row.DeletedAt.After(cutoff) {
+			continue
+		}
+		keys, ids, ats = append(keys, row.Key), append(ids, row.ID), append(ats, row.At)
+		r.log.InfoContext(ctx, "[CLEANUP] Queued the file of a row deleted outright: it goes after orphans.grace unless a row uses it again",
+			"id", row.ID, "storage_key", row.Key, "grace", grace.String())
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := r.db.Exec(ctx, r.sql.queueDeleted, keys, ids, ats, grace.Microseconds()); err != nil {
+		return fmt.Errorf("queue the files of rows deleted outright: %w", err)
+	}
+	return nil
+}
+
+// IdentityWarning says, when the table's DELETEs do not carry the storage
+// key (its replica identity is not FULL), that the files of rows deleted
+// outright are left to the orphan scan; "" otherwise.
+func (r *Reconciler) IdentityWarning(ctx context.Context) (string, error) {
+	var full bool
+	if err := r.db.QueryRow(ctx, `SELECT relreplident = 'f' FROM pg_class WHERE oid = $1::regclass`, r.table.qualified()).Scan(&full); err != nil {
+		return "", fmt.Errorf("read the replica identity of %s: %w", r.table.qualified(), err)
+	}
+	if full {
+		return "", nil
+	}
+	return fmt.Sprintf("the replica identity of %s is not FULL: a DELETE does not carry the storage key, so the files of rows deleted outright stay until `reconcile orphans`; `reconcile migrate` sets it", r.table.qualified()), nil
+}

@@ -12,7 +12,7 @@ type queries struct {
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
-	indexValid, derivedOwners, locations, keyRange                                                              string
+	indexValid, derivedOwners, locations, keyRange, queueDeleted                                                string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -170,7 +170,8 @@ func buildQueries(t Table, types columnTypes) queries {
 		// still in the outbox comes back with when it was queued, by the
 		// database's clock, and that clock now: a file modified since is a
 		// new upload under the same name. A key no longer in the outbox is
-		// not returned, and not removed. The SELECT sees the outbox as it
+		// not returned, and not removed, nor is one whose row was deleted
+		// outright less than orphans.grace ago (not_before). The SELECT sees the outbox as it
 		// was before the DELETE, in the same snapshot. Behind the fence, as
 		// the purge: the only row returned then has false in its first
 		// column. $1 keys, $2 the lock session's pid.
@@ -185,6 +186,7 @@ func buildQueries(t Table, types columnTypes) queries {
 			SELECT true, o.storage_key, o.enqueued_at, now(), o.storage_key IN (SELECT storage_key FROM kept)
 			FROM {OUTBOX} o
 			WHERE o.storage_key = ANY($1::text[]) AND (SELECT held FROM fence)
+			  AND (o.not_before IS NULL OR o.not_before <= now() OR o.storage_key IN (SELECT storage_key FROM kept))
 			UNION ALL
 			SELECT false, '', now(), now(), false FROM fence WHERE NOT held`),
 
@@ -206,6 +208,7 @@ func buildQueries(t Table, types columnTypes) queries {
 		outboxPage: r.Replace(`
 			SELECT storage_key FROM {OUTBOX}
 			WHERE storage_key > $1 AND ($2 OR next_attempt_at <= now())
+			  AND (not_before IS NULL OR not_before <= now())
 			ORDER BY storage_key
 			LIMIT $3`),
 
@@ -213,6 +216,15 @@ func buildQueries(t Table, types columnTypes) queries {
 		indexValid:   `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
 
 		derivedOwners: derivedOwners(t, r),
+		// The keys of rows deleted outright, queued to go after the grace
+		// period ($4, in microseconds) from their DELETE's commit ($3),
+		// which is also when they count as queued: a file written after it
+		// is a new upload's. A key already queued stays as it is.
+		queueDeleted: r.Replace(`
+			INSERT INTO {OUTBOX} (storage_key, attachment_id, enqueued_at, not_before)
+			SELECT key, id, at, at + $4 * interval '1 microsecond'
+			FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(key, id, at)
+			ON CONFLICT (storage_key) DO NOTHING`),
 		locations:     locations(t, r),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.

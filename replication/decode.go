@@ -76,6 +76,22 @@ func (rel *relation) removal(old *pglogrepl.TupleData) (index.Change, error) {
 	return index.Change{Op: index.Remove, Entry: index.Entry{ID: id}}, nil
 }
 
+// deleted reads a DELETE's old image as a row deleted outright: only a
+// full image (REPLICA IDENTITY FULL) carries the key; a row without one
+// (NULL or '') had no file.
+func (rel *relation) deleted(old *pglogrepl.TupleData) (DeletedRow, bool) {
+	id, err := rel.text(old, rel.id, "id")
+	key := rel.col(old, rel.key)
+	if err != nil || key == nil || key.DataType != pglogrepl.TupleDataTypeText || len(key.Data) == 0 {
+		return DeletedRow{}, false
+	}
+	d := DeletedRow{ID: id, Key: string(key.Data)}
+	if c, err := rel.rowChange(old); err == nil && c.Op == index.Upsert {
+		d.SoftDeleted, d.DeletedAt = true, c.Entry.DeletedAt
+	}
+	return d, true
+}
+
 func (rel *relation) col(tuple *pglogrepl.TupleData, i int) *pglogrepl.TupleDataColumn {
 	if tuple == nil || i >= len(tuple.Columns) {
 		return nil

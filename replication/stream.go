@@ -61,6 +61,22 @@ type Config struct {
 	Heartbeat time.Duration
 	// Observer hears what the stream does; nil hears nothing.
 	Observer Observer
+	// Deleted hears of the rows deleted outright whose DELETE carries the
+	// key (REPLICA IDENTITY FULL), before the index records the position
+	// of their transaction: an error ends the session, which replays them.
+	// nil: nobody listens.
+	Deleted func(ctx context.Context, rows []DeletedRow) error
+}
+
+// DeletedRow is a row deleted outright, as its DELETE's old image shows it.
+type DeletedRow struct {
+	ID, Key string
+	// SoftDeleted: the row was soft-deleted, deleted at DeletedAt (as the
+	// index holds such times).
+	SoftDeleted bool
+	DeletedAt   time.Time
+	// At is when the DELETE committed.
+	At time.Time
 }
 
 // Observer hears what the stream does, for metrics. Its methods are called
@@ -573,7 +589,10 @@ type loop struct {
 	origin string
 	rels   map[uint32]*relation // per connection: cleared on reconnect
 
+	ctx       context.Context
 	pending   []index.Change // not yet in the index
+	deleted   []DeletedRow   // rows deleted outright, not yet handed to Config.Deleted
+	txAt      time.Time      // commit time of the transaction being received
 	inTx      bool
 	complete  uint64    // the end of the last whole transaction seen, or a keepalive's position between transactions
 	committed uint64    // what the index holds: the only position reported
@@ -590,6 +609,7 @@ type loop struct {
 }
 
 func (l *loop) run(ctx context.Context) error {
+	l.ctx = ctx
 	stop := context.AfterFunc(ctx, func() { _ = l.conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 	defer l.abandonRescan()
@@ -696,13 +716,21 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 		}
 		if l.skipping && len(xld.WALData) > 0 {
 			switch pglogrepl.MessageType(xld.WALData[0]) {
-			case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
+			case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate:
 				return nil // the rescan covers it
+			case pglogrepl.MessageTypeDelete:
+				if l.s.cfg.Deleted == nil {
+					return nil
+				}
 			}
 		}
 		m, err := parseMessage(xld.WALData)
 		if err != nil {
 			return fmt.Errorf("parse logical message: %w", err)
+		}
+		if d, ok := m.(*pglogrepl.DeleteMessage); ok && l.skipping {
+			// The rescan covers the index, not the files of rows gone.
+			return l.noteDeleted(d)
 		}
 		return l.apply(ctx, m)
 	}
@@ -728,7 +756,7 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 		l.rels[m.RelationID] = rel
 		return nil
 	case *pglogrepl.BeginMessage:
-		l.inTx, l.txChanges = true, 0
+		l.inTx, l.txChanges, l.txAt = true, 0, m.CommitTime
 		return nil
 	case *pglogrepl.LogicalDecodingMessage:
 		if !m.Transactional && m.Prefix == heartbeatPrefix {
@@ -773,6 +801,9 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 		if rel := l.rels[m.RelationID]; rel != nil {
 			c, err = rel.removal(m.OldTuple)
 			ok = true
+			if err == nil {
+				err = l.noteDeleted(m)
+			}
 		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
@@ -810,6 +841,39 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 	return nil
 }
 
+// noteDeleted keeps a row deleted outright for Config.Deleted, when its
+// DELETE carries its key.
+func (l *loop) noteDeleted(m *pglogrepl.DeleteMessage) error {
+	rel := l.rels[m.RelationID]
+	if rel == nil || l.s.cfg.Deleted == nil {
+		return nil
+	}
+	d, ok := rel.deleted(m.OldTuple)
+	if !ok {
+		return nil
+	}
+	d.At = l.txAt
+	l.deleted = append(l.deleted, d)
+	if len(l.deleted) >= applyChunk {
+		return l.handDeleted()
+	}
+	return nil
+}
+
+// handDeleted hands the rows deleted outright to Config.Deleted. It comes
+// before the index records any position past their transaction.
+func (l *loop) handDeleted() error {
+	if len(l.deleted) == 0 {
+		return nil
+	}
+	if err := l.s.cfg.Deleted(l.ctx, l.deleted); err != nil {
+		return fmt.Errorf("hand over rows deleted outright: %w", err)
+	}
+	clear(l.deleted)
+	l.deleted = l.deleted[:0]
+	return nil
+}
+
 // flush commits the pending changes to the index and reports the new
 // position at once, so the server can let go of their WAL.
 func (l *loop) flush() error {
@@ -826,6 +890,9 @@ func (l *loop) flush() error {
 // so after a crash it is replayed, and replaying is harmless.
 func (l *loop) commit() (bool, error) {
 	l.flushAt = time.Time{}
+	if err := l.handDeleted(); err != nil {
+		return false, err
+	}
 	if l.rescanning != nil {
 		// The changes dropped for the rescan are only covered once it is
 		// done: until then the checkpoint stays where it is.
@@ -922,6 +989,9 @@ func (l *loop) finishRescan(at uint64) error {
 				return err
 			}
 			l.rescannedAt = time.Now()
+			if err := l.handDeleted(); err != nil {
+				return err
+			}
 			if err := l.s.idx.Rescanned(l.origin, at, l.rescannedAt); err != nil {
 				return err
 			}

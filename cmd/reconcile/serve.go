@@ -76,6 +76,11 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	if err := r.CheckCommitWaits(ctx); err != nil {
 		return err
 	}
+	if w, err := r.IdentityWarning(ctx); err != nil {
+		return err
+	} else if w != "" {
+		log.Warn(w)
+	}
 	if !dryRun {
 		checkWALLimit(ctx, pool, rpc.Slot, log)
 	}
@@ -84,6 +89,19 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	go func() { defer close(watching); g.watch(watchCtx) }()
 	defer func() { stopWatch(); <-watching }()
 	rpc.Observer = streamObserver{Metrics: m, ready: ready}
+	rpc.Deleted = func(ctx context.Context, rows []replication.DeletedRow) error {
+		gone := make([]reconciler.GoneRow, len(rows))
+		for i, d := range rows {
+			gone[i] = reconciler.GoneRow{ID: d.ID, Key: d.Key, SoftDeleted: d.SoftDeleted, DeletedAt: d.DeletedAt, At: d.At}
+		}
+		if dryRun {
+			for _, g := range gone {
+				log.Info("[CLEANUP] Dry run: would queue the file of a row deleted outright", "id", g.ID, "storage_key", g.Key)
+			}
+			return nil
+		}
+		return r.QueueGone(ctx, gone, cfg.Orphans.Grace)
+	}
 	stream := replication.New(rpc, idx, func(ctx context.Context) error {
 		cutoff, err := r.Cutoff(ctx)
 		if err != nil {

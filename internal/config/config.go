@@ -660,8 +660,8 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("table.prefixes[%d]", i), "must be a folder relative to the storage root such as forum/attachments/, or \"/\" for the whole root: %v", err)
 		}
 	}
-	if c.Orphans.Grace < time.Minute {
-		bad("orphans.grace", "must be a minute or more, such as 1h: an upload whose row has yet to commit must never look orphaned, got %s", c.Orphans.Grace)
+	if c.Orphans.Grace < time.Second {
+		bad("orphans.grace", "must be a second or more, such as 1h: an upload whose row has yet to commit must never look orphaned, got %s", c.Orphans.Grace)
 	}
 	if c.BatchSize < 1 || c.BatchSize > MaxBatchSize {
 		bad("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)
@@ -696,6 +696,9 @@ func (c *Config) Warnings() []string {
 	var w []string
 	if c.Retention < shortRetention {
 		w = append(w, fmt.Sprintf("retention is %s, under a day: an attachment deleted by mistake is purged, file and row, %s after its deletion", c.Retention, c.Retention))
+	}
+	if c.Orphans.Grace < time.Minute {
+		w = append(w, fmt.Sprintf("orphans.grace is %s, under a minute: an upload whose row commits later than that, or a row put back later than that after its deletion, loses its file", c.Orphans.Grace))
 	}
 	return w
 }

@@ -47,19 +47,19 @@ type Orphan struct {
 
 // OrphanTotals sum up a scan.
 type OrphanTotals struct {
-	Prefixes    []string `json:"prefixes"`
-	Listed      int      `json:"files_listed"`
-	Orphans     int      `json:"orphans"`
-	Bytes       int64    `json:"orphan_bytes"`
-	Removed     int      `json:"removed"`
-	Young       int      `json:"younger_than_grace"`
-	Kept        int      `json:"kept"`
-	Failed      int      `json:"failed"`
-	Refused     int      `json:"refused"`
+	Prefixes []string `json:"prefixes"`
+	Listed   int      `json:"files_listed"`
+	Orphans  int      `json:"orphans"`
+	Bytes    int64    `json:"orphan_bytes"`
+	Removed  int      `json:"removed"`
+	Young    int      `json:"younger_than_grace"`
+	Kept     int      `json:"kept"`
+	Failed   int      `json:"failed"`
+	Refused  int      `json:"refused"`
 	// BudgetReached: safety.max_deletes stopped the removals; the rest
 	// was only listed.
-	BudgetReached bool `json:"max_deletes_reached,omitempty"`
-	LastHandled string   `json:"last_handled,omitempty"`
+	BudgetReached bool   `json:"max_deletes_reached,omitempty"`
+	LastHandled   string `json:"last_handled,omitempty"`
 }
 
 // ErrOrphanScanStopped wraps the error that cut a scan short; the message

@@ -225,7 +225,7 @@ func buildQueries(t Table, types columnTypes) queries {
 			SELECT key, id, at, at + $4 * interval '1 microsecond'
 			FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(key, id, at)
 			ON CONFLICT (storage_key) DO NOTHING`),
-		locations:     locations(t, r),
+		locations: locations(t, r),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.
 		keyRange: r.Replace(`SELECT coalesce(min({KEY}::text COLLATE "C"), ''), coalesce(max({KEY}::text COLLATE "C"), '') FROM {T} WHERE {KEY} > ''`),

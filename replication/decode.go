@@ -78,7 +78,7 @@ func (rel *relation) removal(old *pglogrepl.TupleData) (index.Change, error) {
 
 // deleted reads a DELETE's old image as a row deleted outright: only a
 // full image (REPLICA IDENTITY FULL) carries the key; a row without one
-// (NULL or '') had no file.
+// (NULL or ”) had no file.
 func (rel *relation) deleted(old *pglogrepl.TupleData) (DeletedRow, bool) {
 	id, err := rel.text(old, rel.id, "id")
 	key := rel.col(old, rel.key)

@@ -135,7 +135,7 @@ func (w *localWalk) folder(fd int, path, name string) error {
 		if w.before(key, e.typ.IsDir()) {
 			continue
 		}
-		if err := w.entry(fd, key, e); err != nil {
+		if err := w.visit(fd, key, e); err != nil {
 			return err
 		}
 	}
@@ -178,8 +178,8 @@ func (w *localWalk) before(key string, dir bool) bool {
 	return key <= after
 }
 
-// entry lists e, whose key is key, of the folder open as dir.
-func (w *localWalk) entry(dir int, key string, e entry) error {
+// visit lists e, whose key is key, of the folder open as dir.
+func (w *localWalk) visit(dir int, key string, e entry) error {
 	if e.typ.IsDir() {
 		return w.subfolder(dir, key, e.name())
 	}

@@ -398,5 +398,11 @@ func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {
 	if s.FilesPending > 0 {
 		fmt.Fprintf(w, "  - Files awaiting removal (kept in the outbox, retried next run): %d\n", s.FilesPending)
 	}
+	if s.DerivedRemoved > 0 {
+		fmt.Fprintf(w, "  - Derived files removed (thumbnails, table.derived): %d\n", s.DerivedRemoved)
+	}
+	if s.DerivedKept > 0 {
+		fmt.Fprintf(w, "  - Derived files kept (a remaining row maps to them): %d\n", s.DerivedKept)
+	}
 	fmt.Fprintf(w, "  - Cutoff date: %s\n", cutoff.UTC().Format(reconciler.TimeLayout))
 }

@@ -99,12 +99,16 @@ func nested(key, value string) string {
 }
 
 func TestShortRetentionIsWarned(t *testing.T) {
-	cfg := Config{Retention: 2 * time.Hour}
+	cfg := Config{Retention: 2 * time.Hour, Orphans: Orphans{Grace: time.Hour}}
 	if w := cfg.Warnings(); len(w) != 1 || !strings.Contains(w[0], "under a day") {
 		t.Fatalf("warnings = %q", w)
 	}
 	cfg.Retention = 24 * time.Hour
 	if w := cfg.Warnings(); len(w) != 0 {
+		t.Fatalf("warnings = %q", w)
+	}
+	cfg.Orphans.Grace = 30 * time.Second
+	if w := cfg.Warnings(); len(w) != 1 || !strings.Contains(w[0], "orphans.grace") {
 		t.Fatalf("warnings = %q", w)
 	}
 }

@@ -31,6 +31,11 @@ type OrphanOptions struct {
 	MaxDeletes int
 	// Now is the clock the files' ages are measured with.
 	Now func() time.Time
+	// Source, when set, gives the files instead of listing the storage: an
+	// S3 Inventory report, in no particular order, as of AsOf. Only files
+	// modified before AsOf are judged, and a file written since is kept.
+	Source func(ctx context.Context, fn func(storage.Object) error) error
+	AsOf   time.Time
 }
 
 // Orphan is a file under the table's prefixes that no row owns.
@@ -100,6 +105,12 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived))}
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
+	}
+	if opts.Source != nil {
+		if err := s.fromSource(ctx, prefixes); err != nil {
+			return totals, fmt.Errorf("%w: %w", ErrOrphanScanStopped, err)
+		}
+		return totals, nil
 	}
 	for _, prefix := range prefixes {
 		if opts.StartAfter != "" && opts.StartAfter > prefix && !strings.HasPrefix(opts.StartAfter, prefix) {
@@ -192,7 +203,7 @@ type owner struct {
 
 // scan merges the listing under prefix with the locations the rows own.
 func (s *orphanScan) scan(ctx context.Context, prefix string) error {
-	rows, err := s.r.db.Query(ctx, s.r.sql.locations, prefix)
+	rows, err := s.r.db.Query(ctx, s.r.sql.locations+" ORDER BY loc", prefix)
 	if err != nil {
 		return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
 	}
@@ -239,6 +250,44 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 			if len(s.pending) == 0 {
 				s.totals.LastHandled = obj.Key
 			}
+			return nil
+		}
+		s.pending = append(s.pending, obj)
+		if len(s.pending) >= orphanBatch {
+			return s.judge(ctx)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return s.judge(ctx)
+}
+
+// fromSource judges the files a report gives, under the prefixes: with no
+// order to merge in, every one is asked of the database, in batches.
+func (s *orphanScan) fromSource(ctx context.Context, prefixes []string) error {
+	for _, prefix := range prefixes {
+		var owns bool
+		if err := s.r.db.QueryRow(ctx, `SELECT EXISTS (`+s.r.sql.locations+`)`, prefix).Scan(&owns); err != nil {
+			return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
+		}
+		if !owns && !s.opts.DryRun {
+			// Every file there would look orphaned.
+			return fmt.Errorf("no row of %s owns a file under %q: is it the right database, table and prefix? Nothing was removed: %w",
+				s.r.table.qualified(), prefix, ErrNoFiles)
+		}
+	}
+	err := s.opts.Source(ctx, func(obj storage.Object) error {
+		under := slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(obj.Key, p) })
+		if !under || s.opts.Skip != "" && strings.HasPrefix(obj.Key, s.opts.Skip) {
+			return nil
+		}
+		s.totals.Listed++
+		if !obj.ModTime.Before(s.opts.AsOf) {
+			// Changed while the report was made: it may be gone, or
+			// another file, by now.
+			s.totals.Young++
 			return nil
 		}
 		s.pending = append(s.pending, obj)
@@ -311,7 +360,13 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			}
 		}
 	}
+	// A file written after it was seen is another file: the listing's
+	// files were seen now, a report's when it was made.
 	now := s.opts.Now()
+	queuedAt := now
+	if s.opts.Source != nil {
+		queuedAt = s.opts.AsOf
+	}
 	var (
 		old      []Orphan
 		oldKeys  []string
@@ -349,7 +404,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			continue
 		}
 		orphans = append(orphans, o)
-		removals = append(removals, storage.Removal{Key: o.Key, QueuedAt: now})
+		removals = append(removals, storage.Removal{Key: o.Key, QueuedAt: queuedAt})
 	}
 	remove := !s.opts.DryRun
 	if left := s.opts.MaxDeletes - s.totals.Removed; remove && s.opts.MaxDeletes > 0 && len(removals) > left {
@@ -389,7 +444,9 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			return err
 		}
 	}
-	s.totals.LastHandled = s.listed
+	if s.opts.Source == nil {
+		s.totals.LastHandled = s.listed
+	}
 	return ctx.Err()
 }
 
@@ -418,6 +475,5 @@ func locations(t Table, r *strings.Replacer) string {
 	// Under the prefix, or a folder above it that a derived location owns
 	// whole.
 	return `SELECT loc, pattern FROM (` + strings.Join(branches, " UNION ALL ") + `) l
-		WHERE left(loc, length($1)) = $1 OR left($1, length(loc)) = loc
-		ORDER BY loc`
+		WHERE left(loc, length($1)) = $1 OR left($1, length(loc)) = loc`
 }

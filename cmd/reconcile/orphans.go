@@ -7,10 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/reconcile/reconcile/internal/config"
+	"github.com/reconcile/reconcile/internal/inventory"
+	"github.com/reconcile/reconcile/internal/storage"
 	"github.com/reconcile/reconcile/reconciler"
 )
 
@@ -20,12 +24,13 @@ type orphanOptions struct {
 	format     string
 	output     string
 	startAfter string
+	inventory  string
 }
 
 func newOrphansCommand(configPath *string, stdout, stderr io.Writer) *cobra.Command {
 	var opts orphanOptions
 	cmd := &cobra.Command{
-		Use:   "orphans [--dry-run] [--format text|json|csv] [--output FILE] [--start-after KEY]",
+		Use:   "orphans [--dry-run] [--format text|json|csv] [--output FILE] [--start-after KEY | --inventory MANIFEST]",
 		Short: "List, and without --dry-run remove, files under the table's prefixes that no row owns",
 		Long: `orphans walks the storage under the folders the table owns (table.prefixes;
 by default the folder its keys share and the derived patterns' folders under
@@ -38,9 +43,15 @@ checked against the database again just before it is removed.`,
 			if _, err := reconciler.NewOrphanWriter(opts.format, io.Discard, io.Discard, true); err != nil {
 				return usageError{fmt.Errorf("--format: %w", err)}
 			}
+			if opts.inventory != "" && opts.startAfter != "" {
+				return usageError{errors.New("--start-after resumes a listing: an --inventory report is read whole")}
+			}
 			cfg, err := loadConfig(cmd, *configPath)
 			if err != nil {
 				return err
+			}
+			if opts.inventory != "" && cfg.Storage.Backend != "s3" {
+				return usageError{fmt.Errorf("--inventory reads an S3 Inventory report of the bucket, but storage.backend is %s", cfg.Storage.Backend)}
 			}
 			log := newLogger(cfg, stderr)
 			err = orphans(cmd.Context(), cfg, opts, log, stdout, stderr)
@@ -53,6 +64,7 @@ checked against the database again just before it is removed.`,
 	f.StringVar(&opts.format, "format", "text", "report format: text, json or csv")
 	f.StringVarP(&opts.output, "output", "o", "", "write the report to this file instead of standard output")
 	f.StringVar(&opts.startAfter, "start-after", "", "resume an interrupted scan after this key (the scan prints it when cut short)")
+	f.StringVar(&opts.inventory, "inventory", "", "read the bucket's files from this S3 Inventory report (manifest.json: a local path or s3://bucket/key) instead of listing them")
 	return cmd
 }
 
@@ -86,13 +98,20 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 	if err != nil {
 		return err
 	}
-	totals, scanErr := r.ScanOrphans(ctx, reconciler.OrphanOptions{
+	scan := reconciler.OrphanOptions{
 		Prefixes:   cfg.Table.Prefixes,
 		Grace:      cfg.Orphans.Grace,
 		DryRun:     opts.dryRun,
 		StartAfter: opts.startAfter,
 		MaxDeletes: cfg.Safety.MaxDeletes,
-	}, w.File)
+	}
+	if opts.inventory != "" {
+		if scan.Source, scan.AsOf, err = inventorySource(ctx, cfg, st, opts.inventory); err != nil {
+			return err
+		}
+		log.Info("reading an S3 Inventory report instead of listing the bucket", "manifest", opts.inventory, "created", scan.AsOf.UTC().Format(reconciler.TimeLayout))
+	}
+	totals, scanErr := r.ScanOrphans(ctx, scan, w.File)
 	if err := w.Close(totals); err != nil {
 		return fmt.Errorf("write report: %w", errors.Join(scanErr, err))
 	}
@@ -109,4 +128,39 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		return errSomeFailed
 	}
 	return nil
+}
+
+var _ inventory.Fetcher = (*storage.S3)(nil)
+
+// inventorySource opens an S3 Inventory report of the configured bucket and
+// gives its objects under the configured prefix, by their keys.
+func inventorySource(ctx context.Context, cfg *config.Config, st store, manifest string) (func(context.Context, func(storage.Object) error) error, time.Time, error) {
+	var fetch inventory.Fetcher
+	if s3, ok := st.(*storage.S3); ok {
+		fetch = s3
+	}
+	report, err := inventory.Open(ctx, manifest, fetch)
+	if err != nil {
+		return nil, time.Time{}, usageError{fmt.Errorf("--inventory: %w", err)}
+	}
+	if report.SourceBucket != cfg.Storage.S3.Bucket {
+		return nil, time.Time{}, usageError{fmt.Errorf("--inventory: the report lists bucket %q, but storage.s3.bucket is %q", report.SourceBucket, cfg.Storage.S3.Bucket)}
+	}
+	prefix := strings.TrimRight(cfg.Storage.S3.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	return func(ctx context.Context, fn func(storage.Object) error) error {
+		return report.Each(ctx, func(o inventory.Object) error {
+			key, ok := strings.CutPrefix(o.Key, prefix)
+			if !ok {
+				return nil // outside the storage's prefix
+			}
+			obj := storage.Object{Key: key, Size: max(o.Size, 0), ModTime: o.LastModified}
+			if err := storage.ValidateKey(key); err != nil {
+				obj.Refused = err
+			}
+			return fn(obj)
+		})
+	}, report.Created, nil
 }

@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/reconcile/reconcile/internal/inventory/inventorytest"
+	"github.com/reconcile/reconcile/internal/tests3"
 	"github.com/reconcile/reconcile/reconciler"
 )
 
@@ -68,5 +71,73 @@ func TestOrphansCommand(t *testing.T) {
 	code, out, _ = reconcile("orphans", "--dry-run")
 	if code != exitOK || !strings.Contains(out, "No file under the table's prefixes lacks an owner.") {
 		t.Errorf("second run: exit %d\n%s", code, out)
+	}
+}
+
+// An S3 Inventory report, from the bucket: only objects older than the
+// report are judged, under the storage's prefix, and each is asked of the
+// database again; a report of another bucket is refused.
+func TestOrphansFromAnS3Inventory(t *testing.T) {
+	f := newForum(t)
+	bucket := tests3.New(t)
+	for k, v := range map[string]string{
+		"RECONCILE_STORAGE_BACKEND":       "s3",
+		"RECONCILE_STORAGE_S3_ENDPOINT":   bucket.Endpoint,
+		"RECONCILE_STORAGE_S3_BUCKET":     bucket.Name,
+		"RECONCILE_STORAGE_S3_PREFIX":     "media",
+		"RECONCILE_STORAGE_S3_ACCESS_KEY": bucket.AccessKey,
+		"RECONCILE_STORAGE_S3_SECRET_KEY": bucket.SecretKey,
+		"RECONCILE_STORAGE_S3_USE_SSL":    "false",
+		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
+		"RECONCILE_ORPHANS_GRACE":         "1s",
+	} {
+		t.Setenv(k, v)
+	}
+	f.add("up/2025/live.jpg", -1)
+	for _, name := range []string{"media/up/2025/live.jpg", "media/up/2025/orphan one.jpg", "up/2025/outside.jpg"} {
+		bucket.Put(t, name)
+	}
+	f.migrate()
+	old := time.Now().Add(-time.Hour)
+	// S3 keeps times to the second: the report begins a second after the
+	// objects above, and one is written a second after it begins.
+	time.Sleep(1100 * time.Millisecond)
+	created := time.Now()
+	time.Sleep(1100 * time.Millisecond)
+	bucket.Put(t, "media/up/2025/after.jpg")
+	report := inventorytest.Report{SourceBucket: bucket.Name, Created: created, Files: [][]inventorytest.Row{{
+		{Key: "media/up/2025/live.jpg", Size: 3, LastModified: old},
+		{Key: "media/up/2025/orphan one.jpg", Size: 3, LastModified: old},
+		{Key: "up/2025/outside.jpg", Size: 3, LastModified: old},
+	}, {
+		{Key: "media/up/2025/after.jpg", Size: 3, LastModified: time.Now()}, // written after the report began
+		{Key: "media/up/2025/gone-since.jpg", Size: 3, LastModified: old},
+	}}}
+	manifest := report.Upload(t, bucket)
+
+	code, out, stderr := reconcile("orphans", "--inventory", manifest, "--format", "json")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	var got struct {
+		Files  []reconciler.Orphan     `json:"files"`
+		Totals reconciler.OrphanTotals `json:"totals"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got.Totals.Removed != 1 || bucket.Exists("media/up/2025/orphan one.jpg") {
+		t.Fatalf("report %+v", got)
+	}
+	for _, name := range []string{"media/up/2025/live.jpg", "media/up/2025/after.jpg", "up/2025/outside.jpg"} {
+		if !bucket.Exists(name) {
+			t.Errorf("%s removed", name)
+		}
+	}
+
+	other := inventorytest.Report{SourceBucket: "another-bucket", Files: [][]inventorytest.Row{{{Key: "media/x", LastModified: old}}}}
+	path := other.WriteDir(t, t.TempDir())
+	if code, _, stderr := reconcile("orphans", "--inventory", path); code != exitUsage || !strings.Contains(stderr, "another-bucket") {
+		t.Errorf("a report of another bucket: exit %d, %s", code, stderr)
 	}
 }

@@ -28,6 +28,7 @@ type applyRun struct {
 	peakHeapMiB    int
 	entries        int
 	indexBytes     int64
+	walBytes       int64 // written by the measured change
 }
 
 func (b *bench) apply(ctx context.Context) error {
@@ -48,6 +49,9 @@ func (b *bench) apply(ctx context.Context) error {
 		if _, err := b.pool.Exec(ctx, `UPDATE forum_attachment SET is_active = true, deleted_at = NULL WHERE NOT is_active`); err != nil {
 			return err
 		}
+		if err := b.reseed(ctx, n); err != nil {
+			return err
+		}
 		// Both slots start just before the measured transaction: the
 		// service's through a start that creates it (and rescans an
 		// empty backlog), the floor's directly.
@@ -65,16 +69,19 @@ func (b *bench) apply(ctx context.Context) error {
 		if _, err := b.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, floorSlot); err != nil {
 			return err
 		}
-		fmt.Fprintf(os.Stderr, "apply run %d: %d rows soft-deleted in %s\n", run+1, n, b.txDescription())
-		if err := b.softDeleteAll(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "apply run %d: %d rows %s in %s\n", run+1, n, b.verb(), b.txDescription())
+		var start, end pglogrepl.LSN
+		if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&start); err != nil {
 			return err
 		}
-		var end pglogrepl.LSN
+		if err := b.change(ctx); err != nil {
+			return err
+		}
 		if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
 			return err
 		}
 
-		var r applyRun
+		r := applyRun{walBytes: int64(end - start)}
 		steps := []func() error{
 			func() (err error) { r.service, r.peakHeapMiB, err = b.timeService(ctx, indexPath, end); return err },
 			func() (err error) { r.floor, err = b.timeFloor(ctx, end); return err },
@@ -90,8 +97,8 @@ func (b *bench) apply(ctx context.Context) error {
 		if r.entries, r.indexBytes, err = indexSize(indexPath); err != nil {
 			return err
 		}
-		if r.entries != n {
-			return fmt.Errorf("the index holds %d entries; want %d", r.entries, n)
+		if want := b.wantEntries(n); r.entries != want {
+			return fmt.Errorf("the index holds %d entries; want %d", r.entries, want)
 		}
 		fmt.Fprintf(os.Stderr, "apply run %d: reconcile %s, pg_recvlogical %s\n", run+1, r.service.Round(time.Millisecond), r.floor.Round(time.Millisecond))
 		runs = append(runs, r)
@@ -106,18 +113,92 @@ func (b *bench) apply(ctx context.Context) error {
 		return err
 	}
 
-	fmt.Printf("\napply: %d rows soft-deleted in %s; from the start of the stream until the last commit is acknowledged (%d runs)\n", n, b.txDescription(), len(runs))
-	fmt.Printf("  %-4s %12s %16s %8s %14s %12s\n", "run", "reconcile", "pg_recvlogical", "ratio", "peak heap", "index B/row")
+	fmt.Printf("\napply: %d rows %s in %s (replica identity %s); from the start of the stream until the last commit is acknowledged (%d runs)\n",
+		n, b.verb(), b.txDescription(), b.identity(ctx), len(runs))
+	fmt.Printf("  %-4s %12s %16s %8s %14s %12s %12s\n", "run", "reconcile", "pg_recvlogical", "ratio", "peak heap", "index B/row", "WAL B/row")
 	var ratios []float64
 	for i, r := range runs {
 		ratio := r.service.Seconds() / r.floor.Seconds()
 		ratios = append(ratios, ratio)
-		fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), ratio,
-			r.peakHeapMiB, r.indexBytes/int64(r.entries))
+		fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12d %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), ratio,
+			r.peakHeapMiB, r.indexBytes/int64(max(r.entries, 1)), r.walBytes/int64(n))
 	}
 	slices.Sort(ratios)
 	fmt.Printf("  median ratio reconcile/pg_recvlogical: %.2fx (target: 1.5x at most)\n", ratios[len(ratios)/2])
 	return nil
+}
+
+// verb says what the measured change does to the rows.
+func (b *bench) verb() string {
+	if b.o.deletes {
+		return "deleted outright"
+	}
+	return "soft-deleted"
+}
+
+// wantEntries is what the index holds once the change is applied.
+func (b *bench) wantEntries(n int) int {
+	if b.o.deletes {
+		return 0
+	}
+	return n
+}
+
+// identity is the table's replica identity, as the catalog says.
+func (b *bench) identity(ctx context.Context) string {
+	var id string
+	if err := b.pool.QueryRow(ctx, `SELECT CASE relreplident WHEN 'f' THEN 'full' WHEN 'd' THEN 'default' ELSE relreplident::text END FROM pg_class WHERE oid = 'forum_attachment'::regclass`).Scan(&id); err != nil {
+		return "unknown"
+	}
+	return id
+}
+
+// reseed puts back the rows a run deleted outright, and empties the outbox
+// the service filled with their keys.
+func (b *bench) reseed(ctx context.Context, n int) error {
+	if !b.o.deletes {
+		return nil
+	}
+	for _, sql := range []string{
+		`TRUNCATE reconcile_forum_attachment_outbox`,
+		`INSERT INTO forum_attachment (id, image, original_filename, is_active)
+		 SELECT gen_random_uuid(), 'forum/attachments/2025/10/04/' || md5(g::text) || '.jpg', 'IMG_' || g || '.jpg', true
+		 FROM generate_series(1, ` + fmt.Sprint(n) + `) g
+		 WHERE NOT EXISTS (SELECT 1 FROM forum_attachment)`,
+		`VACUUM ANALYZE forum_attachment`,
+	} {
+		if _, err := b.pool.Exec(ctx, sql); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// change makes the measured change: soft-deletes, or deletes outright.
+func (b *bench) change(ctx context.Context) error {
+	if b.o.deletes {
+		return b.deleteAll(ctx)
+	}
+	return b.softDeleteAll(ctx)
+}
+
+// deleteAll deletes every row outright, as softDeleteAll soft-deletes them.
+func (b *bench) deleteAll(ctx context.Context) error {
+	if b.o.txRows == 0 {
+		_, err := b.pool.Exec(ctx, `DELETE FROM forum_attachment`)
+		return err
+	}
+	for {
+		tag, err := b.pool.Exec(ctx, `
+			DELETE FROM forum_attachment
+			WHERE ctid = ANY (ARRAY(SELECT ctid FROM forum_attachment LIMIT $1))`, b.o.txRows)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+	}
 }
 
 func (b *bench) txDescription() string {

@@ -49,6 +49,8 @@ type options struct {
 	retention   time.Duration
 	only        string
 	keep        bool
+	deletes     bool
+	identity    string
 }
 
 func main() {
@@ -66,10 +68,16 @@ func main() {
 	fs.DurationVar(&o.retention, "retention", 3*time.Second, "retention in the latency benchmark")
 	fs.StringVar(&o.only, "only", "apply,latency", "benchmarks to run, comma-separated: apply, latency")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, index files)")
+	fs.BoolVar(&o.deletes, "deletes", false, "the apply benchmark deletes the rows outright instead of soft-deleting them")
+	fs.StringVar(&o.identity, "identity", "", "set the table's replica identity after `reconcile migrate` (which sets full): default or full")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
+		os.Exit(2)
+	}
+	if o.identity != "" && o.identity != "default" && o.identity != "full" {
+		fmt.Fprintln(os.Stderr, "reconcile-service-bench: -identity: want default or full")
 		os.Exit(2)
 	}
 	if o.databaseURL == "" || o.rows < 1 || o.txRows < 0 || o.runs < 1 || o.rate < 1 || o.duration <= 0 || o.retention <= 0 {
@@ -126,6 +134,11 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	if out, err := b.reconcileCmd(ctx, filepath.Join(b.dir, "migrate-index.db"), "migrate").CombinedOutput(); err != nil {
 		return fmt.Errorf("reconcile migrate: %w\n%s", err, out)
+	}
+	if o.identity != "" {
+		if _, err := b.pool.Exec(ctx, `ALTER TABLE forum_attachment REPLICA IDENTITY `+strings.ToUpper(o.identity)); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("reconcile service benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
 	for _, name := range strings.Split(o.only, ",") {

@@ -226,6 +226,14 @@ func (s *S3) Untrash(ctx context.Context, keys []string) []error {
 // untrash puts back the copy of key in the first of buckets that has one.
 func (s *S3) untrash(ctx context.Context, key string, buckets []bucket) error {
 	fail := func(err error) error { return s.redact(fmt.Errorf("untrash %q: %w", key, err)) }
+	place := s.prefix + key
+	there, err := s.statObject(ctx, place)
+	switch {
+	case err != nil:
+		return fail(err)
+	case len(there) > 0:
+		return fail(errTaken)
+	}
 	names := make([]string, len(buckets))
 	for i, b := range buckets {
 		names[i] = s.trashName(b, key)
@@ -243,14 +251,6 @@ func (s *S3) untrash(ctx context.Context, key string, buckets []bucket) error {
 	}
 	if from == "" {
 		return fail(errNotInTrash)
-	}
-	place := s.prefix + key
-	there, err := s.statObject(ctx, place)
-	switch {
-	case err != nil:
-		return fail(err)
-	case len(there) > 0:
-		return fail(errTaken)
 	}
 	_, err = s.client.CopyObject(ctx,
 		minio.CopyDestOptions{Bucket: s.bucket, Object: place},

@@ -100,11 +100,13 @@ func (d *folders) mkdirs(dir string, perm uint32) (int, error) {
 		d.closeMade()
 	}
 	fd, err := openBeneath(d.root, dir)
-	if missing(err) {
-		fd, err = makeBeneath(d.root, dir, perm)
-	}
-	if err != nil {
-		return -1, err
+	switch {
+	case missing(err):
+		if fd, err = makeBeneath(d.root, dir, perm); err != nil {
+			return -1, err
+		}
+	case err != nil:
+		return -1, &fs.PathError{Op: "openat2", Path: dir, Err: err}
 	}
 	d.made[dir] = fd
 	return fd, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -78,7 +79,11 @@ func TestLocalTrashThroughALinkIsRefused(t *testing.T) {
 	mustSymlink(t, outside, filepath.Join(root, ".trash"))
 	mustWrite(t, filepath.Join(root, "a.jpg"))
 
-	requireResults(t, []string{"a.jpg"}, l.Remove(t.Context(), removals(queuedLater(), "a.jpg")), errAny)
+	res := l.Remove(t.Context(), removals(queuedLater(), "a.jpg"))
+	requireResults(t, []string{"a.jpg"}, res, errAny)
+	if msg := res[0].Err.Error(); !strings.Contains(msg, `remove "a.jpg": make its trash folder: openat2 .trash/2026-11-30T01: too many levels of symbolic links`) {
+		t.Errorf("error %q, want the key, the folder and the link", msg)
+	}
 	if !fileExists(t, filepath.Join(root, "a.jpg")) || fileExists(t, filepath.Join(outside, "2026-11-30T01", "a.jpg")) {
 		t.Error("a.jpg was moved through the link")
 	}

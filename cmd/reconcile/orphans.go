@@ -105,6 +105,9 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		StartAfter: opts.startAfter,
 		MaxDeletes: cfg.Safety.MaxDeletes,
 	}
+	if trash := strings.TrimRight(cfg.Storage.Trash.Prefix, "/"); trash != "" {
+		scan.Skip = trash + "/"
+	}
 	if opts.inventory != "" {
 		if scan.Source, scan.AsOf, err = inventorySource(ctx, cfg, st, opts.inventory); err != nil {
 			return err

@@ -141,3 +141,23 @@ func TestOrphansFromAnS3Inventory(t *testing.T) {
 		t.Errorf("a report of another bucket: exit %d, %s", code, stderr)
 	}
 }
+
+// With a trash, orphans are moved into it, and the trash is never scanned.
+func TestOrphansGoToTheTrash(t *testing.T) {
+	f := newForum(t)
+	t.Setenv("RECONCILE_STORAGE_TRASH_PREFIX", "forum/attachments/.trash/")
+	f.add("forum/attachments/2025/live.jpg", -1)
+	f.writeOld("forum/attachments/2025/orphan.jpg")
+	f.migrate()
+	for range 2 {
+		if code, out, stderr := reconcile("orphans"); code != exitOK {
+			t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+		}
+	}
+	if !f.fileGone("forum/attachments/2025/orphan.jpg") {
+		t.Fatal("orphan left")
+	}
+	if code, out, stderr := reconcile("untrash", "forum/attachments/2025/orphan.jpg"); code != exitOK || f.fileGone("forum/attachments/2025/orphan.jpg") {
+		t.Fatalf("untrash: exit %d\n%s\n%s", code, out, stderr)
+	}
+}

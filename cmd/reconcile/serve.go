@@ -48,7 +48,7 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 }
 
 // runService is serve on opened resources.
-func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st reconciler.Store, idx *index.Index, dryRun bool, log *slog.Logger) error {
+func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st store, idx *index.Index, dryRun bool, log *slog.Logger) error {
 	rc := reconcilerConfig(cfg)
 	rc.Observer = m
 	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), rc, log)
@@ -133,6 +133,9 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		g, gctx := errgroup.WithContext(held)
 		g.Go(func() error { return stream.Run(gctx) })
 		g.Go(func() error { return r.Sweep(gctx, sweep) })
+		if cfg.Storage.Trash.Prefix != "" && !dryRun {
+			g.Go(func() error { emptyTrashHourly(gctx, cfg, st, log); return nil })
+		}
 		err = g.Wait()
 		unlock()
 		m.SetLeader(false)

@@ -120,10 +120,15 @@ func openDB(ctx context.Context, cfg *config.Config, use dbUse) (*pgxpool.Pool, 
 // store is what the commands need of a storage backend.
 type store interface {
 	reconciler.Store
+	trashEmptier
+	Untrash(ctx context.Context, keys []string) []error
 	Close() error
 }
 
 func openStore(ctx context.Context, cfg *config.Config, opts ...storage.Option) (store, error) {
+	if cfg.Storage.Trash.Prefix != "" {
+		opts = append(opts, storage.WithTrash(cfg.Storage.Trash.Prefix, time.Now))
+	}
 	switch cfg.Storage.Backend {
 	case "s3":
 		s := cfg.Storage.S3
@@ -368,6 +373,12 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.Storage.Trash.Prefix != "" {
+		if err := emptyTrash(ctx, cfg, st, log); err != nil {
+			log.Error("[CLEANUP] Failed: empty the trash", "error", err)
+			return errSomeFailed
+		}
 	}
 	if sum.Failed > 0 || sum.FilesPending > 0 {
 		return errSomeFailed

@@ -101,6 +101,17 @@ type Storage struct {
 	Concurrency int    `mapstructure:"concurrency"`
 	Local       Local  `mapstructure:"local"`
 	S3          S3     `mapstructure:"s3"`
+	Trash       Trash  `mapstructure:"trash"`
+}
+
+// Trash keeps removed files for a while, for an undo: off while Prefix is
+// empty.
+type Trash struct {
+	// Prefix is the trash's folder, under the root or the S3 prefix, such
+	// as .trash/.
+	Prefix string `mapstructure:"prefix"`
+	// Keep is how long a trashed file stays before the trash is emptied.
+	Keep time.Duration `mapstructure:"keep"`
 }
 
 // Local is a directory on disk: Django's MEDIA_ROOT.
@@ -212,6 +223,8 @@ var defaults = map[string]any{
 	"storage.s3.secret_key":           "",
 	"storage.s3.region":               "",
 	"storage.s3.use_ssl":              true,
+	"storage.trash.prefix":            "",
+	"storage.trash.keep":              "7d",
 	"index.path":                      "reconcile-index.db",
 	"replication.slot":                "reconcile_attachments",
 	"replication.publication":         "reconcile_attachments",
@@ -589,6 +602,16 @@ func (c *Config) Validate() error {
 		}
 	default:
 		bad("storage.backend", "must be local or s3, got %q", c.Storage.Backend)
+	}
+	if p := c.Storage.Trash.Prefix; p != "" {
+		if dir := strings.TrimRight(p, "/"); dir == "" {
+			bad("storage.trash.prefix", "must name a folder under the root or the S3 prefix, such as .trash/, or be empty for no trash, got %q", p)
+		} else if err := storage.ValidateKey(dir); err != nil {
+			bad("storage.trash.prefix", "must be a relative folder such as .trash/: %v", err)
+		}
+		if c.Storage.Trash.Keep <= 0 {
+			bad("storage.trash.keep", "must be a positive duration such as 7d while storage.trash.prefix is set, got %s", c.Storage.Trash.Keep)
+		}
 	}
 	if c.Storage.Concurrency < 1 || c.Storage.Concurrency > 256 {
 		bad("storage.concurrency", "must be between 1 and 256, got %d", c.Storage.Concurrency)

@@ -128,6 +128,11 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 		{"bad database url", map[string]string{"RECONCILE_DATABASE_URL": "postgres://forum:hunter2@db:notaport/forum"}, nil, []string{"database.url: is not a valid"}},
 		{"missing root", map[string]string{"RECONCILE_STORAGE_LOCAL_ROOT": filepath.Join(root, "nope")}, nil, []string{"storage.local.root:", "cannot be used"}},
 		{"empty column", map[string]string{"RECONCILE_TABLE_COLUMNS_DELETED_AT": ""}, nil, []string{"table.columns.deleted_at: must name a table or column"}},
+		{"trash prefix of slashes", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": "/"}, nil, []string{`storage.trash.prefix: must name a folder under the root or the S3 prefix, such as .trash/, or be empty for no trash, got "/"`}},
+		{"trash prefix that climbs", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": "../trash/"}, nil, []string{"storage.trash.prefix: must be a relative folder", `".." element`}},
+		{"absolute trash prefix", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": "/var/trash"}, nil, []string{"storage.trash.prefix: must be a relative folder", "is absolute"}},
+		{"zero trash keep", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": ".trash/", "RECONCILE_STORAGE_TRASH_KEEP": "0"}, nil, []string{"storage.trash.keep: must be a positive duration such as 7d while storage.trash.prefix is set, got 0s"}},
+		{"trash keep without unit", map[string]string{"RECONCILE_STORAGE_TRASH_KEEP": "7"}, nil, []string{"storage.trash.keep", "missing a unit"}},
 		{"two problems", map[string]string{"RECONCILE_CONCURRENCY": "0", "RECONCILE_LOG_FORMAT": "xml"}, nil, []string{"concurrency: must be between", "log.format: must be text or json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,6 +155,22 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 				t.Errorf("error %q shows the password", err)
 			}
 		})
+	}
+}
+
+// The trash is off by default, and keeps a week once it has a prefix.
+func TestTrashDefaults(t *testing.T) {
+	t.Setenv("RECONCILE_DATABASE_URL", "postgres://db/forum")
+	t.Setenv("RECONCILE_STORAGE_LOCAL_ROOT", t.TempDir())
+	cfg, err := Load("", flags())
+	if err != nil || cfg.Storage.Trash != (Trash{Keep: 7 * 24 * time.Hour}) {
+		t.Fatalf("trash = %+v, %v; want off, keep 7d", cfg, err)
+	}
+	t.Setenv("RECONCILE_STORAGE_TRASH_PREFIX", "media-trash/")
+	t.Setenv("RECONCILE_STORAGE_TRASH_KEEP", "36h")
+	cfg, err = Load("", flags())
+	if err != nil || cfg.Storage.Trash != (Trash{Prefix: "media-trash/", Keep: 36 * time.Hour}) {
+		t.Fatalf("trash = %+v, %v", cfg, err)
 	}
 }
 

@@ -29,6 +29,7 @@ var errIsDir = errors.New("is a directory")
 type Local struct {
 	root    int // the root directory, opened in NewLocal
 	observe Observer
+	trash   *trash // nil: files are deleted
 }
 
 // folderFlags open a folder only to name the files in it: O_PATH needs
@@ -38,6 +39,11 @@ const folderFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
 // NewLocal opens the directory root. It must exist, and the kernel must
 // have openat2 (Linux 5.6 or later): NewLocal tries it once.
 func NewLocal(root string, opts ...Option) (*Local, error) {
+	o := applyOptions(opts)
+	tr, err := checkTrash(o.trash)
+	if err != nil {
+		return nil, err
+	}
 	fd, err := retry(func() (int, error) { return unix.Open(root, folderFlags, 0) })
 	if err != nil {
 		return nil, fmt.Errorf("open storage root: %w", &fs.PathError{Op: "open", Path: root, Err: err})
@@ -45,7 +51,7 @@ func NewLocal(root string, opts ...Option) (*Local, error) {
 	probe, err := openBeneath(fd, ".")
 	if err == nil {
 		unix.Close(probe)
-		return &Local{root: fd, observe: applyOptions(opts).observe}, nil
+		return &Local{root: fd, observe: o.observe, trash: tr}, nil
 	}
 	unix.Close(fd)
 	switch {
@@ -68,7 +74,7 @@ func (l *Local) Check(ctx context.Context, keys []string) []error {
 	defer dirs.close()
 	errs := make([]error, len(keys))
 	for i, key := range keys {
-		if errs[i] = ValidateKey(key); errs[i] != nil {
+		if errs[i] = l.trash.checkKey(key); errs[i] != nil {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -89,7 +95,7 @@ func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 	defer dirs.close()
 	infos := make([]FileInfo, len(keys))
 	for i, key := range keys {
-		if err := ValidateKey(key); err != nil {
+		if err := l.trash.checkKey(key); err != nil {
 			infos[i].Err = err
 			continue
 		}
@@ -115,7 +121,8 @@ func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 // missing file is Missing, a file modified since its removal was queued is
 // Rewritten and kept, a key refused by Check gets its error. A key listed
 // twice is removed once, then Missing. Once ctx is done, the remaining
-// valid keys fail with its error.
+// valid keys fail with its error. With a trash (WithTrash) a file is
+// renamed into it rather than unlinked.
 func (l *Local) Remove(ctx context.Context, removals []Removal) []Result {
 	dirs := l.folders()
 	defer dirs.close()
@@ -158,10 +165,15 @@ const maxOpenDirs = 64
 type folders struct {
 	root int
 	open map[string]int
+
+	trash *trash // nil: files are deleted
+	// made holds the folders mkdirs opened, apart from open: a file's
+	// folder in open stays open while its place in the trash is made.
+	made map[string]int
 }
 
 func (l *Local) folders() *folders {
-	return &folders{root: l.root, open: make(map[string]int)}
+	return &folders{root: l.root, open: make(map[string]int), trash: l.trash}
 }
 
 func (d *folders) close() {
@@ -169,6 +181,7 @@ func (d *folders) close() {
 		unix.Close(fd)
 	}
 	clear(d.open)
+	d.closeMade()
 }
 
 // get returns the handle of the folder dir ("" for the root).
@@ -239,7 +252,7 @@ func (d *folders) lstat(op, key string) (file, error) {
 
 // remove removes the file of one removal if it is still the file queued.
 func (d *folders) remove(ctx context.Context, r Removal) Result {
-	if err := ValidateKey(r.Key); err != nil {
+	if err := d.trash.checkKey(r.Key); err != nil {
 		return Result{Err: err}
 	}
 	if r.QueuedAt.IsZero() {
@@ -256,6 +269,8 @@ func (d *folders) remove(ctx context.Context, r Removal) Result {
 		return Result{Outcome: Missing}
 	case rewrittenLocal(f.modTime(), r.QueuedAt):
 		return Result{Outcome: Rewritten, ModTime: f.modTime()}
+	case d.trash != nil:
+		return d.moveToTrash(f, r.Key)
 	}
 	// unlinkat without AT_REMOVEDIR never removes a directory and never
 	// follows a link: a link swapped in since fstatat is removed itself, its

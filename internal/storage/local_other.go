@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // errNeedsLinux is what local storage answers on other systems.
@@ -16,7 +17,7 @@ var errNeedsLinux = errors.New("local storage needs Linux 5.6 or later (openat2)
 type Local struct{}
 
 // NewLocal fails: local storage needs Linux.
-func NewLocal(root string) (*Local, error) {
+func NewLocal(root string, _ ...Option) (*Local, error) {
 	return nil, fmt.Errorf("open storage root %q: %w", root, errNeedsLinux)
 }
 
@@ -54,6 +55,18 @@ func (*Local) List(context.Context, ListOptions, func(Object) error) error {
 
 // CheckList fails.
 func (*Local) CheckList(context.Context, string) error { return errNeedsLinux }
+
+// Untrash fails for every key.
+func (*Local) Untrash(_ context.Context, keys []string) []error {
+	errs := make([]error, len(keys))
+	for i := range errs {
+		errs[i] = errNeedsLinux
+	}
+	return errs
+}
+
+// EmptyTrash fails.
+func (*Local) EmptyTrash(context.Context, time.Time) (int, error) { return 0, errNeedsLinux }
 
 // Close does nothing.
 func (*Local) Close() error { return nil }

@@ -17,14 +17,14 @@ import (
 
 // localSetup returns a Local over dir/root, and dir, which holds the root and
 // stands for everything outside it.
-func localSetup(t *testing.T) (*Local, string) {
+func localSetup(t *testing.T, opts ...Option) (*Local, string) {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLocal(root)
+	l, err := NewLocal(root, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,17 +56,26 @@ func fileExists(t *testing.T, path string) bool {
 }
 
 func TestLocal(t *testing.T) {
-	runStoreSuite(t, func(t *testing.T) *fixture {
-		l, dir := localSetup(t)
-		root := filepath.Join(dir, "root")
-		return &fixture{
-			store:       l,
-			put:         func(key string, data []byte) error { return writeFile(filepath.Join(root, key), data) },
-			exists:      func(t *testing.T, key string) bool { return fileExists(t, filepath.Join(root, key)) },
-			putAbove:    func(t *testing.T, name string) { mustWrite(t, filepath.Join(dir, name)) },
-			existsAbove: func(t *testing.T, name string) bool { return fileExists(t, filepath.Join(dir, name)) },
-		}
-	})
+	runStoreSuite(t, func(t *testing.T) *fixture { return localFixture(t) })
+}
+
+func localFixture(t *testing.T, opts ...Option) *fixture {
+	l, dir := localSetup(t, opts...)
+	root := filepath.Join(dir, "root")
+	return &fixture{
+		store:  l,
+		put:    func(key string, data []byte) error { return writeFile(filepath.Join(root, key), data) },
+		exists: func(t *testing.T, key string) bool { return fileExists(t, filepath.Join(root, key)) },
+		read: func(t *testing.T, key string) string {
+			data, err := os.ReadFile(filepath.Join(root, key))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(data)
+		},
+		putAbove:    func(t *testing.T, name string) { mustWrite(t, filepath.Join(dir, name)) },
+		existsAbove: func(t *testing.T, name string) bool { return fileExists(t, filepath.Join(dir, name)) },
+	}
 }
 
 func mustWrite(t *testing.T, path string) {

@@ -22,6 +22,7 @@ type Option func(*options)
 
 type options struct {
 	observe Observer
+	trash   *trash
 }
 
 // WithObserver has the backend report each request's duration to observe.

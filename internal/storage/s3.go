@@ -46,6 +46,7 @@ type S3 struct {
 	bucket    string
 	prefix    string // "" or ending in "/"
 	secrets   []string
+	trash     *trash // nil: objects are deleted
 }
 
 // NewS3 connects to the bucket and checks that it exists. Its errors never
@@ -62,6 +63,11 @@ func NewS3(ctx context.Context, cfg S3Config, opts ...Option) (*S3, error) {
 	if err != nil {
 		return nil, redact(fmt.Errorf("%w: s3 prefix %q: %w", ErrMisconfigured, cfg.Prefix, err), secrets)
 	}
+	o := applyOptions(opts)
+	tr, err := checkTrash(o.trash)
+	if err != nil {
+		return nil, err
+	}
 	transport := cfg.Transport
 	if transport == nil {
 		if transport, err = minio.DefaultTransport(cfg.UseSSL); err != nil {
@@ -72,12 +78,12 @@ func NewS3(ctx context.Context, cfg S3Config, opts ...Option) (*S3, error) {
 		Creds:     credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
 		Secure:    cfg.UseSSL,
 		Region:    cfg.Region,
-		Transport: observedTransport{next: transport, observe: applyOptions(opts).observe},
+		Transport: observedTransport{next: transport, observe: o.observe},
 	})
 	if err != nil {
 		return nil, redact(fmt.Errorf("%w: s3 endpoint %q: %w", ErrMisconfigured, cfg.Endpoint, err), secrets)
 	}
-	s := &S3{client: client, transport: transport, bucket: cfg.Bucket, prefix: prefix, secrets: secrets}
+	s := &S3{client: client, transport: transport, bucket: cfg.Bucket, prefix: prefix, secrets: secrets, trash: tr}
 	ok, err := client.BucketExists(ctx, cfg.Bucket)
 	if err != nil {
 		s.Close()
@@ -123,7 +129,7 @@ func refusedCredentials(err error) bool {
 func (s *S3) Check(_ context.Context, keys []string) []error {
 	errs := make([]error, len(keys))
 	for i, key := range keys {
-		errs[i] = ValidateKey(key)
+		errs[i] = s.trash.checkKey(key)
 	}
 	return errs
 }
@@ -137,6 +143,9 @@ func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
 	at, names := make(map[string][]int, len(keys)), make([]string, 0, len(keys))
 	for i, key := range keys {
 		name, err := objectName(s.prefix, key)
+		if err == nil {
+			err = s.trash.refuse(key)
+		}
 		if err != nil {
 			infos[i].Err = err
 			continue
@@ -169,12 +178,17 @@ func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
 // and no delete is sent for it. A request can succeed while single keys
 // fail, so an object counts as Removed only when the response confirms it.
 // A key listed twice is removed once, then Missing. Once ctx is done, the
-// remaining valid keys fail with its error.
+// remaining valid keys fail with its error. With a trash (WithTrash) each
+// object is first copied into it, and one not copied is kept, with the
+// copy's error.
 func (s *S3) Remove(ctx context.Context, removals []Removal) []Result {
 	results := make([]Result, len(removals))
 	at, names := make(map[string][]int, len(removals)), make([]string, 0, len(removals))
 	for i, r := range removals {
 		name, err := objectName(s.prefix, r.Key)
+		if err == nil {
+			err = s.trash.refuse(r.Key)
+		}
 		switch {
 		case err != nil:
 			results[i].Err = err
@@ -227,7 +241,7 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 			break // the later removals of name share the deleter's result
 		}
 	}
-	gone, failed := s.deleteInParallel(ctx, doomed)
+	gone, failed := s.discard(ctx, doomed)
 	for _, name := range doomed {
 		first := deleter[name]
 		for _, i := range at[name] {

@@ -131,15 +131,15 @@ func (tg s3Target) makeBucket(t *testing.T, c *minio.Client) string {
 }
 
 // s3Fixture returns an S3 store over a new bucket of tg with prefix.
-func s3Fixture(t *testing.T, tg s3Target, prefix string) *fixture {
+func s3Fixture(t *testing.T, tg s3Target, prefix string, opts ...Option) *fixture {
 	t.Helper()
-	f, _ := newS3Fixture(t, tg, prefix)
+	f, _ := newS3Fixture(t, tg, prefix, opts...)
 	return f
 }
 
 // newS3Fixture returns an S3 store over a new bucket of tg with prefix, and
 // the transport that counts its requests.
-func newS3Fixture(t *testing.T, tg s3Target, prefix string) (*fixture, *countingTransport) {
+func newS3Fixture(t *testing.T, tg s3Target, prefix string, opts ...Option) (*fixture, *countingTransport) {
 	t.Helper()
 	counting := &countingTransport{base: tg.transport}
 	raw := tg.rawClient(t, tg.transport)
@@ -152,7 +152,7 @@ func newS3Fixture(t *testing.T, tg s3Target, prefix string) (*fixture, *counting
 		SecretKey: tg.secretKey,
 		UseSSL:    tg.useSSL,
 		Transport: counting,
-	})
+	}, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,9 +181,21 @@ func newS3Fixture(t *testing.T, tg s3Target, prefix string) (*fixture, *counting
 		full = ""
 	}
 	f := &fixture{
-		store:    s,
-		put:      func(key string, data []byte) error { return put(full+key, data) },
-		exists:   func(t *testing.T, key string) bool { return exists(t, full+key) },
+		store:  s,
+		put:    func(key string, data []byte) error { return put(full+key, data) },
+		exists: func(t *testing.T, key string) bool { return exists(t, full+key) },
+		read: func(t *testing.T, key string) string {
+			obj, err := raw.GetObject(t.Context(), bucket, full+key, minio.GetObjectOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer obj.Close()
+			data, err := io.ReadAll(obj)
+			if err != nil {
+				t.Fatalf("read %q: %v", full+key, err)
+			}
+			return string(data)
+		},
 		requests: counting.take,
 	}
 	if full != "" {

@@ -92,6 +92,7 @@ type fixture struct {
 
 	put    func(key string, data []byte) error // safe to call concurrently
 	exists func(t *testing.T, key string) bool
+	read   func(t *testing.T, key string) string
 
 	// putAbove and existsAbove reach one level above the root or prefix,
 	// where an escaping key would land; nil if there is no such level.

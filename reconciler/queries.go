@@ -272,7 +272,12 @@ func buildQueries(t Table, types columnTypes) queries {
 
 		// The outbox's size, the time its oldest entry was queued, and its
 		// age in seconds by the database's clock.
-		outboxStats: r.Replace(`SELECT count(*), min(enqueued_at), coalesce(extract(epoch FROM now() - min(enqueued_at)), 0)::float8 FROM {OUTBOX}`),
+		// Entries of rows deleted outright count from the end of their
+		// grace: until then they wait on purpose.
+		outboxStats: r.Replace(`
+			SELECT count(*), min(due), coalesce(extract(epoch FROM now() - min(due)), 0)::float8
+			FROM (SELECT greatest(enqueued_at, not_before) AS due FROM {OUTBOX}) o
+			WHERE due <= now()`),
 
 		// The session holding the advisory lock of Lock in this database; $1
 		// the lock's name. pg_locks shows a bigint key as its high (classid)

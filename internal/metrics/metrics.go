@@ -107,8 +107,8 @@ func New(version string) *Metrics {
 	m.purgeErrors = f.counterVec("purge_errors_total",
 		"Purge failures: row (a row the database refused), batch (a purge that stopped short), storage (a file removal that failed and waits in the outbox), probe (storage held none of the table's files: nothing deleted).",
 		"reason", purgeErrorReasons)
-	m.outboxPending = f.gauge("outbox_pending", "Files waiting in the outbox for removal.")
-	m.outboxOldestAge = f.gauge("outbox_oldest_age_seconds", "Age of the oldest file waiting in the outbox; 0 when it is empty.")
+	m.outboxPending = f.gauge("outbox_pending", "Files waiting in the outbox for removal (not those of rows deleted outright within orphans.grace).")
+	m.outboxOldestAge = f.gauge("outbox_oldest_age_seconds", "Age of the oldest file waiting in the outbox, counted from when its removal fell due; 0 when none waits.")
 	m.storageDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "storage_request_duration_seconds",
 		Help:    "Storage requests by operation: stat, remove, list, other.",

@@ -13,6 +13,7 @@
 #      replication, purges a row the moment it falls due and leaves a row
 #      restored in time alone; reconcile status and the service's /metrics;
 #      then SIGTERM
+#   7. reconcile orphans: files no row owns, a dry run then the removal
 #
 # Needs nothing running; stops and removes everything it started on exit.
 # Options (environment): RECONCILE_BIN=path (use this binary, skip the build),
@@ -301,5 +302,30 @@ show kill -TERM "$SERVICE_PID"
 wait "$SERVICE_PID" || die "the service exited with status $?"
 SERVICE_PID=
 grep -E "stopped" "$DEMO_DIR/service.log" | sed 's/^/  /'
+
+# --- 7. the orphan scan ------------------------------------------------------------------
+say "Files no row owns: reconcile orphans (a failed upload, a row deleted before reconcile ran)"
+for orphan in forum/attachments/2025/06/01/failed-upload_0000001.jpg forum/attachments/2024/12/24/deleted-outright.png; do
+    mkdir -p "$MEDIA/$(dirname "$orphan")"
+    printf '%s' "${blob:0:2048}" >"$MEDIA/$orphan"
+    touch -d '2 days ago' "$MEDIA/$orphan"
+done
+printf '%s' "${blob:0:100}" >"$MEDIA/forum/attachments/2025/06/01/uploading-now.jpg" # younger than orphans.grace
+files_before=$(find "$MEDIA" -type f | wc -l)
+rc orphans --dry-run 2>"$DEMO_DIR/orphans-dry-run.log" || die "reconcile orphans --dry-run failed"
+rc orphans --format csv --output "$DEMO_DIR/orphans.csv" 2>"$DEMO_DIR/orphans.log" || {
+    tail -n 20 "$DEMO_DIR/orphans.log" >&2
+    die "reconcile orphans failed"
+}
+sed 's/^/  /' "$DEMO_DIR/orphans.csv"
+files_after=$(find "$MEDIA" -type f | wc -l)
+[[ $((files_before - files_after)) -eq 2 ]] || die "the orphan scan removed $((files_before - files_after)) files, expected 2"
+[[ -f $MEDIA/forum/attachments/2025/06/01/uploading-now.jpg ]] || die "the orphan scan removed a fresh upload"
+missing=0
+while IFS= read -r key; do
+    [[ -f $MEDIA/$key ]] || missing=$((missing + 1))
+done < <(sql -At -c "SELECT DISTINCT image FROM forum_attachment")
+[[ $missing -eq 0 ]] || die "the orphan scan removed $missing files that rows use"
+echo "orphans: 2 files removed, the fresh upload and every row's file kept"
 echo
 echo "demo: OK"

@@ -81,3 +81,30 @@ func (f *forum) writeOld(key string) {
 		f.t.Fatal(err)
 	}
 }
+
+// Without REPLICA IDENTITY FULL a DELETE carries no key: the service says
+// so at start, and queues nothing.
+func TestServiceWarnsWithoutFullReplicaIdentity(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	if _, err := f.pool.Exec(context.Background(), `ALTER TABLE forum_attachment REPLICA IDENTITY DEFAULT`); err != nil {
+		t.Fatal(err)
+	}
+	s := startService(t, false)
+	if s.logs.count("is not FULL") != 1 {
+		t.Fatalf("no warning of the replica identity:\n%s", s.logs)
+	}
+	id := f.add("forum/attachments/gone.jpg", -1)
+	if _, err := f.pool.Exec(context.Background(), `DELETE FROM forum_attachment WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	// A soft-delete after it: once indexed, the DELETE was streamed.
+	marker := f.add("forum/attachments/marker.jpg", -1)
+	f.softDelete(marker)
+	eventually(t, 10*time.Second, func() bool { _, ok := entries(t, s.idx)[marker]; return ok },
+		func() string { return fmt.Sprintf("marker never indexed:\n%s", s.logs) })
+	if n := f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 || s.logs.count("Queued the file") != 0 {
+		t.Fatalf("queued %d keys without the key in the DELETE:\n%s", n, s.logs)
+	}
+}

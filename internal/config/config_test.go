@@ -133,6 +133,10 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 		{"absolute trash prefix", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": "/var/trash"}, nil, []string{"storage.trash.prefix: must be a relative folder", "is absolute"}},
 		{"zero trash keep", map[string]string{"RECONCILE_STORAGE_TRASH_PREFIX": ".trash/", "RECONCILE_STORAGE_TRASH_KEEP": "0"}, nil, []string{"storage.trash.keep: must be a positive duration such as 7d while storage.trash.prefix is set, got 0s"}},
 		{"trash keep without unit", map[string]string{"RECONCILE_STORAGE_TRASH_KEEP": "7"}, nil, []string{"storage.trash.keep", "missing a unit"}},
+		{"derived pattern owning its source", map[string]string{"RECONCILE_TABLE_DERIVED": "imagekit,{dir}/"}, nil, []string{"table.derived[1]", "source file itself"}},
+		{"derived pattern without the key", map[string]string{"RECONCILE_TABLE_DERIVED": "thumbs/{name}"}, nil, []string{"table.derived[0]", "must hold {key}"}},
+		{"prefix that climbs", map[string]string{"RECONCILE_TABLE_PREFIXES": "forum/,../etc/"}, nil, []string{"table.prefixes[1]", `".." element`}},
+		{"zero grace", map[string]string{"RECONCILE_ORPHANS_GRACE": "0s"}, nil, []string{"orphans.grace: must be a second or more"}},
 		{"two problems", map[string]string{"RECONCILE_CONCURRENCY": "0", "RECONCILE_LOG_FORMAT": "xml"}, nil, []string{"concurrency: must be between", "log.format: must be text or json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

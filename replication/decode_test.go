@@ -82,3 +82,29 @@ func TestMatchesStandbyNames(t *testing.T) {
 		}
 	}
 }
+
+func TestDeletedReadsTheOldImage(t *testing.T) {
+	rel := &relation{id: 0, key: 1, isActive: 2, deletedAt: 3}
+	text := func(s string) *pglogrepl.TupleDataColumn {
+		return &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeText, Data: []byte(s)}
+	}
+	null := &pglogrepl.TupleDataColumn{DataType: pglogrepl.TupleDataTypeNull}
+	at := "2026-11-25 01:02:03+00"
+	for _, tc := range []struct {
+		name  string
+		cols  []*pglogrepl.TupleDataColumn
+		ok    bool
+		soft  bool
+		inKey string
+	}{
+		{"full image of a live row", []*pglogrepl.TupleDataColumn{text("1"), text("a.jpg"), text("t"), null}, true, false, "a.jpg"},
+		{"full image of a soft-deleted row", []*pglogrepl.TupleDataColumn{text("1"), text("a.jpg"), text("f"), text(at)}, true, true, "a.jpg"},
+		{"the primary key alone (default identity)", []*pglogrepl.TupleDataColumn{text("1"), null, null, null}, false, false, ""},
+		{"no file", []*pglogrepl.TupleDataColumn{text("1"), text(""), text("t"), null}, false, false, ""},
+	} {
+		d, ok := rel.deleted(&pglogrepl.TupleData{Columns: tc.cols})
+		if ok != tc.ok || ok && (d.ID != "1" || d.Key != tc.inKey || d.SoftDeleted != tc.soft) {
+			t.Errorf("%s: %+v, %v", tc.name, d, ok)
+		}
+	}
+}

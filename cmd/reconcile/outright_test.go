@@ -108,3 +108,27 @@ func TestServiceWarnsWithoutFullReplicaIdentity(t *testing.T) {
 		t.Fatalf("queued %d keys without the key in the DELETE:\n%s", n, s.logs)
 	}
 }
+
+// A DELETE of more rows than the stream applies one by one (the index is
+// then rebuilt by a rescan) still queues every key.
+func TestServiceQueuesTheRowsOfALargeDelete(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `
+		INSERT INTO forum_attachment (id, image, is_active)
+		SELECT gen_random_uuid(), 'forum/bulk/' || g || '.jpg', true FROM generate_series(1, 25000) g`); err != nil {
+		t.Fatal(err)
+	}
+	s := startService(t, false)
+	if _, err := f.pool.Exec(ctx, `DELETE FROM forum_attachment WHERE image LIKE 'forum/bulk/%'`); err != nil {
+		t.Fatal(err)
+	}
+	s.waitLog("a transaction changes more than", 1)
+	eventually(t, 60*time.Second, func() bool {
+		return f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox WHERE not_before > now()`) == 25000
+	}, func() string {
+		return fmt.Sprintf("%d keys queued of 25000", f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`))
+	})
+}

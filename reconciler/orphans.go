@@ -252,11 +252,7 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 			}
 			return nil
 		}
-		s.pending = append(s.pending, obj)
-		if len(s.pending) >= orphanBatch {
-			return s.judge(ctx)
-		}
-		return nil
+		return s.hold(ctx, obj)
 	})
 	if err != nil {
 		return err
@@ -290,16 +286,21 @@ func (s *orphanScan) fromSource(ctx context.Context, prefixes []string) error {
 			s.totals.Young++
 			return nil
 		}
-		s.pending = append(s.pending, obj)
-		if len(s.pending) >= orphanBatch {
-			return s.judge(ctx)
-		}
-		return nil
+		return s.hold(ctx, obj)
 	})
 	if err != nil {
 		return err
 	}
 	return s.judge(ctx)
+}
+
+// hold keeps a file for judgement, judging once a batch is full.
+func (s *orphanScan) hold(ctx context.Context, obj storage.Object) error {
+	s.pending = append(s.pending, obj)
+	if len(s.pending) >= orphanBatch {
+		return s.judge(ctx)
+	}
+	return nil
 }
 
 // push opens loc, closing first the open locations it is not inside of:

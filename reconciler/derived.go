@@ -269,7 +269,7 @@ type listChecker interface {
 // pattern puts its files.
 func (r *Reconciler) checkDerived(ctx context.Context) error {
 	for _, p := range r.table.Derived {
-		name := quote(r.table.Schema, derivedIndexName(r.table.Name, p))
+		name := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, p))
 		var valid bool
 		if err := r.db.QueryRow(ctx, r.sql.indexValid, name).Scan(&valid); err != nil {
 			return fmt.Errorf("look for the index of table.derived %q: %w", p, err)

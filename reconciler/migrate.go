@@ -66,11 +66,11 @@ func (r *Reconciler) migrateDerived(ctx context.Context) error {
 	for _, p := range r.table.Derived {
 		vars := func(table string) map[string]string {
 			return map[string]string{
-				"DerivedIndex": quote(derivedIndexName(table, p)),
+				"DerivedIndex": quote(r.table.derivedIndexName(table, p)),
 				"DerivedExpr":  p.SQL(quote(r.table.Key)),
 			}
 		}
-		qualified := quote(r.table.Schema, derivedIndexName(r.table.Name, p))
+		qualified := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, p))
 		var valid bool
 		if err := r.db.QueryRow(ctx, r.sql.indexValid, qualified).Scan(&valid); err != nil {
 			return fmt.Errorf("derived index of %q: %w", p, err)

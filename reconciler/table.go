@@ -29,11 +29,12 @@ type Table struct {
 	Derived []derived.Pattern
 }
 
-// derivedIndexName names the index of a derived pattern's locations: the
-// pattern's hash tells a changed pattern's index from the old one's.
-func derivedIndexName(table string, p derived.Pattern) string {
+// derivedIndexName names the index of a derived pattern's locations after
+// the expression it indexes: an index of another expression, which the
+// queries would not use, never passes for it.
+func (t Table) derivedIndexName(table string, p derived.Pattern) string {
 	h := fnv.New32a()
-	_, _ = h.Write([]byte(p.String()))
+	_, _ = h.Write([]byte(p.SQL(quote(t.Key))))
 	return objectName(table, fmt.Sprintf("derived_%08x_idx", h.Sum32()))
 }
 

@@ -80,6 +80,9 @@ func Parse(text string) (Pattern, error) {
 	case strings.HasSuffix(text, "/"):
 		p.kind = Folder
 	}
+	if strings.Contains(body, "//") {
+		return p, fmt.Errorf("pattern %q: an empty path element (\"//\")", text)
+	}
 	if strings.Contains(body, "*") {
 		return p, fmt.Errorf("pattern %q: \"*\" may only end it", text)
 	}
@@ -334,8 +337,12 @@ func (p Pattern) Regexp() *regexp.Regexp {
 func (p Pattern) SQL(key string) string {
 	// The placeholders, as Location splits the key. The extension is the
 	// last dot of the name and what follows, unless only dots lead up to it.
+	// Byte-wise: a nondeterministic collation refuses regular expressions.
+	// No backslash: with standard_conforming_strings off it would escape
+	// the string, not the expression.
+	key = "(" + key + ` COLLATE "C")`
 	name := "regexp_replace(" + key + `, '^.*/', '')`
-	ext := "coalesce(substring(" + name + ` from '^\.*[^.].*(\.[^.]*)$'), '')`
+	ext := "coalesce(substring(" + name + ` from '^[.]*[^.].*([.][^.]*)$'), '')`
 	sql := map[string]string{
 		"key":             key,
 		"dir":             "coalesce(substring(" + key + ` from '^(.*)/'), '')`,

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/reconcile/reconcile/internal/testdb"
 )
 
@@ -48,6 +50,7 @@ func TestParseRefuses(t *testing.T) {
 		"/abs/{key}.thumb":       "not a relative path",
 		"CACHE\\{key}.thumb":     "not a relative path",
 		"CACHE/./{key}.thumb":    "element",
+		"{key_without_ext}//*":   "empty path element",
 		"{key}.thumb/../../etc/": "element",
 	} {
 		_, err := Parse(pattern)
@@ -121,7 +124,7 @@ func TestPrefix(t *testing.T) {
 // the database must name the same locations as Go, since the purge lists
 // with Go's and asks the database with its own.
 func TestSQLMatchesGo(t *testing.T) {
-	_, pool := testdb.New(t)
+	url, pool := testdb.New(t)
 	keys := []string{
 		"forum/attachments/2025/10/04/leaf.jpg", "leaf.jpg", "leaf", "a/leaf", "a/.hidden", "a/..x",
 		"a/b.", "a/.b.c", "a/b.tar.gz", "a.b/c", "a.b/c.d", "a/b c.JPG", "dír/fïle.ñ", "a/'quote'.png",
@@ -135,16 +138,32 @@ func TestSQLMatchesGo(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got []string
-		err = pool.QueryRow(context.Background(),
-			`SELECT array_agg(`+p.SQL("k")+` ORDER BY o) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, o)`,
-			keys).Scan(&got)
-		if err != nil {
-			t.Fatalf("%s: %v", pattern, err)
-		}
-		for i, key := range keys {
-			if want := p.Location(key); got[i] != want {
-				t.Errorf("%s: SQL gives %q for %q, Go %q", pattern, got[i], key, want)
+		// A database may turn standard_conforming_strings off: the
+		// expression must read the same.
+		for _, scs := range []string{"on", "off"} {
+			// A connection of its own: a statement prepared under the
+			// other setting would be reused.
+			cfg, err := pgx.ParseConfig(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.RuntimeParams["standard_conforming_strings"] = scs
+			conn, err := pgx.ConnectConfig(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			err = conn.QueryRow(context.Background(),
+				`SELECT array_agg(`+p.SQL("k")+` ORDER BY o) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, o)`,
+				keys).Scan(&got)
+			conn.Close(context.Background())
+			if err != nil {
+				t.Fatalf("%s: %v", pattern, err)
+			}
+			for i, key := range keys {
+				if want := p.Location(key); got[i] != want {
+					t.Errorf("%s, standard_conforming_strings %s: SQL gives %q for %q, Go %q", pattern, scs, got[i], key, want)
+				}
 			}
 		}
 		// An index can be built on it only if it is IMMUTABLE.

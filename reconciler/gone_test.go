@@ -42,3 +42,38 @@ func TestQueueGoneWaitsForTheGrace(t *testing.T) {
 		t.Fatalf("a drain after the grace: %+v, %v", s, err)
 	}
 }
+
+// A row deleted outright may be put back within the grace: the orphan scan
+// leaves its file and derived files alone meanwhile, and a later DELETE of
+// the same key gives it the later grace.
+func TestAFileInItsGraceIsNoOrphan(t *testing.T) {
+	b := setup(t)
+	b.withDerived("imagekit")
+	b.seed(row{key: "up/2025/live.jpg", active: true})
+	thumbs := imagekitFiles("up/2025/gone.jpg", specs...)
+	for _, f := range append([]string{"up/2025/gone.jpg"}, thumbs...) {
+		b.writeFile(f)
+	}
+	first := time.Now().Add(-time.Minute)
+	if err := b.r.QueueGone(b.ctx, []reconciler.GoneRow{{ID: "1", Key: "up/2025/gone.jpg", At: first}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	second := time.Now()
+	if err := b.r.QueueGone(b.ctx, []reconciler.GoneRow{{ID: "1", Key: "up/2025/gone.jpg", At: second}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	var notBefore, queued time.Time
+	if err := b.pool.QueryRow(b.ctx, `SELECT not_before, enqueued_at FROM reconcile_forum_attachment_outbox`).Scan(&notBefore, &queued); err != nil {
+		t.Fatal(err)
+	}
+	if notBefore.Sub(second.Add(time.Hour)).Abs() > time.Millisecond || queued.Sub(second).Abs() > time.Millisecond {
+		t.Errorf("after a second DELETE: not before %s, queued %s; want its grace and time", notBefore, queued)
+	}
+	report, totals, err := b.scan(reconciler.OrphanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(report) != 0 || totals.Removed != 0 || !b.fileExists("up/2025/gone.jpg") || !b.fileExists(thumbs[0]) {
+		t.Fatalf("the scan took files of a row inside its grace: %+v", report)
+	}
+}

@@ -465,13 +465,19 @@ func (s *orphanScan) reason(key string) string {
 	return ReasonNoRow
 }
 
-// locations reads the locations the rows own around a prefix ($1), in byte
-// order: each row's key, and each derived pattern's location for it.
+// locations reads the locations the rows own around a prefix ($1): each
+// row's key, and each derived pattern's location for it; and those of the
+// rows deleted outright whose grace is not over, which may be put back.
 func locations(t Table, r *strings.Replacer) string {
-	branches := []string{r.Replace(`SELECT {KEY}::text COLLATE "C" AS loc, -1 AS pattern FROM {T} WHERE {KEY} > ''`)}
+	branches := []string{
+		r.Replace(`SELECT {KEY}::text COLLATE "C" AS loc, -1 AS pattern FROM {T} WHERE {KEY} > ''`),
+		r.Replace(`SELECT storage_key COLLATE "C", -1 FROM {OUTBOX} WHERE not_before > now()`),
+	}
 	for i, p := range t.Derived {
 		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE %s > ''`,
 			p.SQL(quote(t.Key)), i, t.qualified(), quote(t.Key)))
+		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE not_before > now()`,
+			p.SQL("storage_key"), i, t.outbox()))
 	}
 	// Under the prefix, or a folder above it that a derived location owns
 	// whole.

@@ -131,7 +131,9 @@ func buildQueries(t Table, types columnTypes) queries {
 		// excluded by id. Both IN (subquery) forms run as hashed subplans,
 		// keeping a batch linear in its size. A row without a key (NULL or
 		// '', a FileField with blank=True) has no file: it is deleted and
-		// queues nothing. Behind the fence: when this process no longer
+		// queues nothing. A key the outbox holds already (a removal that
+		// failed, a row deleted outright) counts as queued now: a file
+		// written before is this row's, not a new upload. Behind the fence: when this process no longer
 		// holds the lock nothing is deleted, and the only row returned has
 		// false in its first column. $1 ids, $2 keys, $3 retention in
 		// microseconds, $4 the lock session's pid.
@@ -156,9 +158,9 @@ func buildQueries(t Table, types columnTypes) queries {
 					  AND o.{ID} NOT IN (SELECT pid FROM purged)
 				)
 			), queued AS (
-				INSERT INTO {OUTBOX} (storage_key, attachment_id, original_filename)
+				INSERT INTO {OUTBOX} AS o (storage_key, attachment_id, original_filename)
 				SELECT key, id, name FROM freed
-				ON CONFLICT (storage_key) DO NOTHING
+				ON CONFLICT (storage_key) DO UPDATE SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at)
 			)
 			SELECT true, p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
 			FROM purged p
@@ -219,12 +221,16 @@ func buildQueries(t Table, types columnTypes) queries {
 		// The keys of rows deleted outright, queued to go after the grace
 		// period ($4, in microseconds) from their DELETE's commit ($3),
 		// which is also when they count as queued: a file written after it
-		// is a new upload's. A key already queued stays as it is.
+		// is a new upload's. A key already queued takes the later of both:
+		// its file was in use until this DELETE.
 		queueDeleted: r.Replace(`
-			INSERT INTO {OUTBOX} (storage_key, attachment_id, enqueued_at, not_before)
-			SELECT key, id, at, at + $4 * interval '1 microsecond'
+			INSERT INTO {OUTBOX} AS o (storage_key, attachment_id, enqueued_at, not_before)
+			SELECT DISTINCT ON (key) key, id, at, at + $4 * interval '1 microsecond'
 			FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(key, id, at)
-			ON CONFLICT (storage_key) DO NOTHING`),
+			ORDER BY key, at DESC
+			ON CONFLICT (storage_key) DO UPDATE
+			SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at),
+			    not_before = greatest(o.not_before, EXCLUDED.not_before)`),
 		locations: locations(t, r),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.
@@ -341,12 +347,20 @@ func idleSessionTimeout(value string) string {
 // through the key index), and which candidate locations of each derived
 // pattern some row maps to ($2, $3...: one array per pattern, through the
 // pattern's index); rows come back as (-1, key) and (pattern, location).
+// A row deleted outright owns its files until its grace is over: it may
+// be put back (the outbox holds few keys; it is read whole).
 func derivedOwners(t Table, r *strings.Replacer) string {
-	branches := []string{r.Replace(`SELECT -1, {KEY}::text FROM {T} WHERE {KEY} = ANY($1::text[])`)}
+	branches := []string{
+		r.Replace(`SELECT -1, {KEY}::text FROM {T} WHERE {KEY} = ANY($1::text[])`),
+		r.Replace(`SELECT -1, storage_key FROM {OUTBOX} WHERE storage_key = ANY($1::text[]) AND not_before > now()`),
+	}
 	for i, p := range t.Derived {
 		loc := p.SQL(quote(t.Key)) + ` COLLATE "C"`
 		branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE %s = ANY($%d::text[])`,
 			i, loc, t.qualified(), loc, i+2))
+		loc = p.SQL("storage_key") + ` COLLATE "C"`
+		branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE not_before > now() AND %s = ANY($%d::text[])`,
+			i, loc, t.outbox(), loc, i+2))
 	}
 	return strings.Join(branches, "\nUNION ALL\n")
 }

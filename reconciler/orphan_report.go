@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -80,6 +81,9 @@ func (t *orphanText) Close(tot OrphanTotals) error {
 	if tot.Kept+tot.Refused+tot.Failed > 0 {
 		t.printf("  - Kept (refused, written again or failed): %d files\n", tot.Kept+tot.Refused+tot.Failed)
 	}
+	if tot.Foreign > 0 {
+		t.printf("  - Left alone in folders where no row owns any file (another model's? the wrong database?): %d files, in %s\n", tot.Foreign, strings.Join(tot.ForeignFolders, ", "))
+	}
 	if tot.BudgetReached {
 		t.printf("  - safety.max_deletes reached: the rest was only listed\n")
 	}
@@ -136,7 +140,7 @@ func (c *orphanCSV) Close(tot OrphanTotals) error {
 	if err := c.w.Error(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(c.totals, "orphans: %d files listed, %d orphans (%d bytes), %d removed, %d younger than orphans.grace, %d kept\n",
-		tot.Listed, tot.Orphans, tot.Bytes, tot.Removed, tot.Young, tot.Kept+tot.Refused+tot.Failed)
+	_, err := fmt.Fprintf(c.totals, "orphans: %d files listed, %d orphans (%d bytes), %d removed, %d younger than orphans.grace, %d kept, %d left in folders no row owns a file in\n",
+		tot.Listed, tot.Orphans, tot.Bytes, tot.Removed, tot.Young, tot.Kept+tot.Refused+tot.Failed, tot.Foreign)
 	return err
 }

@@ -61,6 +61,10 @@ type OrphanTotals struct {
 	Kept     int      `json:"kept"`
 	Failed   int      `json:"failed"`
 	Refused  int      `json:"refused"`
+	// Foreign counts old files left in folders (just under a prefix) where
+	// no row owns any file: ForeignFolders names them.
+	Foreign        int      `json:"left_in_foreign_folders"`
+	ForeignFolders []string `json:"foreign_folders,omitempty"`
 	// BudgetReached: safety.max_deletes stopped the removals; the rest
 	// was only listed.
 	BudgetReached bool   `json:"max_deletes_reached,omitempty"`
@@ -102,7 +106,8 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 			return totals, err
 		}
 	}
-	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived))}
+	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived)),
+		prefixes: prefixes, topOwned: map[string]bool{}}
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
@@ -192,6 +197,10 @@ type orphanScan struct {
 	totals    *OrphanTotals
 	derivedRe []*regexp.Regexp
 	pending   []storage.Object // unowned files awaiting judgement
+	heldSince time.Time        // when the first of them was listed
+	prefixes  []string         // what the scan covers
+	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
+	lastTop   string           // the last such folder seen owned in the listing
 	listed    string           // the last key listed
 }
 
@@ -247,6 +256,9 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 			open = open[:len(open)-1]
 		}
 		if s.owned(open, obj.Key) {
+			if top := s.top(obj.Key); top != "" && top != s.lastTop {
+				s.topOwned[top], s.lastTop = true, top
+			}
 			if len(s.pending) == 0 {
 				s.totals.LastHandled = obj.Key
 			}
@@ -296,6 +308,9 @@ func (s *orphanScan) fromSource(ctx context.Context, prefixes []string) error {
 
 // hold keeps a file for judgement, judging once a batch is full.
 func (s *orphanScan) hold(ctx context.Context, obj storage.Object) error {
+	if len(s.pending) == 0 {
+		s.heldSince = s.opts.Now()
+	}
 	s.pending = append(s.pending, obj)
 	if len(s.pending) >= orphanBatch {
 		return s.judge(ctx)
@@ -362,9 +377,10 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		}
 	}
 	// A file written after it was seen is another file: the listing's
-	// files were seen now, a report's when it was made.
+	// files were seen when listed (the times an S3 listing gives are of
+	// then), a report's when it was made.
 	now := s.opts.Now()
-	queuedAt := now
+	queuedAt := s.heldSince
 	if s.opts.Source != nil {
 		queuedAt = s.opts.AsOf
 	}
@@ -390,6 +406,16 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			continue
 		}
 		o.Age = now.Sub(obj.ModTime).Round(time.Second).String()
+		if top := s.top(o.Key); top != "" {
+			owns, err := s.ownsUnder(ctx, top)
+			if err != nil {
+				return err
+			}
+			if !owns {
+				s.foreign(top)
+				continue
+			}
+		}
 		old = append(old, o)
 		oldKeys = append(oldKeys, o.Key)
 	}
@@ -450,6 +476,51 @@ func (s *orphanScan) judge(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
+
+// top is the folder just under the scan's prefix that holds key: a year of
+// Django's dated folders, or another model's folder under a shared one; ""
+// for a file right under the prefix.
+func (s *orphanScan) top(key string) string {
+	for _, p := range s.prefixes {
+		if rest, ok := strings.CutPrefix(key, p); ok {
+			if i := strings.IndexByte(rest, '/'); i >= 0 {
+				return p + rest[:i+1]
+			}
+			return ""
+		}
+	}
+	return ""
+}
+
+// ownsUnder tells whether a row owns any file under folder, as the listing
+// showed or else the database says. A folder where none does is not the
+// table's (another model's files under a shared prefix), or this is the
+// wrong database: its files are left alone.
+func (s *orphanScan) ownsUnder(ctx context.Context, folder string) (bool, error) {
+	if owns, ok := s.topOwned[folder]; ok {
+		return owns, nil
+	}
+	var owns bool
+	if err := s.r.db.QueryRow(ctx, `SELECT EXISTS (`+s.r.sql.locations+`)`, folder).Scan(&owns); err != nil {
+		return false, fmt.Errorf("read the table's locations under %q: %w", folder, err)
+	}
+	s.topOwned[folder] = owns
+	return owns, nil
+}
+
+// foreign counts a file left in a folder no row owns a file under, and
+// names the folder once.
+func (s *orphanScan) foreign(folder string) {
+	s.totals.Foreign++
+	if !slices.Contains(s.totals.ForeignFolders, folder) && len(s.totals.ForeignFolders) < maxForeignFolders {
+		s.totals.ForeignFolders = append(s.totals.ForeignFolders, folder)
+		s.r.log.Warn("[CLEANUP] Left files no row owns in a folder where no row owns any file: another model's, or the wrong database? Name the table's folders in table.prefixes",
+			"folder", folder)
+	}
+}
+
+// maxForeignFolders bounds the folders the totals name.
+const maxForeignFolders = 100
 
 // errGone marks a candidate found gone when looked at: nothing to do.
 var errGone = errors.New("gone")

@@ -34,7 +34,7 @@ func TestOrphanScanRemovesOnlyFilesNoRowOwns(t *testing.T) {
 	owned := append([]string{day + "live.jpg", day + "soft.jpg", "forum/attachments/2024/01/01/old.png"},
 		imagekitFiles(day+"live.jpg", specs...)...)
 	owned = append(owned, imagekitFiles(day+"soft.jpg", "thumbnail")...)
-	orphans := append([]string{day + "failed-upload.jpg", "forum/attachments/2023/x/gone.pdf"},
+	orphans := append([]string{day + "failed-upload.jpg", "forum/attachments/2024/x/gone.pdf"},
 		imagekitFiles(day+"deleted-outright.jpg", specs...)...)
 	outside := []string{"other-app/file.jpg", "CACHE/images/other-app/x/0123.jpg", "forum/README"}
 	for _, f := range slices.Concat(owned, orphans, outside) {
@@ -162,5 +162,25 @@ func TestOrphanScanHonoursTheBudgetAndResumes(t *testing.T) {
 	report, _, err := b.scan(reconciler.OrphanOptions{StartAfter: "up/3.jpg"})
 	if err != nil || len(report) != 1 || b.fileExists("up/4.jpg") || !b.fileExists("up/3.jpg") {
 		t.Fatalf("resumed after up/3.jpg: %v, %v", report, err)
+	}
+}
+
+// Under a shared prefix, a folder where no row owns any file is another
+// model's (or the database is the wrong one): its files stay, named once.
+func TestOrphanScanLeavesFoldersNoRowOwnsAFileIn(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "uploads/2025/10/live.jpg", active: true}, row{key: "uploads/2024/01/old.jpg", active: true})
+	for _, f := range []string{"uploads/avatars/alice.png", "uploads/2026/01/new-year.jpg", "uploads/2025/11/orphan.jpg"} {
+		b.writeFile(f)
+	}
+	_, totals, err := b.scan(reconciler.OrphanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if totals.Removed != 1 || b.fileExists("uploads/2025/11/orphan.jpg") || !b.fileExists("uploads/avatars/alice.png") || !b.fileExists("uploads/2026/01/new-year.jpg") {
+		t.Fatalf("totals %+v: want only the orphan of a folder the table owns files in removed", totals)
+	}
+	if totals.Foreign != 2 || !slices.Equal(totals.ForeignFolders, []string{"uploads/2026/", "uploads/avatars/"}) {
+		t.Errorf("foreign files %d in %q", totals.Foreign, totals.ForeignFolders)
 	}
 }

@@ -111,6 +111,11 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
+	// An xid of our own, ended at once: every transaction open now has a
+	// smaller one.
+	if err := r.db.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&s.mark); err != nil {
+		return totals, fmt.Errorf("mark the transactions open now: %w", err)
+	}
 	if opts.Source != nil {
 		if err := s.fromSource(ctx, prefixes); err != nil {
 			return totals, fmt.Errorf("%w: %w", ErrOrphanScanStopped, err)
@@ -201,6 +206,8 @@ type orphanScan struct {
 	prefixes  []string         // what the scan covers
 	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
 	lastTop   string           // the last such folder seen owned in the listing
+	mark      string           // an xid above every transaction open when the scan began
+	waited    bool             // for the transactions older than the scan, once
 	listed    string           // the last key listed
 }
 
@@ -419,6 +426,24 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		old = append(old, o)
 		oldKeys = append(oldKeys, o.Key)
 	}
+	// A transaction open since before the scan may hold the row of an
+	// old file, uncommitted: once it ends, the database is asked again.
+	if len(old) > 0 {
+		xid, err := s.oldTransaction(ctx)
+		if err != nil {
+			return err
+		}
+		if xid != "" {
+			for _, o := range old {
+				s.totals.Kept++
+				o.Action = fmt.Sprintf("kept: transaction %s, open since before the scan began, may still commit a row that names it", xid)
+				if err := s.report(o); err != nil {
+					return err
+				}
+			}
+			old, oldKeys = nil, nil
+		}
+	}
 	// Asked again just before the removal: a row committed since the
 	// listing owns its file.
 	owned, err := s.r.ownedFiles(ctx, oldKeys)
@@ -475,6 +500,44 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		s.totals.LastHandled = s.listed
 	}
 	return ctx.Err()
+}
+
+// txWait bounds the wait for transactions older than the scan, once per
+// scan: past it, the files judged while one is open stay.
+const txWait = 10 * time.Second
+
+// oldTransaction returns a transaction that was open when the scan began
+// and still is, or "", waiting for such transactions to end the first time.
+func (s *orphanScan) oldTransaction(ctx context.Context) (string, error) {
+	deadline := time.Now()
+	if !s.waited {
+		s.waited, deadline = true, deadline.Add(txWait)
+	}
+	for {
+		var oldest string
+		// Those of this database: pg_locks and the sessions' databases
+		// are shown to every role, the sessions' xids are not.
+		err := s.r.db.QueryRow(ctx, `
+			SELECT coalesce(min(x)::text, '') FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+			WHERE x < $1::text::xid8
+			  AND (x::text::bigint % 4294967296)::text IN (
+				SELECT l.transactionid::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+				WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+				  AND a.datname = current_database()
+				UNION ALL
+				SELECT transaction::text FROM pg_prepared_xacts WHERE database = current_database())`, s.mark).Scan(&oldest)
+		if err != nil {
+			return "", fmt.Errorf("read the transactions in progress: %w", err)
+		}
+		if oldest == "" || time.Now().After(deadline) {
+			return oldest, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // top is the folder just under the scan's prefix that holds key: a year of

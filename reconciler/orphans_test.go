@@ -184,3 +184,29 @@ func TestOrphanScanLeavesFoldersNoRowOwnsAFileIn(t *testing.T) {
 		t.Errorf("foreign files %d in %q", totals.Foreign, totals.ForeignFolders)
 	}
 }
+
+// A transaction open since before the scan may insert the row of an old
+// file: while it stays open, the file stays; once it ends, it is judged.
+func TestOrphanScanWaitsForOlderTransactions(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true})
+	b.writeFile("up/importing.jpg")
+	tx, err := b.pool.Begin(b.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(b.ctx)
+	if _, err := tx.Exec(b.ctx, `INSERT INTO forum_attachment (id, image, original_filename, is_active) VALUES (gen_random_uuid(), 'up/importing.jpg', 'i.jpg', true)`); err != nil {
+		t.Fatal(err)
+	}
+	report, totals, err := b.scan(reconciler.OrphanOptions{})
+	if err != nil || totals.Removed != 0 || !b.fileExists("up/importing.jpg") || !strings.Contains(report["up/importing.jpg"].Action, "open since before the scan") {
+		t.Fatalf("with the import open: %+v, %+v, %v", report, totals, err)
+	}
+	if err := tx.Commit(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, totals, err = b.scan(reconciler.OrphanOptions{}); err != nil || totals.Removed != 0 || !b.fileExists("up/importing.jpg") {
+		t.Fatalf("after the import committed: %+v, %v", totals, err)
+	}
+}

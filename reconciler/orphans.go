@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/reconcile/reconcile/internal/storage"
 )
@@ -111,6 +114,9 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
+	if s.unclean, err = r.uncleanKeys(ctx); err != nil {
+		return totals, err
+	}
 	// An xid of our own, ended at once: every transaction open now has a
 	// smaller one.
 	if err := r.db.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&s.mark); err != nil {
@@ -207,6 +213,7 @@ type orphanScan struct {
 	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
 	lastTop   string           // the last such folder seen owned in the listing
 	mark      string           // an xid above every transaction open when the scan began
+	unclean   map[string]bool  // the files of keys that name them by another path ("a//b", "./a")
 	waited    bool             // for the transactions older than the scan, once
 	listed    string           // the last key listed
 }
@@ -452,7 +459,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 	}
 	var orphans []Orphan
 	for _, o := range old {
-		if owned[o.Key] {
+		if owned[o.Key] || s.unclean[o.Key] {
 			continue
 		}
 		orphans = append(orphans, o)
@@ -538,6 +545,32 @@ func (s *orphanScan) oldTransaction(ctx context.Context) (string, error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// maxUnclean bounds the keys read whose path is not clean.
+const maxUnclean = 100000
+
+// uncleanKeys reads the keys that name their file by a path the storage
+// lists otherwise ("a//b.jpg", "a/./b.jpg", "./a.jpg": Django cleans them
+// when it serves the file), and returns the files they name.
+func (r *Reconciler) uncleanKeys(ctx context.Context) (map[string]bool, error) {
+	rows, err := r.db.Query(ctx, r.sql.uncleanKeys, maxUnclean+1)
+	if err != nil {
+		return nil, fmt.Errorf("read keys that are not clean paths: %w", err)
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read keys that are not clean paths: %w", err)
+	}
+	if len(keys) > maxUnclean {
+		return nil, fmt.Errorf("more than %d keys of %s are not clean paths (such as %q): the scan cannot tell their files; nothing was removed: %w",
+			maxUnclean, r.table.qualified(), keys[0], ErrSetup)
+	}
+	files := make(map[string]bool, len(keys))
+	for _, key := range keys {
+		files[strings.TrimPrefix(path.Clean("/"+key), "/")] = true
+	}
+	return files, nil
 }
 
 // top is the folder just under the scan's prefix that holds key: a year of

@@ -210,3 +210,28 @@ func TestOrphanScanWaitsForOlderTransactions(t *testing.T) {
 		t.Fatalf("after the import committed: %+v, %v", totals, err)
 	}
 }
+
+// A key that names its file by another path (Django cleans it when it
+// serves the file) owns that file.
+func TestOrphanScanKeepsFilesOfUncleanKeys(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true},
+		row{key: "up/a//double.jpg", active: true, noFile: true},
+		row{key: "up/./dot.jpg", active: true, noFile: true},
+		row{key: "./up/lead.jpg", active: true, noFile: true},
+		row{key: "up/x/../dotdot.jpg", active: true, noFile: true})
+	files := []string{"up/a/double.jpg", "up/dot.jpg", "up/lead.jpg", "up/dotdot.jpg"}
+	for _, f := range files {
+		b.writeFile(f)
+	}
+	b.writeFile("up/orphan.jpg")
+	_, totals, err := b.scan(reconciler.OrphanOptions{Prefixes: []string{"up/"}})
+	if err != nil || totals.Removed != 1 || b.fileExists("up/orphan.jpg") {
+		t.Fatalf("%+v, %v", totals, err)
+	}
+	for _, f := range files {
+		if !b.fileExists(f) {
+			t.Errorf("%s removed: a row names it by another path", f)
+		}
+	}
+}

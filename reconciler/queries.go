@@ -12,7 +12,7 @@ type queries struct {
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
-	indexValid, derivedOwners, locations, keyRange, queueDeleted                                                string
+	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys                                   string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -232,6 +232,12 @@ func buildQueries(t Table, types columnTypes) queries {
 			SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at),
 			    not_before = greatest(o.not_before, EXCLUDED.not_before)`),
 		locations: locations(t, r),
+		// Keys with an empty, "." or ".." element, or a leading "/": a
+		// listing names their files otherwise. $1 how many at most.
+		uncleanKeys: r.Replace(`
+			SELECT {KEY}::text FROM {T}
+			WHERE {KEY} > '' AND {KEY}::text ~ '(^|/)[.]{1,2}(/|$)|//|^/'
+			LIMIT $1`),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.
 		keyRange: r.Replace(`SELECT coalesce(min({KEY}::text COLLATE "C"), ''), coalesce(max({KEY}::text COLLATE "C"), '') FROM {T} WHERE {KEY} > ''`),

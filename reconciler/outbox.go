@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -281,12 +282,19 @@ func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.D
 // key (its replica identity is not FULL), that the files of rows deleted
 // outright are left to the orphan scan; "" otherwise.
 func (r *Reconciler) IdentityWarning(ctx context.Context) (string, error) {
-	var full bool
-	if err := r.db.QueryRow(ctx, `SELECT relreplident = 'f' FROM pg_class WHERE oid = $1::regclass`, r.table.qualified()).Scan(&full); err != nil {
+	// The table and each of its partitions: one made after `migrate` has
+	// the default.
+	var partial []string
+	err := r.db.QueryRow(ctx, `
+		SELECT coalesce(array_agg(c.oid::regclass::text ORDER BY 1), '{}')
+		FROM pg_class c
+		WHERE (c.oid = $1::regclass OR c.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
+		  AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'`, r.table.qualified()).Scan(&partial)
+	if err != nil {
 		return "", fmt.Errorf("read the replica identity of %s: %w", r.table.qualified(), err)
 	}
-	if full {
+	if len(partial) == 0 {
 		return "", nil
 	}
-	return fmt.Sprintf("the replica identity of %s is not FULL: a DELETE does not carry the storage key, so the files of rows deleted outright stay until `reconcile orphans`; `reconcile migrate` sets it", r.table.qualified()), nil
+	return fmt.Sprintf("the replica identity of %s is not FULL: a DELETE there does not carry the storage key, so the files of rows deleted outright stay until `reconcile orphans`; `reconcile migrate` sets it", strings.Join(partial, ", ")), nil
 }

@@ -77,3 +77,21 @@ func TestAFileInItsGraceIsNoOrphan(t *testing.T) {
 		t.Fatalf("the scan took files of a row inside its grace: %+v", report)
 	}
 }
+
+// Whether a soft-deleted row was the purge's is judged at its DELETE, not
+// when the stream, late, brings it: a row not yet due then was deleted by
+// someone else, and its file is queued.
+func TestQueueGoneJudgesDueAtTheDelete(t *testing.T) {
+	b := setup(t)
+	at := time.Now().Add(-2 * retention)
+	rows := []reconciler.GoneRow{
+		{ID: "1", Key: "up/not-due-then.jpg", SoftDeleted: true, DeletedAt: at.Add(-retention / 2).UTC(), At: at},
+		{ID: "2", Key: "up/due-then.jpg", SoftDeleted: true, DeletedAt: at.Add(-2 * retention).UTC(), At: at},
+	}
+	if err := b.r.QueueGone(b.ctx, rows, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox WHERE storage_key = 'up/not-due-then.jpg'`); n != 1 || b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`) != 1 {
+		t.Fatal("want the row not due at its DELETE queued, and only it")
+	}
+}

@@ -252,17 +252,25 @@ type GoneRow struct {
 // removed once grace has passed since their DELETE, with the rules of
 // every removal: a key a row uses then keeps its file (a row put back with
 // the same key), a file written after the DELETE is a new upload's. A row
-// that was soft-deleted and due was purged (by this service, or another
-// purger): its file is the outbox's already.
+// that was soft-deleted and due when it was deleted was purged (by this
+// service, or another purger): its file is the outbox's already.
 func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.Duration) error {
-	cutoff, err := r.Cutoff(ctx)
+	at := make([]time.Time, len(rows))
+	for i, row := range rows {
+		at[i] = row.At
+	}
+	q, err := r.db.Query(ctx, r.sql.cutoffsAt, at, r.retentionMicros())
 	if err != nil {
-		return err
+		return fmt.Errorf("read the cutoffs of rows deleted outright: %w", err)
+	}
+	cutoffs, err := pgx.CollectRows(q, pgx.RowTo[time.Time])
+	if err != nil {
+		return fmt.Errorf("read the cutoffs of rows deleted outright: %w", err)
 	}
 	var keys, ids []string
 	var ats []time.Time
-	for _, row := range rows {
-		if row.Key == "" || row.SoftDeleted && !row.DeletedAt.After(cutoff) {
+	for i, row := range rows {
+		if row.Key == "" || row.SoftDeleted && !row.DeletedAt.After(cutoffs[i]) {
 			continue
 		}
 		keys, ids, ats = append(keys, row.Key), append(ids, row.ID), append(ats, row.At)

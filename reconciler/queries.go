@@ -12,7 +12,7 @@ type queries struct {
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
-	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys                                   string
+	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys, cutoffsAt                        string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -232,6 +232,9 @@ func buildQueries(t Table, types columnTypes) queries {
 			SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at),
 			    not_before = greatest(o.not_before, EXCLUDED.not_before)`),
 		locations: locations(t, r),
+		// The cutoff at each of some instants ($1), in deleted_at's terms, as
+		// cutoff is at now(); $2 retention in microseconds.
+		cutoffsAt: `SELECT ` + wall("(a - $2 * interval '1 microsecond')") + ` FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(a, o) ORDER BY o`,
 		// Keys with an empty, "." or ".." element, or a leading "/": a
 		// listing names their files otherwise. $1 how many at most.
 		uncleanKeys: r.Replace(`

@@ -57,7 +57,7 @@ type Orphan struct {
 type OrphanTotals struct {
 	Prefixes []string `json:"prefixes"`
 	Listed   int      `json:"files_listed"`
-	Orphans  int      `json:"orphans"`
+	Orphans  int      `json:"orphans"` // removed, or to remove: reclaimable
 	Bytes    int64    `json:"orphan_bytes"`
 	Removed  int      `json:"removed"`
 	Young    int      `json:"younger_than_grace"`
@@ -185,6 +185,9 @@ func (r *Reconciler) uploadFolder(ctx context.Context) (string, error) {
 	var lo, hi string
 	if err := r.db.QueryRow(ctx, r.sql.keyRange).Scan(&lo, &hi); err != nil {
 		return "", fmt.Errorf("read the range of the table's keys: %w", err)
+	}
+	if hi == "" {
+		return "", fmt.Errorf("no row of %s names a file: is it the right database and table? Nothing was removed: %w", r.table.qualified(), ErrNoFiles)
 	}
 	shared := ""
 	for _, elem := range strings.Split(commonPrefix(lo, hi), "/") {
@@ -495,7 +498,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		if o.Action == "" {
 			o.Action = "would remove"
 		}
-		if o.Action != "missing" {
+		if o.Action == "removed" || strings.HasPrefix(o.Action, "would remove") {
 			s.totals.Orphans++
 			s.totals.Bytes += o.Size
 		}
@@ -625,7 +628,9 @@ var errGone = errors.New("gone")
 // could have named it.
 func (s *orphanScan) reason(key string) string {
 	for i, re := range s.derivedRe {
-		if re.MatchString(key) {
+		// A pattern beside its sources ({key}.*) could have named any
+		// file with a dot: only one of a folder of its own says so.
+		if s.r.table.Derived[i].Prefix("") != "" && re.MatchString(key) {
 			return ReasonDerived + " (" + s.r.table.Derived[i].String() + ")"
 		}
 	}

@@ -234,6 +234,12 @@ func (r *Reconciler) CheckSetup(ctx context.Context) error {
 	if !exists {
 		return fmt.Errorf("outbox table %s is missing; run `reconcile migrate` first: %w", r.table.outbox(), ErrSetup)
 	}
+	if err := r.db.QueryRow(ctx, r.sql.outboxCurrent, r.table.outbox()).Scan(&exists); err != nil {
+		return fmt.Errorf("look at the outbox table: %w", err)
+	}
+	if !exists {
+		return fmt.Errorf("outbox table %s lacks the column not_before of this version; run `reconcile migrate`: %w", r.table.outbox(), ErrSetup)
+	}
 	return r.checkDerived(ctx)
 }
 

@@ -12,7 +12,7 @@ type queries struct {
 	keysOf, stillDue, cutoff, clock, probeKeys, neighbours, dueIn, auditCount                                   string
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
-	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys, cutoffsAt                        string
+	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys, cutoffsAt, outboxCurrent         string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -215,7 +215,9 @@ func buildQueries(t Table, types columnTypes) queries {
 			LIMIT $3`),
 
 		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
-		indexValid:   `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
+		// The outbox has the columns of the last migration.
+		outboxCurrent: `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'not_before' AND NOT attisdropped)`,
+		indexValid:    `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
 
 		derivedOwners: derivedOwners(t, r),
 		// The keys of rows deleted outright, queued to go after the grace

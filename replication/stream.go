@@ -771,7 +771,7 @@ func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
 		l.s.lastCommit.Store(time.Now().UnixNano())
 		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
 		if l.truncated && l.rescanning == nil {
-			l.startRescan(ctx, "the table was truncated", RescanTruncate)
+			l.startRescan(ctx, "the table was truncated (the files of its rows stay until `reconcile orphans`)", RescanTruncate)
 		}
 		l.truncated, l.skipping = false, false
 		if l.rescanning != nil {

@@ -110,17 +110,12 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 		}
 	}
 	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived)),
-		prefixes: prefixes, topOwned: map[string]bool{}}
+		prefixes: prefixes, topOwned: map[string]bool{}, waitedFor: map[string]bool{}}
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
 	if s.unclean, err = r.uncleanKeys(ctx); err != nil {
 		return totals, err
-	}
-	// An xid of our own, ended at once: every transaction open now has a
-	// smaller one.
-	if err := r.db.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&s.mark); err != nil {
-		return totals, fmt.Errorf("mark the transactions open now: %w", err)
 	}
 	if opts.Source != nil {
 		if err := s.fromSource(ctx, prefixes); err != nil {
@@ -215,9 +210,8 @@ type orphanScan struct {
 	prefixes  []string         // what the scan covers
 	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
 	lastTop   string           // the last such folder seen owned in the listing
-	mark      string           // an xid above every transaction open when the scan began
 	unclean   map[string]bool  // the files of keys that name them by another path ("a//b", "./a")
-	waited    bool             // for the transactions older than the scan, once
+	waitedFor map[string]bool  // write transactions waited for once
 	listed    string           // the last key listed
 }
 
@@ -373,6 +367,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			keys = append(keys, obj.Key)
 		}
 	}
+	changed := map[string]time.Time{}
 	if len(keys) > 0 {
 		infos := s.r.store.Stat(ctx, keys)
 		if err := ctx.Err(); err != nil {
@@ -385,6 +380,11 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		for i, obj := range batch {
 			if info, ok := byKey[obj.Key]; ok {
 				batch[i].ModTime, batch[i].Size = info.ModTime, info.Size
+				if info.Changed.After(info.ModTime) {
+					// A copy that kept an old modification time (an import
+					// whose rows are still to come) is as young as the copy.
+					changed[obj.Key] = info.Changed
+				}
 				if info.Err != nil {
 					batch[i].Refused = info.Err
 				} else if !info.Exists {
@@ -418,7 +418,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 				return err
 			}
 			continue
-		case now.Sub(obj.ModTime) < s.opts.Grace:
+		case now.Sub(obj.ModTime) < s.opts.Grace, now.Sub(changed[obj.Key]) < s.opts.Grace:
 			s.totals.Young++
 			continue
 		}
@@ -436,17 +436,17 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		old = append(old, o)
 		oldKeys = append(oldKeys, o.Key)
 	}
-	// A transaction open since before the scan may hold the row of an
-	// old file, uncommitted: once it ends, the database is asked again.
+	// A transaction open now may hold the row of an old file, uncommitted:
+	// once it ends, the database is asked again.
 	if len(old) > 0 {
-		xid, err := s.oldTransaction(ctx)
+		xid, err := s.openWriter(ctx)
 		if err != nil {
 			return err
 		}
 		if xid != "" {
 			for _, o := range old {
 				s.totals.Kept++
-				o.Action = fmt.Sprintf("kept: transaction %s, open since before the scan began, may still commit a row that names it", xid)
+				o.Action = fmt.Sprintf("kept: transaction %s of the database, open for over %s, may still commit a row that names it", xid, txWait)
 				if err := s.report(o); err != nil {
 					return err
 				}
@@ -512,42 +512,62 @@ func (s *orphanScan) judge(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// txWait bounds the wait for transactions older than the scan, once per
-// scan: past it, the files judged while one is open stay.
+// txWait bounds the wait for a write transaction open at a recheck: past
+// it, the files judged while it is open stay.
 const txWait = 10 * time.Second
 
-// oldTransaction returns a transaction that was open when the scan began
-// and still is, or "", waiting for such transactions to end the first time.
-func (s *orphanScan) oldTransaction(ctx context.Context) (string, error) {
-	deadline := time.Now()
-	if !s.waited {
-		s.waited, deadline = true, deadline.Add(txWait)
-	}
-	for {
-		var oldest string
-		// Those of this database: pg_locks and the sessions' databases
-		// are shown to every role, the sessions' xids are not.
-		err := s.r.db.QueryRow(ctx, `
-			SELECT coalesce(min(x)::text, '') FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-			WHERE x < $1::text::xid8
-			  AND (x::text::bigint % 4294967296)::text IN (
-				SELECT l.transactionid::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-				WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-				  AND a.datname = current_database()
-				UNION ALL
-				SELECT transaction::text FROM pg_prepared_xacts WHERE database = current_database())`, s.mark).Scan(&oldest)
+// openWriter returns a write transaction of this database that is open at
+// the recheck and was so txWait ago, or "". A row it inserted is not seen
+// by the recheck until it commits: a bulk import may hold the rows of old
+// files. Each is waited for once; one that outlasts the wait keeps the
+// files judged while it is open.
+func (s *orphanScan) openWriter(ctx context.Context) (string, error) {
+	// Those of this database: pg_locks and the sessions' databases are
+	// shown to every role, the sessions' xids are not.
+	read := func() ([]string, error) {
+		rows, err := s.r.db.Query(ctx, `
+			SELECT l.transactionid::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+			WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+			  AND a.datname = current_database() AND a.pid <> pg_backend_pid()
+			UNION ALL
+			SELECT transaction::text FROM pg_prepared_xacts WHERE database = current_database()`)
 		if err != nil {
-			return "", fmt.Errorf("read the transactions in progress: %w", err)
+			return nil, fmt.Errorf("read the transactions in progress: %w", err)
 		}
-		if oldest == "" || time.Now().After(deadline) {
-			return oldest, nil
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	open, err := read()
+	if err != nil {
+		return "", err
+	}
+	var waiting []string
+	for _, xid := range open {
+		if !s.waitedFor[xid] {
+			waiting = append(waiting, xid)
 		}
+	}
+	for deadline := time.Now().Add(txWait); len(waiting) > 0 && time.Now().Before(deadline); {
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
+		}
+		now, err := read()
+		if err != nil {
+			return "", err
+		}
+		waiting = slices.DeleteFunc(waiting, func(xid string) bool { return !slices.Contains(now, xid) })
+		open = slices.DeleteFunc(open, func(xid string) bool { return !slices.Contains(now, xid) })
+	}
+	for _, xid := range open {
+		if len(waiting) == 0 || slices.Contains(waiting, xid) {
+			s.waitedFor[xid] = true
 		}
 	}
+	if len(open) == 0 {
+		return "", nil
+	}
+	return slices.Min(open), nil
 }
 
 // maxUnclean bounds the keys read whose path is not clean.

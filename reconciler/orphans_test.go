@@ -12,11 +12,20 @@ import (
 	"github.com/reconcile/reconcile/reconciler"
 )
 
+// later is a clock two hours ahead: a local file's status change time
+// cannot be set back, and it counts in a file's age, so the test's files
+// (written "3 hours ago") look old to it. A file written "now" for it is
+// written at later().
+func later() time.Time { return time.Now().Add(2 * time.Hour) }
+
 // scan runs an orphan scan and returns the report's files by key.
 func (b *bundle) scan(opts reconciler.OrphanOptions) (map[string]reconciler.Orphan, reconciler.OrphanTotals, error) {
 	b.t.Helper()
 	if opts.Grace == 0 {
 		opts.Grace = time.Hour
+	}
+	if opts.Now == nil && b.root != "" {
+		opts.Now = later
 	}
 	files := map[string]reconciler.Orphan{}
 	totals, err := b.r.ScanOrphans(b.ctx, opts, func(o reconciler.Orphan) error {
@@ -43,6 +52,9 @@ func TestOrphanScanRemovesOnlyFilesNoRowOwns(t *testing.T) {
 	// A fresh upload whose row has yet to commit.
 	young := day + "uploading.jpg"
 	if err := os.WriteFile(filepath.Join(b.root, young), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join(b.root, young), later(), later()); err != nil {
 		t.Fatal(err)
 	}
 	// A link inside the prefix, to a file outside it: never followed or
@@ -117,7 +129,7 @@ func TestOrphanScanAsksTheDatabaseAgainBeforeRemoving(t *testing.T) {
 		t.Fatal(err)
 	}
 	committed := false
-	totals, err := b.r.ScanOrphans(b.ctx, reconciler.OrphanOptions{Grace: time.Hour}, func(o reconciler.Orphan) error {
+	totals, err := b.r.ScanOrphans(b.ctx, reconciler.OrphanOptions{Grace: time.Hour, Now: later}, func(o reconciler.Orphan) error {
 		// The link is reported while its batch is judged, before the
 		// database is asked again: a row now commits for b.
 		if o.Key == "up/a-link.jpg" && !committed {
@@ -200,7 +212,7 @@ func TestOrphanScanWaitsForOlderTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	report, totals, err := b.scan(reconciler.OrphanOptions{})
-	if err != nil || totals.Removed != 0 || !b.fileExists("up/importing.jpg") || !strings.Contains(report["up/importing.jpg"].Action, "open since before the scan") {
+	if err != nil || totals.Removed != 0 || !b.fileExists("up/importing.jpg") || !strings.Contains(report["up/importing.jpg"].Action, "may still commit a row") {
 		t.Fatalf("with the import open: %+v, %+v, %v", report, totals, err)
 	}
 	if err := tx.Commit(b.ctx); err != nil {
@@ -233,5 +245,17 @@ func TestOrphanScanKeepsFilesOfUncleanKeys(t *testing.T) {
 		if !b.fileExists(f) {
 			t.Errorf("%s removed: a row names it by another path", f)
 		}
+	}
+}
+
+// A file copied with its old modification time kept (rsync -a, cp -p: an
+// import whose rows are still to come) is as young as the copy.
+func TestOrphanScanCountsACopysAgeFromTheCopy(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true})
+	b.writeFile("up/copied.jpg") // modified "3 hours ago", changed now
+	_, totals, err := b.scan(reconciler.OrphanOptions{Now: time.Now})
+	if err != nil || totals.Removed != 0 || totals.Young != 1 || !b.fileExists("up/copied.jpg") {
+		t.Fatalf("%+v, %v", totals, err)
 	}
 }

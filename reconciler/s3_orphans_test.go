@@ -83,7 +83,6 @@ func TestOrphanScanOnS3(t *testing.T) {
 		bucket.Put(t, "media/"+f)
 	}
 	bucket.Put(t, "up/2025/outside-the-prefix.jpg")
-	later := func() time.Time { return time.Now().Add(2 * time.Hour) } // every object is old by then
 
 	report, totals, err := b.scan(reconciler.OrphanOptions{DryRun: true, Now: later})
 	if err != nil {

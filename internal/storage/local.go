@@ -110,7 +110,7 @@ func (l *Local) Stat(ctx context.Context, keys []string) []FileInfo {
 		case err != nil:
 			infos[i].Err = err
 		case f.found:
-			infos[i] = FileInfo{Exists: true, ModTime: f.modTime(), Size: f.st.Size}
+			infos[i] = FileInfo{Exists: true, ModTime: f.modTime(), Changed: time.Unix(f.st.Ctim.Unix()), Size: f.st.Size}
 		}
 	}
 	return infos

@@ -61,6 +61,10 @@ type Result struct {
 type FileInfo struct {
 	Exists  bool
 	ModTime time.Time
+	// Changed is when the file last changed at all: on local disk its
+	// status change time, which a copy that keeps the modification time
+	// (rsync -a, cp -p) sets to the copy's; on S3 its LastModified.
+	Changed time.Time
 	Size    int64 // bytes
 	Err     error
 }

@@ -162,7 +162,7 @@ func (s *S3) Stat(ctx context.Context, keys []string) []FileInfo {
 				if err := failed[name]; err != nil {
 					infos[i].Err = s.redact(fmt.Errorf("stat %q: %w", keys[i], err))
 				} else if st, ok := found[name]; ok {
-					infos[i] = FileInfo{Exists: true, ModTime: st.modTime, Size: st.size}
+					infos[i] = FileInfo{Exists: true, ModTime: st.modTime, Changed: st.modTime, Size: st.size}
 				}
 			}
 		}

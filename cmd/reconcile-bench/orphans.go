@@ -194,7 +194,6 @@ func (s s3Orphans) mark() (int64, error) { return s.logSize() }
 type orphanRun struct {
 	elapsed  time.Duration
 	mem      memPeaks
-	maxRSS   int64
 	requests map[string]int
 }
 
@@ -288,7 +287,7 @@ func timeOrphans(ctx context.Context, b *bench, st orphanStore, n int) (orphanRe
 				return res, err
 			}
 			slog.Info("timed", "algorithm", name, "run", run+1, "seconds", r.elapsed.Seconds(),
-				"files_per_s", int(float64(files)/r.elapsed.Seconds()), "rss_anon", r.mem.rssAnon, "maxrss", r.maxRSS)
+				"files_per_s", int(float64(files)/r.elapsed.Seconds()), "rss_anon", r.mem.rssAnon, "vm_hwm", r.mem.vmHWM)
 			if name == algoFloor {
 				res.floor = append(res.floor, r)
 			} else {
@@ -342,7 +341,7 @@ func orphanReconcile(ctx context.Context, b *bench, dir string, files int, want 
 	if err != nil {
 		return r, err
 	}
-	r.elapsed, r.mem, r.maxRSS = p.elapsed, p.mem, p.maxRSS()
+	r.elapsed, r.mem = p.elapsed, p.mem
 
 	f, err := os.Open(report)
 	if err != nil {

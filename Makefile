@@ -11,7 +11,12 @@
 #                against pg_recvlogical, memory, purge latency
 #   make bench-s3  the S3 path with 10 ms of latency each way (versitygw behind
 #                toxiproxy): rows/s of --rescan and of the cron algorithm;
-#                make bench-s3 BENCH_ARGS='-baseline-reconcile OLD_BINARY'
+#                make bench-s3 BENCH_ARGS='-baseline-reconcile OLD_BINARY';
+#                make bench-s3 BENCH_ARGS='-derived -cron-due 0': with
+#                three imagekit files a row, against the same rows without
+#   make bench-orphans  the orphan scan against find, \copy, sort and comm:
+#                1,000,000 files on local disk (make bench-orphans
+#                BENCH_ARGS='-s3': 100,000 objects on versitygw)
 #   make check-deploy  check deploy/ with promtool and systemd-analyze
 #   make clean   remove bin/
 #
@@ -23,7 +28,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all build test demo bench bench-service bench-s3 check-deploy clean
+.PHONY: all build test demo bench bench-service bench-s3 bench-orphans check-deploy clean
 
 all: build
 
@@ -44,6 +49,9 @@ bench-service:
 
 bench-s3:
 	bash scripts/bench.sh s3 $(BENCH_ARGS)
+
+bench-orphans:
+	bash scripts/bench.sh orphans $(BENCH_ARGS)
 
 check-deploy:
 	bash scripts/check-deploy.sh

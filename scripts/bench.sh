@@ -17,6 +17,11 @@
 # the S3 server:
 #     scripts/bench.sh s3 -runs 3
 #     make bench-s3 BENCH_ARGS='-baseline-reconcile /path/to/older/reconcile'
+#     make bench-s3 BENCH_ARGS='-derived -cron-due 0'   # with imagekit files
+# With "orphans" first it times the orphan scan (reconcile-bench -orphans)
+# on local disk, or with -s3 on versitygw (started then, reached directly):
+#     scripts/bench.sh orphans
+#     make bench-orphans BENCH_ARGS='-s3'
 # Progress is on stderr, the figures on stdout. Exit status: the benchmark's.
 set -euo pipefail
 
@@ -46,6 +51,8 @@ trap 'exit 143' TERM
 
 bench=reconcile-bench
 mode=()
+need_s3=0
+need_toxiproxy=0
 case ${1:-} in
 service)
     bench=reconcile-service-bench
@@ -53,7 +60,18 @@ service)
     ;;
 s3)
     mode=(-s3)
+    need_s3=1
+    need_toxiproxy=1
     shift
+    ;;
+orphans)
+    mode=(-orphans)
+    shift
+    for arg in "$@"; do
+        if [[ $arg == -s3 || $arg == --s3 || $arg == -s3=true || $arg == --s3=true ]]; then
+            need_s3=1
+        fi
+    done
     ;;
 esac
 echo "bench.sh: building bin/reconcile and bin/$bench" >&2
@@ -61,10 +79,16 @@ go build -o bin/reconcile ./cmd/reconcile
 go build -o "bin/$bench" "./cmd/$bench"
 
 PG_FSYNC=on pg_start
-if [[ ${#mode[@]} -gt 0 ]]; then
+if [[ $need_s3 == 1 ]]; then
     # reconcile-bench -s3 reads TEST_S3_*, S3_ACCESS_LOG_FILE and TOXIPROXY_URL.
     S3_ACCESS_LOG=1 S3_KEEP_ALIVE=1 s3_start
+fi
+if [[ $need_toxiproxy == 1 ]]; then
     toxiproxy_start
 fi
 
+# The orphans' floor runs the server's own psql.
+if [[ ${mode[0]:-} == -orphans ]]; then
+    mode+=(-psql "$PG_BIN/psql")
+fi
 "bin/$bench" "${mode[@]}" -database-url "$PG_URL" -reconcile bin/reconcile "$@"

@@ -29,8 +29,10 @@ type bench struct {
 	media   string // the media root the files live under
 	version string // Postgres server version
 
-	// storageEnv is the RECONCILE_STORAGE_* settings given to reconcile.
-	storageEnv []string
+	// runEnv is the settings given to reconcile beyond the database and
+	// index: RECONCILE_STORAGE_*, and the table's derived patterns when the
+	// dataset has derived files.
+	runEnv []string
 }
 
 func newBench(ctx context.Context, o options, schema string) (*bench, error) {
@@ -64,7 +66,7 @@ func newBench(ctx context.Context, o options, schema string) (*bench, error) {
 		return nil, fmt.Errorf("creating temporary directory: %w", err)
 	}
 	b.media = filepath.Join(b.tmp, "media")
-	b.storageEnv = []string{"RECONCILE_STORAGE_BACKEND=local", "RECONCILE_STORAGE_LOCAL_ROOT=" + b.media}
+	b.runEnv = []string{"RECONCILE_STORAGE_BACKEND=local", "RECONCILE_STORAGE_LOCAL_ROOT=" + b.media}
 	slog.Info("benchmark ready", "postgres", b.version, "database", benchDatabase, "tmp", b.tmp)
 	return b, nil
 }
@@ -233,11 +235,12 @@ func copyRows(ctx context.Context, conn *pgx.Conn, ds *dataset, now time.Time) e
 // creating and unlinking files waits on the file system more than on the CPU.
 var fileWorkers = max(16, 4*runtime.NumCPU())
 
-// writeFiles writes every row's file under root, a few at a time.
+// writeFiles writes every file of ds under root, a few at a time.
 func writeFiles(ctx context.Context, root string, ds *dataset) error {
+	files := ds.files()
 	dirs := make(map[string]struct{})
-	for i := range ds.rows {
-		dirs[filepath.Dir(filepath.Join(root, filepath.FromSlash(ds.rows[i].key)))] = struct{}{}
+	for _, f := range files {
+		dirs[filepath.Dir(filepath.Join(root, filepath.FromSlash(f.key)))] = struct{}{}
 	}
 	for d := range dirs {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -248,12 +251,12 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 	// Files carry their upload time, as on a forum's disk: reconcile keeps a
 	// file modified about the time its removal is queued (a new upload).
 	now := time.Now()
-	return eachRow(ctx, ds, func(r *attachment) error {
-		p := filepath.Join(root, filepath.FromSlash(r.key))
-		if err := os.WriteFile(p, ds.content[:r.size], 0o644); err != nil {
+	return eachFile(ctx, files, func(f storedFile) error {
+		p := filepath.Join(root, filepath.FromSlash(f.key))
+		if err := os.WriteFile(p, ds.content[:f.size], 0o644); err != nil {
 			return fmt.Errorf("writing media file: %w", err)
 		}
-		uploaded := now.Add(-r.uploadedAge)
+		uploaded := now.Add(-f.uploadedAge)
 		if err := os.Chtimes(p, uploaded, uploaded); err != nil {
 			return fmt.Errorf("dating media file: %w", err)
 		}
@@ -261,9 +264,9 @@ func writeFiles(ctx context.Context, root string, ds *dataset) error {
 	})
 }
 
-// eachRow calls store for every row of ds, fileWorkers at a time; a worker
+// eachFile calls store for every file, fileWorkers at a time; a worker
 // stops at its first error, and the errors are joined.
-func eachRow(ctx context.Context, ds *dataset, store func(r *attachment) error) error {
+func eachFile(ctx context.Context, files []storedFile, store func(f storedFile) error) error {
 	next := make(chan int)
 	errs := make(chan error, fileWorkers)
 	for range fileWorkers {
@@ -273,13 +276,13 @@ func eachRow(ctx context.Context, ds *dataset, store func(r *attachment) error) 
 				if err != nil {
 					continue // drain
 				}
-				err = store(&ds.rows[i])
+				err = store(files[i])
 			}
 			errs <- err
 		}()
 	}
 	var ctxErr error
-	for i := range ds.rows {
+	for i := range files {
 		if ctxErr = ctx.Err(); ctxErr != nil {
 			break
 		}

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"crypto/md5"
 	"encoding/hex"
 	"math/rand/v2"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -45,6 +48,59 @@ type dataset struct {
 	rows    []attachment
 	due     int
 	content []byte // file contents; each file is a prefix of it
+
+	// derived gives every row a file per imagekit spec (derivedSpecs),
+	// stored beside its own: the table is then configured with
+	// table.derived: [imagekit].
+	derived bool
+	// orphans are files that no row names: stored, never copied.
+	orphans []attachment
+}
+
+// derivedSpecs are the imagekit specs each row has a file of, with -derived.
+var derivedSpecs = []string{"thumbnail", "medium", "large"}
+
+// derivedKeys are where django-imagekit's default namer puts the files of
+// key: CACHE/images/<key without ext>/<32 hex>.jpg, one per spec.
+func derivedKeys(key string) []string {
+	folder := "CACHE/images/" + strings.TrimSuffix(key, path.Ext(key)) + "/"
+	out := make([]string, len(derivedSpecs))
+	for i, spec := range derivedSpecs {
+		sum := md5.Sum([]byte(spec + "\x00" + key))
+		out[i] = folder + hex.EncodeToString(sum[:]) + ".jpg"
+	}
+	return out
+}
+
+// storedFile is one file of a dataset: a row's own, one derived from it,
+// or an orphan.
+type storedFile struct {
+	key         string
+	size        int
+	uploadedAge time.Duration
+}
+
+// rowFiles are the keys of a row's files: its own, then its derived ones.
+func (ds *dataset) rowFiles(r *attachment) []string {
+	if !ds.derived {
+		return []string{r.key}
+	}
+	return append([]string{r.key}, derivedKeys(r.key)...)
+}
+
+// files lists every file the dataset stores.
+func (ds *dataset) files() []storedFile {
+	out := make([]storedFile, 0, len(ds.rows)+len(ds.orphans))
+	for i := range ds.rows {
+		r := &ds.rows[i]
+		for _, key := range ds.rowFiles(r) {
+			out = append(out, storedFile{key: key, size: r.size, uploadedAge: r.uploadedAge})
+		}
+	}
+	for _, o := range ds.orphans {
+		out = append(out, storedFile{key: o.key, size: o.size, uploadedAge: o.uploadedAge})
+	}
+	return out
 }
 
 // mixedDataset returns n rows, every other one soft-deleted at an age spread
@@ -92,7 +148,7 @@ func generate(n int, deletion func(i int, rng *rand.Rand) (deleted bool, age tim
 		} else {
 			r.uploadedAge = time.Duration(rng.Int64N(int64(730 * day)))
 		}
-		r.key = "forum/attachments/" + ref.Add(-r.uploadedAge).Format("2006/01/02") + "/" + uuidString(r.id.Bytes) + ".jpg"
+		r.key = uploadKey(ref, r)
 		r.name = "IMG_" + uuidString(r.id.Bytes)[:8] + ".jpg"
 		r.size = 1024 + rng.IntN(3*1024+1)
 		if r.due {
@@ -100,6 +156,48 @@ func generate(n int, deletion func(i int, rng *rand.Rand) (deleted bool, age tim
 		}
 	}
 	return ds
+}
+
+// orphanFolders is how many day folders the orphan scan's dataset spreads
+// its files over.
+const orphanFolders = 1000
+
+// orphanDataset returns n rows, uploaded over the last orphanFolders days
+// (every other one soft-deleted within the retention: none due), and n/100
+// orphans: files in the same folders that no row names. Every file is a day
+// old or more, older than the scan's grace.
+func orphanDataset(n int) *dataset {
+	rng := rand.New(rand.NewPCG(randomSeed, uint64(n)))
+	ds := &dataset{rows: make([]attachment, n), orphans: make([]attachment, n/100), content: make([]byte, 1024)}
+	for i := range ds.content {
+		ds.content[i] = byte(rng.Uint32())
+	}
+	ref := time.Now().UTC()
+	upload := func(r *attachment) {
+		r.id = randomUUID(rng)
+		r.uploadedAge = day + time.Duration(rng.Int64N(int64((orphanFolders-1)*day)))
+		r.key = uploadKey(ref, r)
+		r.name = "IMG_" + uuidString(r.id.Bytes)[:8] + ".jpg"
+		r.size = 64 + rng.IntN(len(ds.content)-64+1)
+	}
+	for i := range ds.rows {
+		r := &ds.rows[i]
+		upload(r)
+		if i%2 == 1 {
+			r.deleted = true
+			r.deletedAge = min(r.uploadedAge, time.Duration(rng.Int64N(int64(retention-day))))
+		}
+	}
+	for i := range ds.orphans {
+		upload(&ds.orphans[i])
+	}
+	return ds
+}
+
+// uploadKey is where Django's upload_to "forum/attachments/%Y/%m/%d/" puts
+// a row's file: its upload date, taken back from ref.
+func uploadKey(ref time.Time, r *attachment) string {
+	return "forum/attachments/" + ref.Add(-r.uploadedAge).Format("2006/01/02") + "/" + uuidString(r.id.Bytes) + ".jpg"
 }
 
 func randomUUID(rng *rand.Rand) pgtype.UUID {

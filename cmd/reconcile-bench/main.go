@@ -16,6 +16,13 @@
 //	go run ./cmd/reconcile-bench -s3 -database-url URL -reconcile bin/reconcile \
 //	    -s3-endpoint HOST:PORT -toxiproxy http://HOST:PORT
 //
+// With -orphans it times the orphan scan instead, `reconcile orphans
+// --dry-run`, against a floor of find (on S3, one listing), psql's \copy,
+// sort and comm, on local disk or, with -s3, on the S3 server reached
+// directly (see orphans.go):
+//
+//	go run ./cmd/reconcile-bench -orphans [-s3] -database-url URL -reconcile bin/reconcile
+//
 // Progress goes to stderr, the figures to stdout.
 package main
 
@@ -57,7 +64,8 @@ type options struct {
 	schema      string
 	only        []string
 
-	s3 s3Options // with -s3
+	s3      s3Options     // with -s3
+	orphans orphanOptions // with -orphans
 }
 
 func main() {
@@ -100,11 +108,18 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.schema, "schema", "internal/testdb/django_attachment.sql", "SQL `file` that creates the table (relative paths are tried from the working directory, then from the module root)")
 	fs.StringVar(&only, "only", strings.Join(allAlgorithms, ","), "`algorithms` to time, comma-separated: "+strings.Join(allAlgorithms, ", "))
 	o.s3.register(fs)
+	o.orphans.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if o.orphans.enabled {
+		return o, o.finishOrphans(fs)
+	}
+	if err := o.orphans.refuseWithout(fs); err != nil {
+		return o, err
 	}
 
 	if o.databaseURL == "" {
@@ -251,6 +266,9 @@ func run(ctx context.Context, o options) (err error) {
 	schema, err := os.ReadFile(schemaPath)
 	if err != nil {
 		return fmt.Errorf("reading schema: %w", err)
+	}
+	if o.orphans.enabled {
+		return runOrphans(ctx, o, string(schema))
 	}
 	if o.s3.enabled {
 		return runS3(ctx, o, string(schema))

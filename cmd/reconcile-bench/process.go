@@ -29,7 +29,7 @@ func (p processResult) maxRSS() int64 {
 }
 
 // runReconcile runs the reconcile binary bin with args against the benchmark
-// database and storage (b.storageEnv), with a fresh index file in dir, and
+// database and storage (b.runEnv), with a fresh index file in dir, and
 // its output in dir/<name>.{stdout,stderr}.log. It times from start to exit,
 // and samples the memory of the process when mem is non-nil. Anything but
 // exit status 0 is an error that carries the tail of both logs.
@@ -58,7 +58,7 @@ func (b *bench) runReconcile(ctx context.Context, bin, dir, name string, mem *me
 		"RECONCILE_INDEX_PATH="+index,
 		"RECONCILE_RETENTION=720h",
 	)
-	cmd.Env = append(cmd.Env, b.storageEnv...)
+	cmd.Env = append(cmd.Env, b.runEnv...)
 	cmd.Dir = dir
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr

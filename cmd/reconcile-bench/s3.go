@@ -43,6 +43,7 @@ const (
 // S3 benchmark algorithms.
 const (
 	s3Reconcile = "reconcile"
+	s3Derived   = "derived" // reconcile, the rows having imagekit files
 	s3Baseline  = "baseline"
 	s3Cron      = "cron"
 )
@@ -59,11 +60,12 @@ type s3Options struct {
 	due       int
 	cronDue   int
 	baseline  string // an older reconcile binary; optional
+	derived   bool   // also time reconcile with imagekit files for every row
 }
 
 // s3OnlyFlags mean something only with -s3; localOnlyFlags nothing with it.
 var (
-	s3OnlyFlags    = []string{"s3-endpoint", "toxiproxy", "s3-access-log", "latency", "due", "cron-due", "baseline-reconcile"}
+	s3OnlyFlags    = []string{"s3-endpoint", "toxiproxy", "s3-access-log", "latency", "due", "cron-due", "baseline-reconcile", "derived"}
 	localOnlyFlags = []string{"rows", "mem-sizes", "skip-mem", "only"}
 )
 
@@ -76,6 +78,7 @@ func (s *s3Options) register(fs *flag.FlagSet) {
 	fs.IntVar(&s.due, "due", 1000, "-s3: due rows for reconcile, each with its object; as many rows that are not due (half active, half deleted within the retention) keep theirs")
 	fs.IntVar(&s.cronDue, "cron-due", 200, "-s3: due rows for the cron algorithm, which is slow (0: skip it)")
 	fs.StringVar(&s.baseline, "baseline-reconcile", "", "-s3: `path` of another reconcile binary (an older build), timed on the same data, alternating with -reconcile run by run")
+	fs.BoolVar(&s.derived, "derived", false, "-s3: also time reconcile --rescan on the same rows each having three imagekit files (CACHE/images/<key without ext>/<32 hex>.jpg), configured with table.derived: [imagekit], and print its rows/s against the rows without")
 }
 
 // finishS3 checks the flags of the S3 benchmark.
@@ -103,12 +106,8 @@ func (o *options) finishS3(fs *flag.FlagSet) error {
 	if s.latency < 0 || s.latency%time.Millisecond != 0 {
 		return fmt.Errorf("-latency must be whole milliseconds, 0 or more (toxiproxy's unit), got %s", s.latency)
 	}
-	if s.endpoint == "" {
-		return errors.New("-s3-endpoint (or TEST_S3_ENDPOINT) is required with -s3")
-	}
-	s.accessKey, s.secretKey = os.Getenv("TEST_S3_ACCESS_KEY"), os.Getenv("TEST_S3_SECRET_KEY")
-	if s.accessKey == "" || s.secretKey == "" {
-		return errors.New("-s3 reads the S3 keys from TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY; set both")
+	if err := s.server(); err != nil {
+		return err
 	}
 	if s.toxiproxy == "" {
 		return errors.New("-toxiproxy (or TOXIPROXY_URL) is required with -s3")
@@ -124,6 +123,18 @@ func (o *options) finishS3(fs *flag.FlagSet) error {
 		if s.baseline, err = executable("-baseline-reconcile", s.baseline); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// server checks the S3 server's address and reads its keys.
+func (s *s3Options) server() error {
+	if s.endpoint == "" {
+		return errors.New("-s3-endpoint (or TEST_S3_ENDPOINT) is required with -s3")
+	}
+	s.accessKey, s.secretKey = os.Getenv("TEST_S3_ACCESS_KEY"), os.Getenv("TEST_S3_SECRET_KEY")
+	if s.accessKey == "" || s.secretKey == "" {
+		return errors.New("-s3 reads the S3 keys from TEST_S3_ACCESS_KEY and TEST_S3_SECRET_KEY; set both")
 	}
 	return nil
 }
@@ -163,9 +174,9 @@ type s3Result struct {
 type s3Bench struct {
 	*bench
 	direct    *minio.Client // to the server, not through the proxy
-	toxi      *toxiproxy
+	toxi      *toxiproxy    // nil: no proxy, reconcile reaches the server directly
 	proxyName string
-	proxyAddr string        // where the proxy listens, host:port
+	proxyAddr string        // where reconcile reaches the server, host:port: the proxy, or the server itself
 	rtt       time.Duration // one request's round trip through the proxy
 	bucket    string        // the current seeding's bucket
 	buckets   int           // buckets made so far
@@ -210,9 +221,8 @@ func s3Client(endpoint string, o s3Options) (*minio.Client, error) {
 	return c, nil
 }
 
-// newS3Bench reaches the S3 server and puts a proxy with the latency in
-// front of it.
-func newS3Bench(ctx context.Context, b *bench) (*s3Bench, error) {
+// dialS3 reaches the S3 server, which reconcile then reaches directly.
+func dialS3(ctx context.Context, b *bench) (*s3Bench, error) {
 	o := b.opts.s3
 	direct, err := s3Client(o.endpoint, o)
 	if err != nil {
@@ -221,8 +231,18 @@ func newS3Bench(ctx context.Context, b *bench) (*s3Bench, error) {
 	if _, err := direct.ListBuckets(ctx); err != nil {
 		return nil, fmt.Errorf("reaching the S3 server at %s: %w", o.endpoint, err)
 	}
-	s := &s3Bench{bench: b, direct: direct, toxi: newToxiproxy(o.toxiproxy),
-		proxyName: fmt.Sprintf("reconcile-bench-%d", os.Getpid())}
+	return &s3Bench{bench: b, direct: direct, proxyAddr: o.endpoint}, nil
+}
+
+// newS3Bench reaches the S3 server and puts a proxy with the latency in
+// front of it.
+func newS3Bench(ctx context.Context, b *bench) (*s3Bench, error) {
+	o := b.opts.s3
+	s, err := dialS3(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	s.toxi, s.proxyName = newToxiproxy(o.toxiproxy), fmt.Sprintf("reconcile-bench-%d", os.Getpid())
 	if s.proxyAddr, err = s.toxi.createProxy(ctx, s.proxyName, o.endpoint); err != nil {
 		return nil, err
 	}
@@ -260,16 +280,21 @@ func (s *s3Bench) setUp(ctx context.Context) error {
 	return nil
 }
 
-// close removes the proxy and the last bucket (unless -keep).
+// close removes the proxy, if any, and the last bucket (unless -keep).
 func (s *s3Bench) close(ctx context.Context) error {
-	return errors.Join(s.dropBucket(ctx), s.toxi.deleteProxy(ctx, s.proxyName))
+	err := s.dropBucket(ctx)
+	if s.toxi != nil {
+		err = errors.Join(err, s.toxi.deleteProxy(ctx, s.proxyName))
+	}
+	return err
 }
 
-// reconcileEnv is reconcile's storage configuration: the current bucket,
-// through the proxy.
-func (s *s3Bench) reconcileEnv() []string {
+// reconcileEnv is reconcile's storage configuration for ds: the current
+// bucket, through the proxy if any; with ds's derived files, the pattern
+// that names them.
+func (s *s3Bench) reconcileEnv(ds *dataset) []string {
 	o := s.opts.s3
-	return []string{
+	env := []string{
 		"RECONCILE_STORAGE_BACKEND=s3",
 		"RECONCILE_STORAGE_S3_ENDPOINT=" + s.proxyAddr,
 		"RECONCILE_STORAGE_S3_BUCKET=" + s.bucket,
@@ -279,6 +304,10 @@ func (s *s3Bench) reconcileEnv() []string {
 		"RECONCILE_STORAGE_S3_USE_SSL=false",
 		"RECONCILE_STORAGE_S3_REGION=" + s3Region,
 	}
+	if ds.derived {
+		env = append(env, "RECONCILE_TABLE_DERIVED=imagekit")
+	}
+	return env
 }
 
 // timeRuns times each algorithm -runs times on freshly seeded data, in
@@ -287,6 +316,9 @@ func (s *s3Bench) reconcileEnv() []string {
 func (s *s3Bench) timeRuns(ctx context.Context) ([]s3Result, error) {
 	o := s.opts.s3
 	algos := []string{s3Reconcile}
+	if o.derived {
+		algos = append(algos, s3Derived)
+	}
 	if o.baseline != "" {
 		algos = append(algos, s3Baseline)
 	}
@@ -294,15 +326,21 @@ func (s *s3Bench) timeRuns(ctx context.Context) ([]s3Result, error) {
 		algos = append(algos, s3Cron)
 	}
 	datasets := map[string]*dataset{s3Reconcile: s3Dataset(o.due), s3Baseline: s3Dataset(o.due)}
+	if o.derived {
+		ds := s3Dataset(o.due)
+		ds.derived = true
+		datasets[s3Derived] = ds
+	}
 	if o.cronDue > 0 {
 		datasets[s3Cron] = s3Dataset(o.cronDue)
 	}
 	labels := map[string]string{
 		s3Reconcile: "reconcile --rescan",
+		s3Derived:   fmt.Sprintf("reconcile --rescan, %d imagekit files a row", len(derivedSpecs)),
 		s3Baseline:  "baseline --rescan",
 		s3Cron:      "cron per-row (DELETE request, then row)",
 	}
-	bins := map[string]string{s3Reconcile: s.opts.reconcile, s3Baseline: o.baseline, s3Cron: s.opts.reconcile}
+	bins := map[string]string{s3Reconcile: s.opts.reconcile, s3Derived: s.opts.reconcile, s3Baseline: o.baseline, s3Cron: s.opts.reconcile}
 
 	results := make(map[string]*s3Result)
 	for _, name := range algos {
@@ -333,7 +371,7 @@ func (s *s3Bench) timeRuns(ctx context.Context) ([]s3Result, error) {
 			slog.Info("timing", "algorithm", name, "run", run+1, "due", ds.due, "bucket", s.bucket)
 			var elapsed time.Duration
 			switch name {
-			case s3Reconcile, s3Baseline:
+			case s3Reconcile, s3Derived, s3Baseline:
 				var p processResult
 				p, err = s.runReconcile(ctx, bins[name], dir, "rescan", nil, "--rescan")
 				elapsed = p.elapsed
@@ -366,7 +404,7 @@ func (s *s3Bench) timeRuns(ctx context.Context) ([]s3Result, error) {
 }
 
 // seed gives a fresh database holding ds, migrated by migrateBin, and a
-// fresh bucket holding an object for each row.
+// fresh bucket holding ds's objects.
 func (s *s3Bench) seed(ctx context.Context, ds *dataset, dir, migrateBin string) error {
 	if err := s.dropBucket(ctx); err != nil {
 		return err
@@ -377,20 +415,20 @@ func (s *s3Bench) seed(ctx context.Context, ds *dataset, dir, migrateBin string)
 		return fmt.Errorf("creating bucket %s: %w", name, err)
 	}
 	s.bucket = name
-	s.storageEnv = s.reconcileEnv()
+	s.runEnv = s.reconcileEnv(ds)
 	return s.seedWith(ctx, ds, dir, migrateBin, func(ctx context.Context) error {
 		return s.putObjects(ctx, ds)
 	})
 }
 
-// putObjects stores every row's object, a few at a time, straight on the
+// putObjects stores every object of ds, a few at a time, straight on the
 // server.
 func (s *s3Bench) putObjects(ctx context.Context, ds *dataset) error {
-	err := eachRow(ctx, ds, func(r *attachment) error {
-		_, err := s.direct.PutObject(ctx, s.bucket, s3Prefix+r.key, bytes.NewReader(ds.content[:r.size]),
-			int64(r.size), minio.PutObjectOptions{ContentType: "image/jpeg"})
+	err := eachFile(ctx, ds.files(), func(f storedFile) error {
+		_, err := s.direct.PutObject(ctx, s.bucket, s3Prefix+f.key, bytes.NewReader(ds.content[:f.size]),
+			int64(f.size), minio.PutObjectOptions{ContentType: "image/jpeg"})
 		if err != nil {
-			return fmt.Errorf("storing object %s: %w", r.key, err)
+			return fmt.Errorf("storing object %s: %w", f.key, err)
 		}
 		return nil
 	})

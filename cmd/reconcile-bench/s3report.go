@@ -21,6 +21,10 @@ func (s *s3Bench) printReport(w io.Writer, results []s3Result) {
 	}
 	fmt.Fprintf(w, "each run: a fresh database (migrated by the binary timed) and bucket; the due rows plus as many not due; one 1-4 KB object per row under %s; objects %s old or more when timing starts\n",
 		s3Prefix, settle)
+	if o.derived {
+		fmt.Fprintf(w, "with imagekit files: the same rows, each with %d more objects of its size under %sCACHE/images/<key without ext>/, and RECONCILE_TABLE_DERIVED=imagekit (reconcile migrate included)\n",
+			len(derivedSpecs), s3Prefix)
+	}
 
 	fmt.Fprintln(w)
 	if s.opts.runs > 1 {
@@ -47,6 +51,15 @@ func (s *s3Bench) printReport(w io.Writer, results []s3Result) {
 		}
 		fmt.Fprintf(w, "reconcile / baseline, rows/s: %.2fx  (run by run: %s)\n",
 			base.median().Seconds()/rec.median().Seconds()*float64(rec.due)/float64(base.due), strings.Join(each, " "))
+	}
+	if der, ok := byName[s3Derived]; ok {
+		ratio := (float64(der.due) / der.median().Seconds()) / (float64(rec.due) / rec.median().Seconds())
+		var each []string
+		for i := range min(len(rec.times), len(der.times)) {
+			each = append(each, fmt.Sprintf("%.2f", rate(der.result, i)/rate(rec.result, i)))
+		}
+		fmt.Fprintf(w, "with imagekit files / without, rows/s: %.2fx  (target >= 0.5, within 2x: %s; run by run: %s)\n",
+			ratio, verdict(ratio >= 0.5), strings.Join(each, " "))
 	}
 	if cron, ok := byName[s3Cron]; ok {
 		fmt.Fprintf(w, "reconcile / cron per-row, rows/s: %.1fx\n",

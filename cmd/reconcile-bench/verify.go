@@ -13,8 +13,9 @@ import (
 )
 
 // verify checks that exactly the due rows were purged: the rows left are
-// the others (their count, and none of them due), every due file is gone,
-// every other file is still there, and the outbox, if any, is empty.
+// the others (their count, and none of them due), every file of a due row
+// (its own and its derived ones) is gone, every other row's file is still
+// there, and the outbox, if any, is empty.
 func (b *bench) verify(ctx context.Context, ds *dataset) error {
 	return b.verifyWith(ctx, ds, "files", func(key string) (bool, error) {
 		_, err := os.Lstat(filepath.Join(b.media, filepath.FromSlash(key)))
@@ -67,17 +68,19 @@ func (b *bench) verifyWith(ctx context.Context, ds *dataset, what string, exists
 	keptN, missingN := 0, 0
 	for i := range ds.rows {
 		r := &ds.rows[i]
-		present, err := exists(r.key)
-		switch {
-		case err != nil:
-			return err
-		case r.due && present:
-			if keptN++; keptN <= examples {
-				kept = append(kept, r.key)
-			}
-		case !r.due && !present:
-			if missingN++; missingN <= examples {
-				missing = append(missing, r.key)
+		for _, key := range ds.rowFiles(r) {
+			present, err := exists(key)
+			switch {
+			case err != nil:
+				return err
+			case r.due && present:
+				if keptN++; keptN <= examples {
+					kept = append(kept, key)
+				}
+			case !r.due && !present:
+				if missingN++; missingN <= examples {
+					missing = append(missing, key)
+				}
 			}
 		}
 	}

@@ -17,7 +17,7 @@ import (
 
 // derivedListings bounds the listings of derived files in flight: on S3
 // each is a round trip.
-const derivedListings = 8
+const derivedListings = 32
 
 // derivedFiles are the derived files of some sources that no remaining row
 // maps to, ready to be removed, and the sources whose derived files could
@@ -53,7 +53,7 @@ func (r *Reconciler) findDerived(ctx context.Context, sources []storage.Removal)
 	}
 	var (
 		mu    sync.Mutex
-		found = map[string][]int{} // file -> the sources whose locations own it
+		found = map[string]*derivedFile{}
 		g     errgroup.Group
 	)
 	g.SetLimit(derivedListings)
@@ -68,8 +68,11 @@ func (r *Reconciler) findDerived(ctx context.Context, sources []storage.Removal)
 				}
 				return nil
 			}
-			for file, srcs := range files {
-				found[file] = append(found[file], srcs...)
+			for file, f := range files {
+				if found[file] == nil {
+					found[file] = &derivedFile{modTime: f.modTime}
+				}
+				found[file].sources = append(found[file].sources, f.sources...)
 			}
 			return nil
 		})
@@ -92,7 +95,7 @@ func (r *Reconciler) findDerived(ctx context.Context, sources []storage.Removal)
 			d.kept++
 			continue
 		}
-		srcs := found[file]
+		srcs := found[file].sources
 		queued := sources[srcs[0]].QueuedAt
 		for _, s := range srcs[1:] {
 			// The earliest: a file written after any of its sources was
@@ -101,18 +104,25 @@ func (r *Reconciler) findDerived(ctx context.Context, sources []storage.Removal)
 				queued = q
 			}
 		}
-		d.removals = append(d.removals, storage.Removal{Key: file, QueuedAt: queued})
+		d.removals = append(d.removals, storage.Removal{Key: file, QueuedAt: queued, Listed: found[file].modTime})
 		d.sources = append(d.sources, srcs)
 	}
 	return d, nil
 }
 
-// listLocations lists the files that locations in one folder own, by
-// source. One listing of what the locations share serves them all, unless
+// derivedFile is a derived file listed: the sources (indexes) whose
+// locations own it, and its modification time as listed (zero on local
+// disk, listed without it).
+type derivedFile struct {
+	sources []int
+	modTime time.Time
+}
+
+// listLocations lists the files that locations in one folder own. One listing of what the locations share serves them all, unless
 // it turns out to hold far more than they do (a flat folder of many
 // files): the locations are then listed one by one.
-func (r *Reconciler) listLocations(ctx context.Context, locs []location) (map[string][]int, error) {
-	files := map[string][]int{}
+func (r *Reconciler) listLocations(ctx context.Context, locs []location) (map[string]*derivedFile, error) {
+	files := map[string]*derivedFile{}
 	owners := map[string][]location{} // by location
 	prefix := locs[0].loc
 	for _, l := range locs {
@@ -127,8 +137,16 @@ func (r *Reconciler) listLocations(ctx context.Context, locs []location) (map[st
 		for j, p := range r.table.Derived {
 			for _, c := range p.Candidates(obj.Key) {
 				for _, l := range owners[c] {
-					if l.pattern == j && p.Owns(c, obj.Key) && !slices.Contains(files[obj.Key], l.source) {
-						files[obj.Key] = append(files[obj.Key], l.source)
+					if l.pattern != j || !p.Owns(c, obj.Key) {
+						continue
+					}
+					f := files[obj.Key]
+					if f == nil {
+						f = &derivedFile{modTime: obj.ModTime}
+						files[obj.Key] = f
+					}
+					if !slices.Contains(f.sources, l.source) {
+						f.sources = append(f.sources, l.source)
 					}
 				}
 			}

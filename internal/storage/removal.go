@@ -19,6 +19,11 @@ import (
 type Removal struct {
 	Key      string
 	QueuedAt time.Time
+	// Listed, when set, is the modification time a listing gave the caller
+	// just now: S3 then decides from it instead of listing the file's
+	// folder again (the derived files of a purged row, listed to be
+	// found). Local disk looks at the file anyway, which costs nothing.
+	Listed time.Time
 }
 
 // errNoQueuedAt is the error of a Removal whose QueuedAt is zero.

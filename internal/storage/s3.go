@@ -214,7 +214,19 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 	fail := func(i int, err error) {
 		results[i] = Result{Err: s.redact(fmt.Errorf("remove %q: %w", removals[i].Key, err))}
 	}
-	found, failed := s.lookup(ctx, names)
+	var look []string
+	listed := map[string]time.Time{}
+	for _, name := range names {
+		if t := removals[at[name][0]].Listed; !t.IsZero() {
+			listed[name] = t
+		} else {
+			look = append(look, name)
+		}
+	}
+	found, failed := s.lookup(ctx, look)
+	for name, t := range listed {
+		found[name] = objectStat{modTime: t}
+	}
 	// Each name is decided removal by removal, in order, as Local does: a
 	// removal queued before the object was written again is Rewritten; the
 	// first removal queued after it deletes the object, and the later ones

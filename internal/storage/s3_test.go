@@ -993,3 +993,29 @@ func TestS3ListingOutOfOrderIsRefused(t *testing.T) {
 		t.Error("an object was removed")
 	}
 }
+
+// A removal that carries the modification time a listing just gave is
+// decided from it: no listing of its folder again, and a time at or after
+// its queueing keeps it.
+func TestS3RemovalOfAListedObject(t *testing.T) {
+	eachS3(t, func(t *testing.T, tg s3Target) {
+		f, counting := newS3Fixture(t, tg, "media")
+		for _, key := range []string{"a/old.jpg", "a/new.jpg"} {
+			if err := f.put(key, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		counting.take()
+		now := time.Now()
+		results := f.store.Remove(t.Context(), []Removal{
+			{Key: "a/old.jpg", QueuedAt: now, Listed: now.Add(-time.Hour)},
+			{Key: "a/new.jpg", QueuedAt: now, Listed: now.Add(time.Second)},
+		})
+		if results[0].Outcome != Removed || results[1].Outcome != Rewritten || f.exists(t, "a/old.jpg") || !f.exists(t, "a/new.jpg") {
+			t.Fatalf("results %+v", results)
+		}
+		if lists, deletes := counting.take(); lists != 0 || len(deletes) != 1 {
+			t.Errorf("%d listings and %d deletes; want none and one", lists, len(deletes))
+		}
+	})
+}

@@ -310,6 +310,12 @@ for orphan in forum/attachments/2025/06/01/failed-upload_0000001.jpg forum/attac
     printf '%s' "${blob:0:2048}" >"$MEDIA/$orphan"
     touch -d '2 days ago' "$MEDIA/$orphan"
 done
+# A file's age counts from its last status change too (a copy that kept an
+# old modification time is as young as the copy): a short grace for the
+# demo, and a wait past it.
+export RECONCILE_ORPHANS_GRACE=2s
+echo "RECONCILE_ORPHANS_GRACE=$RECONCILE_ORPHANS_GRACE"
+sleep 3
 printf '%s' "${blob:0:100}" >"$MEDIA/forum/attachments/2025/06/01/uploading-now.jpg" # younger than orphans.grace
 files_before=$(find "$MEDIA" -type f | wc -l)
 rc orphans --dry-run 2>"$DEMO_DIR/orphans-dry-run.log" || die "reconcile orphans --dry-run failed"

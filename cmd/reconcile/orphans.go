@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -85,15 +84,11 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 	if err := r.CheckSetup(ctx); err != nil {
 		return err
 	}
-	out := stdout
-	if opts.output != "" {
-		f, err := os.Create(opts.output)
-		if err != nil {
-			return usageError{fmt.Errorf("--output: %w", err)}
-		}
-		defer f.Close()
-		out = f
+	out, done, err := openReport(opts.output, stdout)
+	if err != nil {
+		return err
 	}
+	defer done()
 	w, err := reconciler.NewOrphanWriter(opts.format, out, stderr, opts.dryRun)
 	if err != nil {
 		return err
@@ -118,10 +113,8 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 	if err := w.Close(totals); err != nil {
 		return fmt.Errorf("write report: %w", errors.Join(scanErr, err))
 	}
-	if f, ok := out.(*os.File); ok && opts.output != "" {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("write report: %w", err)
-		}
+	if err := syncReport(out); err != nil {
+		return err
 	}
 	if scanErr != nil {
 		return scanErr

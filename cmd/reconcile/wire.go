@@ -203,15 +203,11 @@ func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts opt
 	}
 	// The report file is created once the run can start, so a refused run
 	// leaves no empty report behind.
-	out := stdout
-	if opts.output != "" {
-		f, err := os.Create(opts.output)
-		if err != nil {
-			return usageError{fmt.Errorf("--output: %w", err)}
-		}
-		defer f.Close()
-		out = f
+	out, done, err := openReport(opts.output, stdout)
+	if err != nil {
+		return err
 	}
+	defer done()
 	w, err := reconciler.NewAuditWriter(opts.format, out, stderr)
 	if err != nil {
 		return err
@@ -226,10 +222,34 @@ func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts opt
 	if _, err := r.Audit(ctx, w, progress); err != nil {
 		return err
 	}
-	if f, ok := out.(*os.File); ok && opts.output != "" {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("write report: %w", err)
-		}
+	return syncReport(out)
+}
+
+// openReport opens the report file --output names, or stdout without one;
+// done closes it.
+func openReport(output string, stdout io.Writer) (io.Writer, func(), error) {
+	if output == "" {
+		return stdout, func() {}, nil
+	}
+	f, err := os.Create(output)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("--output: %w", err)}
+	}
+	return f, func() { f.Close() }, nil
+}
+
+// syncReport makes a report written to a file durable; a device such as
+// /dev/null, or a pipe, has nothing to sync.
+func syncReport(out io.Writer) error {
+	f, ok := out.(*os.File)
+	if !ok {
+		return nil
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write report: %w", err)
 	}
 	return nil
 }

@@ -32,6 +32,10 @@ type OrphanOptions struct {
 	// MaxDeletes bounds the files removed (safety.max_deletes); past it the
 	// scan goes on as a dry run. 0: no bound.
 	MaxDeletes int
+	// Slot is the service's replication slot: when it exists, the scan
+	// waits until the service has seen the DELETEs made before the scan
+	// began, whose files it keeps for their grace.
+	Slot string
 	// Now is the clock the files' ages are measured with.
 	Now func() time.Time
 	// Source, when set, gives the files instead of listing the storage: an
@@ -116,6 +120,9 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	}
 	if s.unclean, err = r.uncleanKeys(ctx); err != nil {
 		return totals, err
+	}
+	if err := r.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s.startLSN); err != nil {
+		return totals, fmt.Errorf("read the WAL position: %w", err)
 	}
 	if opts.Source != nil {
 		if err := s.fromSource(ctx, prefixes); err != nil {
@@ -212,6 +219,8 @@ type orphanScan struct {
 	lastTop   string           // the last such folder seen owned in the listing
 	unclean   map[string]bool  // the files of keys that name them by another path ("a//b", "./a")
 	waitedFor map[string]bool  // write transactions waited for once
+	startLSN  string           // the WAL's end when the scan began
+	behind    *string          // why the service's DELETEs are not known, once asked ("": they are)
 	listed    string           // the last key listed
 }
 
@@ -443,10 +452,16 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		why := ""
 		if xid != "" {
+			why = fmt.Sprintf("transaction %s of the database, open for over %s, may still commit a row that names it", xid, txWait)
+		} else if why, err = s.serviceBehind(ctx); err != nil {
+			return err
+		}
+		if why != "" {
 			for _, o := range old {
 				s.totals.Kept++
-				o.Action = fmt.Sprintf("kept: transaction %s of the database, open for over %s, may still commit a row that names it", xid, txWait)
+				o.Action = "kept: " + why
 				if err := s.report(o); err != nil {
 					return err
 				}
@@ -594,6 +609,52 @@ func (r *Reconciler) uncleanKeys(ctx context.Context) (map[string]bool, error) {
 		files[strings.TrimPrefix(path.Clean("/"+key), "/")] = true
 	}
 	return files, nil
+}
+
+// serviceWait bounds the wait for the service to see the DELETEs made
+// before the scan began: it reports its position every
+// replication.status_interval (10 s by default).
+const serviceWait = 30 * time.Second
+
+// serviceBehind says why the rows deleted outright before the scan began
+// are not all known (their files, which may be put back, wait out their
+// grace in the outbox once the service has seen their DELETEs), waiting
+// for the service once; "" when they are, or when there is no service.
+func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
+	if s.behind != nil {
+		return *s.behind, nil
+	}
+	why := ""
+	if s.opts.Slot != "" {
+		for deadline := time.Now().Add(serviceWait); ; {
+			var exists, caughtUp, active bool
+			err := s.r.db.QueryRow(ctx, `
+				SELECT count(*) > 0, coalesce(bool_and(confirmed_flush_lsn >= $2::pg_lsn), false), coalesce(bool_and(active), false)
+				FROM pg_replication_slots WHERE slot_name = $1`, s.opts.Slot, s.startLSN).Scan(&exists, &caughtUp, &active)
+			if err != nil {
+				return "", fmt.Errorf("read replication slot %s: %w", s.opts.Slot, err)
+			}
+			if !exists || caughtUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				state := "is not running"
+				if active {
+					state = "is behind"
+				}
+				why = fmt.Sprintf("the service (replication slot %s) %s: a row deleted outright before the scan may be put back within orphans.grace (drop the slot if the service is retired)", s.opts.Slot, state)
+				s.r.log.WarnContext(ctx, "[CLEANUP] Orphan scan keeps the files it judges: "+why)
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return "", ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	s.behind = &why
+	return why, nil
 }
 
 // top is the folder just under the scan's prefix that holds key: a year of

@@ -1,6 +1,7 @@
 package reconciler_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/reconcile/reconcile/reconciler"
 )
@@ -257,5 +260,29 @@ func TestOrphanScanCountsACopysAgeFromTheCopy(t *testing.T) {
 	_, totals, err := b.scan(reconciler.OrphanOptions{Now: time.Now})
 	if err != nil || totals.Removed != 0 || totals.Young != 1 || !b.fileExists("up/copied.jpg") {
 		t.Fatalf("%+v, %v", totals, err)
+	}
+}
+
+// While the service has not seen the DELETEs made before the scan began,
+// a row deleted outright may yet be queued (and put back): the files
+// judged stay. With its slot caught up, they go.
+func TestOrphanScanWaitsForTheService(t *testing.T) {
+	b := setup(t)
+	slot := "orphan_scan_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	if _, err := b.pool.Exec(b.ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = b.pool.Exec(context.Background(), `SELECT pg_drop_replication_slot($1)`, slot) })
+	b.seed(row{key: "up/live.jpg", active: true}) // WAL the slot has not confirmed
+	b.writeFile("up/orphan.jpg")
+	report, totals, err := b.scan(reconciler.OrphanOptions{Slot: slot})
+	if err != nil || totals.Removed != 0 || !strings.Contains(report["up/orphan.jpg"].Action, "is not running") {
+		t.Fatalf("with the service behind: %+v, %+v, %v", report, totals, err)
+	}
+	if _, err := b.pool.Exec(b.ctx, `SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())`, slot); err != nil {
+		t.Fatal(err)
+	}
+	if _, totals, err = b.scan(reconciler.OrphanOptions{Slot: slot}); err != nil || totals.Removed != 1 {
+		t.Fatalf("with the service caught up: %+v, %v", totals, err)
 	}
 }

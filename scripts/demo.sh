@@ -11,9 +11,9 @@
 #   5. what was purged and what stayed, from SQL and the media root
 #   6. reconcile as a service: it tails the table through logical
 #      replication, purges a row the moment it falls due and leaves a row
-#      restored in time alone; reconcile status and the service's /metrics;
-#      then SIGTERM
-#   7. reconcile orphans: files no row owns, a dry run then the removal
+#      restored in time alone; reconcile status and the service's /metrics
+#   7. reconcile orphans: files no row owns, a dry run then the removal;
+#      then SIGTERM to the service
 #
 # Needs nothing running; stops and removes everything it started on exit.
 # Options (environment): RECONCILE_BIN=path (use this binary, skip the build),
@@ -298,12 +298,7 @@ grep -E '^reconcile_(replication_connected|leader|index_rows|due_rows|purged_row
     sed 's/^/  /'
 grep -q '^reconcile_purged_rows_total 1$' <<<"$metrics" || die "/metrics does not count the purged row"
 
-show kill -TERM "$SERVICE_PID"
-wait "$SERVICE_PID" || die "the service exited with status $?"
-SERVICE_PID=
-grep -E "stopped" "$DEMO_DIR/service.log" | sed 's/^/  /'
-
-# --- 7. the orphan scan ------------------------------------------------------------------
+# --- 7. the orphan scan, while the service runs (it has seen every DELETE) ------------
 say "Files no row owns: reconcile orphans (a failed upload, a row deleted before reconcile ran)"
 for orphan in forum/attachments/2025/06/01/failed-upload_0000001.jpg forum/attachments/2024/12/24/deleted-outright.png; do
     mkdir -p "$MEDIA/$(dirname "$orphan")"
@@ -333,5 +328,11 @@ while IFS= read -r key; do
 done < <(sql -At -c "SELECT DISTINCT image FROM forum_attachment")
 [[ $missing -eq 0 ]] || die "the orphan scan removed $missing files that rows use"
 echo "orphans: 2 files removed, the fresh upload and every row's file kept"
+
+show kill -TERM "$SERVICE_PID"
+wait "$SERVICE_PID" || die "the service exited with status $?"
+SERVICE_PID=
+grep -E "stopped" "$DEMO_DIR/service.log" | sed 's/^/  /'
+
 echo
 echo "demo: OK"

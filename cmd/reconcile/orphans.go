@@ -99,6 +99,7 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		DryRun:     opts.dryRun,
 		StartAfter: opts.startAfter,
 		MaxDeletes: cfg.Safety.MaxDeletes,
+		Slot:       cfg.Replication.Slot,
 	}
 	if trash := strings.TrimRight(cfg.Storage.Trash.Prefix, "/"); trash != "" {
 		scan.Skip = trash + "/"

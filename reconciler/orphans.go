@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,7 +115,8 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 		}
 	}
 	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived)),
-		prefixes: prefixes, topOwned: map[string]bool{}, waitedFor: map[string]bool{}}
+		prefixes: prefixes, topOwned: map[string]bool{}, waitedFor: map[string]bool{},
+		guarded: len(opts.Prefixes) == 0 || slices.Contains(prefixes, "")}
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
@@ -221,6 +223,7 @@ type orphanScan struct {
 	waitedFor map[string]bool  // write transactions waited for once
 	startLSN  string           // the WAL's end when the scan began
 	behind    *string          // why the service's DELETEs are not known, once asked ("": they are)
+	guarded   bool             // files in folders where no row owns any stay: the prefixes were not named on purpose
 	listed    string           // the last key listed
 }
 
@@ -276,7 +279,7 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 			open = open[:len(open)-1]
 		}
 		if s.owned(open, obj.Key) {
-			if top := s.top(obj.Key); top != "" && top != s.lastTop {
+			if top, _ := s.top(obj.Key); top != "" && top != s.lastTop {
 				s.topOwned[top], s.lastTop = true, top
 			}
 			if len(s.pending) == 0 {
@@ -432,13 +435,17 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			continue
 		}
 		o.Age = now.Sub(obj.ModTime).Round(time.Second).String()
-		if top := s.top(o.Key); top != "" {
-			owns, err := s.ownsUnder(ctx, top)
-			if err != nil {
-				return err
+		if s.guarded {
+			top, root := s.guardFolder(o.Key)
+			owns := !root
+			if top != "" {
+				var err error
+				if owns, err = s.ownsUnder(ctx, top); err != nil {
+					return err
+				}
 			}
 			if !owns {
-				s.foreign(top)
+				s.foreign(cmp.Or(top, "/"))
 				continue
 			}
 		}
@@ -659,17 +666,40 @@ func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
 
 // top is the folder just under the scan's prefix that holds key: a year of
 // Django's dated folders, or another model's folder under a shared one; ""
-// for a file right under the prefix.
-func (s *orphanScan) top(key string) string {
+// for a file right under the prefix, or under none. root: that prefix is
+// the whole root.
+func (s *orphanScan) top(key string) (folder string, root bool) {
 	for _, p := range s.prefixes {
 		if rest, ok := strings.CutPrefix(key, p); ok {
 			if i := strings.IndexByte(rest, '/'); i >= 0 {
-				return p + rest[:i+1]
+				return p + rest[:i+1], false
 			}
-			return ""
+			return "", p == ""
 		}
 	}
-	return ""
+	return "", false
+}
+
+// guardFolder is the folder whose files the table must own for key to be
+// judged: the folder just under the prefix that holds key or, for a
+// derived file in a folder of its pattern's own, the one that would hold
+// its source (CACHE/images/avatars/alice/1a2b.jpg is another model's when
+// the table owns nothing under avatars/). root: key, or its source, lies
+// right under the whole root, where nothing vouches for it.
+func (s *orphanScan) guardFolder(key string) (folder string, root bool) {
+	for _, p := range s.r.table.Derived {
+		lead := p.Prefix("")
+		if lead == "" || !strings.HasPrefix(key, lead) {
+			continue
+		}
+		// The source of the deepest location that could own key.
+		if cands := p.Candidates(key); len(cands) > 0 {
+			if folder, root := s.top(p.Source(cands[len(cands)-1])); folder != "" || root {
+				return folder, root
+			}
+		}
+	}
+	return s.top(key)
 }
 
 // ownsUnder tells whether a row owns any file under folder, as the listing

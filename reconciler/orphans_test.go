@@ -286,3 +286,43 @@ func TestOrphanScanWaitsForTheService(t *testing.T) {
 		t.Fatalf("with the service caught up: %+v, %v", totals, err)
 	}
 }
+
+// The folder a derived file vouches for is its source's: under the whole
+// root another model's thumbnails stay, and so does a file right under
+// the root; in a flat upload folder, a gone source's thumbnails go.
+func TestOrphanScanJudgesDerivedFilesByTheirSourcesFolder(t *testing.T) {
+	b := setup(t)
+	b.withDerived("imagekit")
+	b.seed(row{key: "forum/attachments/2025/10/live.jpg", active: true}, row{key: "flat/live.jpg", active: true})
+	ours := imagekitFiles("forum/attachments/2025/10/gone.jpg", "thumbnail")[0]
+	flat := imagekitFiles("flat/gone.jpg", "thumbnail")[0]
+	theirs := imagekitFiles("avatars/2025/alice.png", "thumbnail")[0]
+	for _, f := range []string{ours, flat, theirs, "robots.txt"} {
+		b.writeFile(f)
+	}
+	_, totals, err := b.scan(reconciler.OrphanOptions{Prefixes: []string{"/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.fileExists(ours) || b.fileExists(flat) || !b.fileExists(theirs) || !b.fileExists("robots.txt") {
+		t.Errorf("ours %v, flat %v, theirs %v, robots.txt %v; want only ours and flat gone (%+v)",
+			b.fileExists(ours), b.fileExists(flat), b.fileExists(theirs), b.fileExists("robots.txt"), totals)
+	}
+	if !slices.Contains(totals.ForeignFolders, "avatars/") || !slices.Contains(totals.ForeignFolders, "/") {
+		t.Errorf("foreign folders %q", totals.ForeignFolders)
+	}
+}
+
+// Prefixes named on purpose are the table's: a year where no row is left
+// is cleaned there.
+func TestOrphanScanTrustsPrefixesNamedOnPurpose(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/2025/live.jpg", active: true})
+	b.writeFile("up/2019/03/02/gone.jpg")
+	if _, totals, err := b.scan(reconciler.OrphanOptions{}); err != nil || totals.Removed != 0 || totals.Foreign != 1 {
+		t.Fatalf("with the default prefix: %+v, %v", totals, err)
+	}
+	if _, totals, err := b.scan(reconciler.OrphanOptions{Prefixes: []string{"up/"}}); err != nil || totals.Removed != 1 {
+		t.Fatalf("with up/ named: %+v, %v", totals, err)
+	}
+}

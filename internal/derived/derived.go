@@ -262,6 +262,14 @@ func (p Pattern) Candidates(key string) []string {
 	return out
 }
 
+// Source is the part of the source's key that loc, a location of this
+// pattern, spells: loc without the pattern's leading and trailing
+// literals ("CACHE/images/forum/a/leaf/" gives "forum/a/leaf", the key
+// without its extension). Where the source's key sits is all it tells.
+func (p Pattern) Source(loc string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(loc, p.leadingLiteral()), p.trailingLiteral())
+}
+
 // leadingLiteral is the text every location of the pattern starts with.
 func (p Pattern) leadingLiteral() string {
 	if len(p.parts) > 0 && p.parts[0].placeholder == "" {

@@ -2,14 +2,18 @@ package reconciler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
 	"slices"
 	"strings"
 	"text/template"
+	"time"
 
+	"github.com/jackc/pgerrcode"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/reconcile/reconcile/migrations"
 )
@@ -50,7 +54,55 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 		}
 		r.log.InfoContext(ctx, "migration applied", "migration", name)
 	}
+	if err := r.fullIdentity(ctx); err != nil {
+		return err
+	}
 	return r.migrateDerived(ctx)
+}
+
+// identityTries bounds the tries, a second each, at the lock that setting
+// the replica identity needs.
+const identityTries = 30
+
+// fullIdentity sets REPLICA IDENTITY FULL on the table and each of its
+// partitions that lacks it, so that a DELETE carries the key of the file.
+// Each relation in a transaction of its own, waiting a second at most for
+// its ACCESS EXCLUSIVE lock: behind a long transaction, a longer wait
+// would queue the forum's own queries behind it.
+func (r *Reconciler) fullIdentity(ctx context.Context) error {
+	rows, err := r.db.Query(ctx, r.sql.notFull, r.table.qualified())
+	if err != nil {
+		return fmt.Errorf("read replica identities: %w", err)
+	}
+	rels, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read replica identities: %w", err)
+	}
+	for _, rel := range rels {
+		for try := 1; ; try++ {
+			err := pgx.BeginTxFunc(ctx, r.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '1s'"); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "ALTER TABLE "+rel+" REPLICA IDENTITY FULL")
+				return err
+			})
+			var pgErr *pgconn.PgError
+			switch {
+			case err == nil:
+				r.log.InfoContext(ctx, "migration applied", "migration", "replica identity full", "table", rel)
+			case errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable && try < identityTries:
+				sleep(ctx, time.Second)
+				continue
+			case errors.As(err, &pgErr) && pgErr.Code == pgerrcode.LockNotAvailable:
+				return fmt.Errorf("set REPLICA IDENTITY FULL on %s: a long transaction holds the table through %d tries; run reconcile migrate again once it ends: %w", rel, identityTries, err)
+			default:
+				return fmt.Errorf("set REPLICA IDENTITY FULL on %s: %w", rel, err)
+			}
+			break
+		}
+	}
+	return ctx.Err()
 }
 
 // migrateDerived builds the index of each pattern of table.derived that

@@ -298,12 +298,11 @@ func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.D
 func (r *Reconciler) IdentityWarning(ctx context.Context) (string, error) {
 	// The table and each of its partitions: one made after `migrate` has
 	// the default.
-	var partial []string
-	err := r.db.QueryRow(ctx, `
-		SELECT coalesce(array_agg(c.oid::regclass::text ORDER BY 1), '{}')
-		FROM pg_class c
-		WHERE (c.oid = $1::regclass OR c.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
-		  AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'`, r.table.qualified()).Scan(&partial)
+	rows, err := r.db.Query(ctx, r.sql.notFull, r.table.qualified())
+	if err != nil {
+		return "", fmt.Errorf("read the replica identity of %s: %w", r.table.qualified(), err)
+	}
+	partial, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return "", fmt.Errorf("read the replica identity of %s: %w", r.table.qualified(), err)
 	}

@@ -13,6 +13,7 @@ type queries struct {
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
 	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys, cutoffsAt, outboxCurrent         string
+	notFull                                                                                                     string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -215,6 +216,13 @@ func buildQueries(t Table, types columnTypes) queries {
 			LIMIT $3`),
 
 		outboxExists: `SELECT to_regclass($1) IS NOT NULL`,
+		// The table and its partitions (a partition made after migrate)
+		// whose replica identity is not FULL; $1 the table.
+		notFull: `
+			SELECT c.oid::regclass::text FROM pg_class c
+			WHERE (c.oid = $1::regclass OR c.oid IN (SELECT relid FROM pg_partition_tree($1::regclass)))
+			  AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+			ORDER BY 1`,
 		// The outbox has the columns of the last migration.
 		outboxCurrent: `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'not_before' AND NOT attisdropped)`,
 		indexValid:    `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,

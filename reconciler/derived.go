@@ -190,7 +190,8 @@ func commonPrefix(a, b string) string {
 }
 
 // ownedFiles tells which files a row of the table owns: as its own file,
-// or through a derived pattern whose location for the row's key owns it.
+// or through a derived pattern whose location for the row's key owns it,
+// whether the key spells the file's path cleanly or not.
 // The database answers from the key index and the patterns' indexes.
 func (r *Reconciler) ownedFiles(ctx context.Context, files []string) (map[string]bool, error) {
 	owned := map[string]bool{}
@@ -230,8 +231,13 @@ func (r *Reconciler) ownedFiles(ctx context.Context, files []string) (map[string
 	if err != nil {
 		return nil, fmt.Errorf("check derived files against the table: %w", err)
 	}
+	u, err := r.uncleanOwners(ctx)
+	if err != nil {
+		return nil, err
+	}
 	for _, f := range files {
-		owned[f] = keys[f]
+		_, owned[f] = u.owns(r, f)
+		owned[f] = owned[f] || keys[f]
 		for i, p := range r.table.Derived {
 			for _, c := range p.Candidates(f) {
 				owned[f] = owned[f] || locs[i][c] && p.Owns(c, f)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -120,7 +119,8 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	for i, p := range r.table.Derived {
 		s.derivedRe[i] = p.Regexp()
 	}
-	if s.unclean, err = r.uncleanKeys(ctx); err != nil {
+	r.unclean.expire() // read afresh for the scan
+	if _, err := r.uncleanOwners(ctx); err != nil {
 		return totals, err
 	}
 	if err := r.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s.startLSN); err != nil {
@@ -219,7 +219,6 @@ type orphanScan struct {
 	prefixes  []string         // what the scan covers
 	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
 	lastTop   string           // the last such folder seen owned in the listing
-	unclean   map[string]bool  // the files of keys that name them by another path ("a//b", "./a")
 	waitedFor map[string]bool  // write transactions waited for once
 	startLSN  string           // the WAL's end when the scan began
 	behind    *string          // why the service's DELETEs are not known, once asked ("": they are)
@@ -484,7 +483,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 	}
 	var orphans []Orphan
 	for _, o := range old {
-		if owned[o.Key] || s.unclean[o.Key] {
+		if owned[o.Key] {
 			continue
 		}
 		orphans = append(orphans, o)
@@ -590,32 +589,6 @@ func (s *orphanScan) openWriter(ctx context.Context) (string, error) {
 		return "", nil
 	}
 	return slices.Min(open), nil
-}
-
-// maxUnclean bounds the keys read whose path is not clean.
-const maxUnclean = 100000
-
-// uncleanKeys reads the keys that name their file by a path the storage
-// lists otherwise ("a//b.jpg", "a/./b.jpg", "./a.jpg": Django cleans them
-// when it serves the file), and returns the files they name.
-func (r *Reconciler) uncleanKeys(ctx context.Context) (map[string]bool, error) {
-	rows, err := r.db.Query(ctx, r.sql.uncleanKeys, maxUnclean+1)
-	if err != nil {
-		return nil, fmt.Errorf("read keys that are not clean paths: %w", err)
-	}
-	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("read keys that are not clean paths: %w", err)
-	}
-	if len(keys) > maxUnclean {
-		return nil, fmt.Errorf("more than %d keys of %s are not clean paths (such as %q): the scan cannot tell their files; nothing was removed: %w",
-			maxUnclean, r.table.qualified(), keys[0], ErrSetup)
-	}
-	files := make(map[string]bool, len(keys))
-	for _, key := range keys {
-		files[strings.TrimPrefix(path.Clean("/"+key), "/")] = true
-	}
-	return files, nil
 }
 
 // serviceWait bounds the wait for the service to see the DELETEs made

@@ -326,3 +326,32 @@ func TestOrphanScanTrustsPrefixesNamedOnPurpose(t *testing.T) {
 		t.Fatalf("with up/ named: %+v, %v", totals, err)
 	}
 }
+
+// A key that spells its file's path otherwise owns the file, and its
+// derived files, against a purge of the clean key as against the scan.
+func TestUncleanKeysOwnTheirFilesInThePurge(t *testing.T) {
+	b := setup(t)
+	b.withDerived("imagekit")
+	b.seed(due("up/2025/b.jpg"), row{key: "up/2025//b.jpg", active: true, noFile: true})
+	thumb := imagekitFiles("up/2025/b.jpg", "thumbnail")[0]
+	b.writeFile(thumb)
+	s := b.run()
+	if s.Purged != 1 || !b.fileExists("up/2025/b.jpg") || !b.fileExists(thumb) || s.FilesKept != 1 {
+		t.Fatalf("purge: %+v; the file and thumbnail a live row names as up/2025//b.jpg must stay", s)
+	}
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 {
+		t.Errorf("%d keys left in the outbox", n)
+	}
+	b.seed(row{key: "up/2025/./dot.jpg", active: true, noFile: true})
+	dotThumb := imagekitFiles("up/2025/dot.jpg", "thumbnail")[0]
+	b.writeFile("up/2025/dot.jpg")
+	b.writeFile(dotThumb)
+	if _, totals, err := b.scan(reconciler.OrphanOptions{}); err != nil || totals.Removed != 0 {
+		t.Fatalf("scan: %+v, %v", totals, err)
+	}
+	for _, f := range []string{"up/2025/b.jpg", thumb, "up/2025/dot.jpg", dotThumb} {
+		if !b.fileExists(f) {
+			t.Errorf("the scan removed %s", f)
+		}
+	}
+}

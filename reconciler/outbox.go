@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,8 +39,27 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	for _, key := range kept {
 		r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row", "storage_key", key)
 	}
-	s.FilesKept = len(kept)
-	r.cfg.Observer.Files(0, 0, len(kept))
+	// A row whose key spells the same file otherwise ("a//b.jpg") uses it.
+	u, err := r.uncleanOwners(ctx)
+	if err != nil {
+		return s, err
+	}
+	var twins []string
+	removals = slices.DeleteFunc(removals, func(rm storage.Removal) bool {
+		key, ok := u.owns(r, rm.Key)
+		if ok {
+			r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row, under another spelling of its path", "storage_key", rm.Key, "other_key", key)
+			twins = append(twins, rm.Key)
+		}
+		return ok
+	})
+	if len(twins) > 0 {
+		if _, err := r.db.Exec(ctx, r.sql.finishRemoval, twins, []string{}, []string{}); err != nil {
+			return s, fmt.Errorf("record kept files in the outbox: %w", err)
+		}
+	}
+	s.FilesKept = len(kept) + len(twins)
+	r.cfg.Observer.Files(0, 0, s.FilesKept)
 	if len(removals) == 0 {
 		return s, nil
 	}

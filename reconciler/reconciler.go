@@ -141,6 +141,8 @@ type Reconciler struct {
 	sql   queries
 	log   *slog.Logger
 	probe probeState
+	// unclean are the keys that are not clean paths, read once a minute.
+	unclean unclean
 	naive bool // deleted_at is a timestamp without time zone
 	// holder is the session of the last advisory lock taken, nil before
 	// the first.

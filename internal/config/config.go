@@ -609,6 +609,19 @@ func (c *Config) Validate() error {
 		} else if err := storage.ValidateKey(dir); err != nil {
 			bad("storage.trash.prefix", "must be a relative folder such as .trash/: %v", err)
 		}
+		trash := strings.TrimRight(p, "/") + "/"
+		for i, text := range c.Table.Derived {
+			if d, err := derived.Parse(text); err == nil {
+				if lead := d.Prefix(""); lead != "" && strings.HasPrefix(lead, trash) {
+					bad("storage.trash.prefix", "%q would hold the files of table.derived[%d] (%s), which reconcile then refuses to touch: put the trash beside them, such as .trash/", p, i, d)
+				}
+			}
+		}
+		for i, prefix := range c.Table.Prefixes {
+			if strings.HasPrefix(strings.TrimRight(prefix, "/")+"/", trash) {
+				bad("storage.trash.prefix", "%q would hold table.prefixes[%d] (%s), the table's own files: put the trash beside them, such as .trash/", p, i, prefix)
+			}
+		}
 		if c.Storage.Trash.Keep <= 0 {
 			bad("storage.trash.keep", "must be a positive duration such as 7d while storage.trash.prefix is set, got %s", c.Storage.Trash.Keep)
 		}

@@ -137,6 +137,8 @@ func TestBadConfigurationNamesTheKey(t *testing.T) {
 		{"derived pattern without the key", map[string]string{"RECONCILE_TABLE_DERIVED": "thumbs/{name}"}, nil, []string{"table.derived[0]", "must hold {key}"}},
 		{"prefix that climbs", map[string]string{"RECONCILE_TABLE_PREFIXES": "forum/,../etc/"}, nil, []string{"table.prefixes[1]", `".." element`}},
 		{"zero grace", map[string]string{"RECONCILE_ORPHANS_GRACE": "0s"}, nil, []string{"orphans.grace: must be a second or more"}},
+		{"trash holding derived files", map[string]string{"RECONCILE_TABLE_DERIVED": "imagekit", "RECONCILE_STORAGE_TRASH_PREFIX": "CACHE/"}, nil, []string{"storage.trash.prefix", "table.derived[0]"}},
+		{"trash holding the table's prefix", map[string]string{"RECONCILE_TABLE_PREFIXES": "media/forum/", "RECONCILE_STORAGE_TRASH_PREFIX": "media/"}, nil, []string{"storage.trash.prefix", "table.prefixes[0]"}},
 		{"two problems", map[string]string{"RECONCILE_CONCURRENCY": "0", "RECONCILE_LOG_FORMAT": "xml"}, nil, []string{"concurrency: must be between", "log.format: must be text or json"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

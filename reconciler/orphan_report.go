@@ -79,7 +79,7 @@ func (t *orphanText) Close(tot OrphanTotals) error {
 	}
 	t.printf("  - Younger than orphans.grace, left alone: %d files\n", tot.Young)
 	if tot.Kept+tot.Refused+tot.Failed > 0 {
-		t.printf("  - Kept (refused, written again or failed): %d files\n", tot.Kept+tot.Refused+tot.Failed)
+		t.printf("  - Kept (refused, failed, written again, or while a transaction or the service may yet claim them): %d files\n", tot.Kept+tot.Refused+tot.Failed)
 	}
 	if tot.Foreign > 0 {
 		t.printf("  - Left alone in folders where no row owns any file (another model's? the wrong database?): %d files, in %s\n", tot.Foreign, strings.Join(tot.ForeignFolders, ", "))

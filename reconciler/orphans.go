@@ -263,11 +263,11 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 				s.r.table.qualified(), prefix, obj.Key, ErrNoFiles)
 		}
 		started = true
-		s.totals.Listed++
 		s.listed = obj.Key
 		if s.opts.Skip != "" && strings.HasPrefix(obj.Key, s.opts.Skip) {
 			return nil
 		}
+		s.totals.Listed++
 		for more && next.loc <= obj.Key {
 			open = push(open, next)
 			if err := advance(); err != nil {

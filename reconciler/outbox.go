@@ -296,7 +296,13 @@ func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.D
 	var keys, ids []string
 	var ats []time.Time
 	for i, row := range rows {
-		if row.Key == "" || row.SoftDeleted && !row.DeletedAt.After(cutoffs[i]) {
+		if row.Key == "" {
+			continue
+		}
+		if row.SoftDeleted && !row.DeletedAt.After(cutoffs[i]) {
+			// Purged by this service, or another purger who took its
+			// file; should that be someone else, the orphan scan finds it.
+			r.log.DebugContext(ctx, "a due row was deleted: its file is the purge's", "id", row.ID, "storage_key", row.Key)
 			continue
 		}
 		keys, ids, ats = append(keys, row.Key), append(ids, row.ID), append(ats, row.At)

@@ -143,7 +143,7 @@ type Reconciler struct {
 	probe probeState
 	// unclean are the keys that are not clean paths, read once a minute.
 	unclean unclean
-	naive bool // deleted_at is a timestamp without time zone
+	naive   bool // deleted_at is a timestamp without time zone
 	// holder is the session of the last advisory lock taken, nil before
 	// the first.
 	holder atomic.Pointer[holder]

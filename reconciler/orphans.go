@@ -610,7 +610,7 @@ func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
 			var exists, caughtUp, active bool
 			err := s.r.db.QueryRow(ctx, `
 				SELECT count(*) > 0, coalesce(bool_and(confirmed_flush_lsn >= $2::pg_lsn), false), coalesce(bool_and(active), false)
-				FROM pg_replication_slots WHERE slot_name = $1`, s.opts.Slot, s.startLSN).Scan(&exists, &caughtUp, &active)
+				FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, s.opts.Slot, s.startLSN).Scan(&exists, &caughtUp, &active)
 			if err != nil {
 				return "", fmt.Errorf("read replication slot %s: %w", s.opts.Slot, err)
 			}

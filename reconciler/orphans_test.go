@@ -279,10 +279,21 @@ func TestOrphanScanWaitsForTheService(t *testing.T) {
 	if err != nil || totals.Removed != 0 || !strings.Contains(report["up/orphan.jpg"].Action, "is not running") {
 		t.Fatalf("with the service behind: %+v, %+v, %v", report, totals, err)
 	}
-	if _, err := b.pool.Exec(b.ctx, `SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())`, slot); err != nil {
-		t.Fatal(err)
-	}
-	if _, totals, err = b.scan(reconciler.OrphanOptions{Slot: slot}); err != nil || totals.Removed != 1 {
+	// A service that keeps up: the slot follows the WAL, which other
+	// tests write too.
+	ctx, stop := context.WithCancel(b.ctx)
+	following := make(chan struct{})
+	go func() {
+		defer close(following)
+		for ctx.Err() == nil {
+			_, _ = b.pool.Exec(ctx, `SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())`, slot)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	_, totals, err = b.scan(reconciler.OrphanOptions{Slot: slot})
+	stop()
+	<-following
+	if err != nil || totals.Removed != 1 {
 		t.Fatalf("with the service caught up: %+v, %v", totals, err)
 	}
 }

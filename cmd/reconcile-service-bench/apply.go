@@ -120,8 +120,12 @@ func (b *bench) apply(ctx context.Context) error {
 	for i, r := range runs {
 		ratio := r.service.Seconds() / r.floor.Seconds()
 		ratios = append(ratios, ratio)
-		fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12d %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), ratio,
-			r.peakHeapMiB, r.indexBytes/int64(max(r.entries, 1)), r.walBytes/int64(n))
+		perRow := "-" // deleted rows leave no entry
+		if r.entries > 0 {
+			perRow = fmt.Sprint(r.indexBytes / int64(r.entries))
+		}
+		fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12s %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), ratio,
+			r.peakHeapMiB, perRow, r.walBytes/int64(n))
 	}
 	slices.Sort(ratios)
 	fmt.Printf("  median ratio reconcile/pg_recvlogical: %.2fx (target: 1.5x at most)\n", ratios[len(ratios)/2])

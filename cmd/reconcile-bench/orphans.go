@@ -130,15 +130,33 @@ type orphanStore interface {
 type localOrphans struct{ *bench }
 
 func (l localOrphans) seed(ctx context.Context, ds *dataset, dir string) error {
-	return l.bench.seed(ctx, ds, dir)
+	if err := l.bench.seed(ctx, ds, dir); err != nil {
+		return err
+	}
+	// A file's age counts from its status change too, which writing it
+	// just now set whatever its modification time: the grace is cut to let
+	// the files count as old, as on S3.
+	if !slices.Contains(l.runEnv, orphanGrace) {
+		l.runEnv = append(l.runEnv, orphanGrace)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(1100 * time.Millisecond):
+		return nil
+	}
 }
+
+// orphanGrace is the grace the orphan runs take: their files are as old
+// as the dataset.
+const orphanGrace = "RECONCILE_ORPHANS_GRACE=1s"
 
 func (l localOrphans) floorListing(context.Context, string) (string, error) {
 	return orphanLocalListing, nil
 }
 
 func (l localOrphans) describe() string {
-	return fmt.Sprintf("local disk, %s, files dated 1 to %d days back, orphans.grace 1h (the default)", l.media, orphanFolders)
+	return fmt.Sprintf("local disk, %s, files dated 1 to %d days back, orphans.grace 1s", l.media, orphanFolders)
 }
 
 func (l localOrphans) mark() (int64, error) { return 0, nil }
@@ -154,7 +172,7 @@ func (s s3Orphans) seed(ctx context.Context, ds *dataset, dir string) error {
 	}
 	// An object's time is when it was stored: the grace is cut to let the
 	// settled objects count as old.
-	s.runEnv = append(s.runEnv, "RECONCILE_ORPHANS_GRACE=1s")
+	s.runEnv = append(s.runEnv, orphanGrace)
 	return s.settle(ctx)
 }
 

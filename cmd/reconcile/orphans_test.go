@@ -84,19 +84,8 @@ func TestOrphansCommand(t *testing.T) {
 func TestOrphansFromAnS3Inventory(t *testing.T) {
 	f := newForum(t)
 	bucket := tests3.New(t)
-	for k, v := range map[string]string{
-		"RECONCILE_STORAGE_BACKEND":       "s3",
-		"RECONCILE_STORAGE_S3_ENDPOINT":   bucket.Endpoint,
-		"RECONCILE_STORAGE_S3_BUCKET":     bucket.Name,
-		"RECONCILE_STORAGE_S3_PREFIX":     "media",
-		"RECONCILE_STORAGE_S3_ACCESS_KEY": bucket.AccessKey,
-		"RECONCILE_STORAGE_S3_SECRET_KEY": bucket.SecretKey,
-		"RECONCILE_STORAGE_S3_USE_SSL":    "false",
-		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
-		"RECONCILE_ORPHANS_GRACE":         "1s",
-	} {
-		t.Setenv(k, v)
-	}
+	s3Env(t, bucket, "media")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "1s")
 	f.add("up/2025/live.jpg", -1)
 	for _, name := range []string{"media/up/2025/live.jpg", "media/up/2025/orphan one.jpg", "up/2025/outside.jpg"} {
 		bucket.Put(t, name)
@@ -173,4 +162,20 @@ func TestOrphansGoToTheTrash(t *testing.T) {
 func settleFiles(t *testing.T) {
 	t.Setenv("RECONCILE_ORPHANS_GRACE", "1s")
 	time.Sleep(1100 * time.Millisecond)
+}
+
+// s3Env points reconcile at bucket, under prefix.
+func s3Env(t *testing.T, bucket *tests3.Bucket, prefix string) {
+	for k, v := range map[string]string{
+		"RECONCILE_STORAGE_BACKEND":       "s3",
+		"RECONCILE_STORAGE_S3_ENDPOINT":   bucket.Endpoint,
+		"RECONCILE_STORAGE_S3_BUCKET":     bucket.Name,
+		"RECONCILE_STORAGE_S3_PREFIX":     prefix,
+		"RECONCILE_STORAGE_S3_ACCESS_KEY": bucket.AccessKey,
+		"RECONCILE_STORAGE_S3_SECRET_KEY": bucket.SecretKey,
+		"RECONCILE_STORAGE_S3_USE_SSL":    "false",
+		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
+	} {
+		t.Setenv(k, v)
+	}
 }

@@ -123,19 +123,8 @@ func TestTrashRescanOnS3(t *testing.T) {
 	key := "forum/attachments/2025/10/04/leaf.jpg"
 	f.add(key, 48)
 	bucket.Put(t, "media/"+key)
-	for k, v := range map[string]string{
-		"RECONCILE_STORAGE_BACKEND":       "s3",
-		"RECONCILE_STORAGE_S3_ENDPOINT":   bucket.Endpoint,
-		"RECONCILE_STORAGE_S3_BUCKET":     bucket.Name,
-		"RECONCILE_STORAGE_S3_PREFIX":     "media",
-		"RECONCILE_STORAGE_S3_ACCESS_KEY": bucket.AccessKey,
-		"RECONCILE_STORAGE_S3_SECRET_KEY": bucket.SecretKey,
-		"RECONCILE_STORAGE_S3_USE_SSL":    "false",
-		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
-		"RECONCILE_STORAGE_TRASH_PREFIX":  ".trash",
-	} {
-		t.Setenv(k, v)
-	}
+	s3Env(t, bucket, "media")
+	t.Setenv("RECONCILE_STORAGE_TRASH_PREFIX", ".trash")
 	f.migrate()
 	// Objects written in the same second as their removal are kept (S3
 	// gives modification times to the second): this one is older.

@@ -253,7 +253,11 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 			break // the later removals of name share the deleter's result
 		}
 	}
-	gone, failed := s.discard(ctx, doomed)
+	seen := make(map[string]time.Time, len(doomed))
+	for _, name := range doomed {
+		seen[name] = found[name].modTime
+	}
+	gone, failed, rewritten := s.discard(ctx, doomed, seen)
 	for _, name := range doomed {
 		first := deleter[name]
 		for _, i := range at[name] {
@@ -261,6 +265,8 @@ func (s *S3) removeChunk(ctx context.Context, names []string, removals []Removal
 			case i < first:
 			case failed[name] != nil:
 				fail(i, failed[name])
+			case !rewritten[name].IsZero():
+				results[i] = Result{Outcome: Rewritten, ModTime: rewritten[name]}
 			case i == first && !gone[name]:
 				results[i] = Result{Outcome: Removed}
 			default:

@@ -19,17 +19,38 @@ const maxCopies = 16
 
 // discard deletes the objects names, or, with a trash, copies them into it
 // and deletes those copied: an object that could not be copied is kept,
-// with the copy's error. It returns the names that were already gone and
-// the error of each name not confirmed as deleted, as deleteInParallel.
-func (s *S3) discard(ctx context.Context, names []string) (gone map[string]bool, failed map[string]error) {
+// with the copy's error. seen is each name's modification time as the
+// removal decided on it. It returns the names that were already gone, the
+// error of each name not confirmed as deleted, as deleteInParallel, and
+// the time of each object written again meanwhile, which stays.
+func (s *S3) discard(ctx context.Context, names []string, seen map[string]time.Time) (gone map[string]bool, failed map[string]error, rewritten map[string]time.Time) {
 	if s.trash == nil {
-		return s.deleteInParallel(ctx, names)
+		gone, failed = s.deleteInParallel(ctx, names)
+		return gone, failed, nil
 	}
 	copied, gone, failed := s.copyToTrash(ctx, names)
+	// A copy takes time, a large one seconds: an upload under the name
+	// meanwhile is looked for again before the delete, which would take
+	// it, with its old version in the trash.
+	now, lost := s.lookup(ctx, copied)
+	rewritten = make(map[string]time.Time)
+	copied = slices.DeleteFunc(copied, func(name string) bool {
+		switch st, ok := now[name]; {
+		case lost[name] != nil:
+			failed[name] = lost[name]
+		case !ok:
+			gone[name] = true // deleted by someone else meanwhile
+		case !st.modTime.Equal(seen[name]):
+			rewritten[name] = st.modTime
+		default:
+			return false
+		}
+		return true
+	})
 	deletedGone, deleteFailed := s.deleteInParallel(ctx, copied)
 	maps.Copy(gone, deletedGone)
 	maps.Copy(failed, deleteFailed)
-	return gone, failed
+	return gone, failed, rewritten
 }
 
 // copyToTrash copies the objects names into this hour's trash bucket with

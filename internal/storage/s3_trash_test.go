@@ -44,9 +44,10 @@ func TestS3TrashCopyFailureKeepsTheObject(t *testing.T) {
 			t.Errorf("%q was not moved into the trash", key)
 		}
 	}
-	// One listing decides the objects, one their places in the trash.
-	if lists, deletes := f.takeRequests(); lists != 2 || len(deletes) != 1 || deletes[0] != 2 {
-		t.Errorf("sent %d listings and delete requests %v, want 2 and [2]", lists, deletes)
+	// One listing decides the objects, one their places in the trash, one
+	// looks for uploads during the copies.
+	if lists, deletes := f.takeRequests(); lists != 3 || len(deletes) != 1 || deletes[0] != 2 {
+		t.Errorf("sent %d listings and delete requests %v, want 3 and [2]", lists, deletes)
 	}
 }
 

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -282,5 +283,33 @@ func TestParseBucket(t *testing.T) {
 	}
 	if want := []string{"2026-11-30T02", "2026-11-30T01.10", "2026-11-30T01.2", "2026-11-30T01"}; !slices.Equal(names, want) {
 		t.Errorf("newest first: %v, want %v", names, want)
+	}
+}
+
+// An upload under the name while its object is copied into the trash is
+// looked for again before the delete: it stays, counted as written again.
+func TestS3TrashKeepsAnUploadDuringTheCopy(t *testing.T) {
+	var f *fixture
+	uploaded := false
+	wrap := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(w, r)
+			if r.Method == http.MethodPut && r.Header.Get("X-Amz-Copy-Source") != "" && !uploaded {
+				uploaded = true
+				if err := f.put("c/live.jpg", []byte("new upload")); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	c := &clock{t: at(1, 23)}
+	f = s3Fixture(t, fakeS3(t, wrap), "", WithTrash(".trash/", c.now))
+	f.mustPut(t, "c/live.jpg")
+	time.Sleep(1100 * time.Millisecond)
+	queued := time.Now()
+	time.Sleep(1100 * time.Millisecond)
+	res := f.store.Remove(t.Context(), removals(queued, "c/live.jpg"))
+	if !uploaded || res[0].Outcome != Rewritten || !f.exists(t, "c/live.jpg") || f.read(t, "c/live.jpg") != "new upload" {
+		t.Fatalf("result %+v, uploaded during the copy %v: the new upload must stay", res, uploaded)
 	}
 }

@@ -95,3 +95,20 @@ func TestQueueGoneJudgesDueAtTheDelete(t *testing.T) {
 		t.Fatal("want the row not due at its DELETE queued, and only it")
 	}
 }
+
+// A key that spells its path otherwise is queued as the file the storage
+// holds, which its grace then protects.
+func TestQueueGoneQueuesTheCleanKey(t *testing.T) {
+	b := setup(t)
+	b.seed(row{key: "up/live.jpg", active: true})
+	b.writeFile("up/gone.jpg")
+	if err := b.r.QueueGone(b.ctx, []reconciler.GoneRow{{ID: "1", Key: "up//gone.jpg", At: time.Now()}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox WHERE storage_key = 'up/gone.jpg'`); n != 1 {
+		t.Fatalf("the clean key is not queued")
+	}
+	if _, totals, err := b.scan(reconciler.OrphanOptions{Prefixes: []string{"up/"}}); err != nil || totals.Removed != 0 || !b.fileExists("up/gone.jpg") {
+		t.Fatalf("the scan took a file inside its grace: %+v, %v", totals, err)
+	}
+}

@@ -123,9 +123,6 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	if _, err := r.uncleanOwners(ctx); err != nil {
 		return totals, err
 	}
-	if err := r.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s.startLSN); err != nil {
-		return totals, fmt.Errorf("read the WAL position: %w", err)
-	}
 	if opts.Source != nil {
 		if err := s.fromSource(ctx, prefixes); err != nil {
 			return totals, fmt.Errorf("%w: %w", ErrOrphanScanStopped, err)
@@ -220,9 +217,11 @@ type orphanScan struct {
 	topOwned  map[string]bool  // folders just under a prefix: does a row own a file there?
 	lastTop   string           // the last such folder seen owned in the listing
 	waitedFor map[string]bool  // write transactions waited for once
-	startLSN  string           // the WAL's end when the scan began
-	behind    *string          // why the service's DELETEs are not known, once asked ("": they are)
+	startLSN  string           // the WAL's end when the rows' locations were last read
+	behindAt  string           // the startLSN behind was asked for
+	behind    string           // why the service's DELETEs up to behindAt are not known ("": they are)
 	guarded   bool             // files in folders where no row owns any stay: the prefixes were not named on purpose
+	lastWhy   string           // the last reason files were kept for, logged once
 	listed    string           // the last key listed
 }
 
@@ -234,6 +233,9 @@ type owner struct {
 
 // scan merges the listing under prefix with the locations the rows own.
 func (s *orphanScan) scan(ctx context.Context, prefix string) error {
+	if err := s.markWAL(ctx); err != nil {
+		return err
+	}
 	rows, err := s.r.db.Query(ctx, s.r.sql.locations+" ORDER BY loc", prefix)
 	if err != nil {
 		return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
@@ -297,6 +299,9 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 // fromSource judges the files a report gives, under the prefixes: with no
 // order to merge in, every one is asked of the database, in batches.
 func (s *orphanScan) fromSource(ctx context.Context, prefixes []string) error {
+	if err := s.markWAL(ctx); err != nil {
+		return err
+	}
 	for _, prefix := range prefixes {
 		var owns bool
 		if err := s.r.db.QueryRow(ctx, `SELECT EXISTS (`+s.r.sql.locations+`)`, prefix).Scan(&owns); err != nil {
@@ -465,6 +470,10 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			return err
 		}
 		if why != "" {
+			if why != s.lastWhy {
+				s.lastWhy = why
+				s.r.log.WarnContext(ctx, "[CLEANUP] Orphan scan keeps the files it judges: "+why, "files", len(old))
+			}
 			for _, o := range old {
 				s.totals.Kept++
 				o.Action = "kept: " + why
@@ -591,18 +600,28 @@ func (s *orphanScan) openWriter(ctx context.Context) (string, error) {
 	return slices.Min(open), nil
 }
 
+// markWAL notes the WAL's end as the rows' locations are about to be read:
+// the DELETEs before it are the ones the service must have seen.
+func (s *orphanScan) markWAL(ctx context.Context) error {
+	if err := s.r.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s.startLSN); err != nil {
+		return fmt.Errorf("read the WAL position: %w", err)
+	}
+	return nil
+}
+
 // serviceWait bounds the wait for the service to see the DELETEs made
 // before the scan began: it reports its position every
 // replication.status_interval (10 s by default).
 const serviceWait = 30 * time.Second
 
-// serviceBehind says why the rows deleted outright before the scan began
-// are not all known (their files, which may be put back, wait out their
-// grace in the outbox once the service has seen their DELETEs), waiting
-// for the service once; "" when they are, or when there is no service.
+// serviceBehind says why the rows deleted outright before the rows'
+// locations were read are not all known (their files, which may be put
+// back, wait out their grace in the outbox once the service has seen their
+// DELETEs), waiting for the service once for each read; "" when they are,
+// or when there is no service.
 func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
-	if s.behind != nil {
-		return *s.behind, nil
+	if s.behindAt == s.startLSN {
+		return s.behind, nil
 	}
 	why := ""
 	if s.opts.Slot != "" {
@@ -623,7 +642,6 @@ func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
 					state = "is behind"
 				}
 				why = fmt.Sprintf("the service (replication slot %s) %s: a row deleted outright before the scan may be put back within orphans.grace (drop the slot if the service is retired)", s.opts.Slot, state)
-				s.r.log.WarnContext(ctx, "[CLEANUP] Orphan scan keeps the files it judges: "+why)
 				break
 			}
 			select {
@@ -633,7 +651,7 @@ func (s *orphanScan) serviceBehind(ctx context.Context) (string, error) {
 			}
 		}
 	}
-	s.behind = &why
+	s.behindAt, s.behind = s.startLSN, why
 	return why, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -305,9 +306,16 @@ func (r *Reconciler) QueueGone(ctx context.Context, rows []GoneRow, grace time.D
 			r.log.DebugContext(ctx, "a due row was deleted: its file is the purge's", "id", row.ID, "storage_key", row.Key)
 			continue
 		}
-		keys, ids, ats = append(keys, row.Key), append(ids, row.ID), append(ats, row.At)
+		// A key that spells its path otherwise ("a//b.jpg") names the
+		// file of the clean one, which the storage takes.
+		key := strings.TrimPrefix(path.Clean("/"+row.Key), "/")
+		if err := storage.ValidateKey(key); err != nil {
+			r.log.WarnContext(ctx, "[CLEANUP] Left the file of a row deleted outright: its key is refused", "id", row.ID, "storage_key", row.Key, "error", err)
+			continue
+		}
+		keys, ids, ats = append(keys, key), append(ids, row.ID), append(ats, row.At)
 		r.log.InfoContext(ctx, "[CLEANUP] Queued the file of a row deleted outright: it goes after orphans.grace unless a row uses it again",
-			"id", row.ID, "storage_key", row.Key, "grace", grace.String())
+			"id", row.ID, "storage_key", key, "grace", grace.String())
 	}
 	if len(keys) == 0 {
 		return nil

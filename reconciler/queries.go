@@ -246,11 +246,16 @@ func buildQueries(t Table, types columnTypes) queries {
 		// cutoff is at now(); $2 retention in microseconds.
 		cutoffsAt: `SELECT ` + wall("(a - $2 * interval '1 microsecond')") + ` FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(a, o) ORDER BY o`,
 		// Keys with an empty, "." or ".." element, or a leading "/": a
-		// listing names their files otherwise. $1 how many at most.
+		// listing names their files otherwise. Those of rows deleted
+		// outright within their grace too. $1 how many at most, each.
 		uncleanKeys: r.Replace(`
-			SELECT {KEY}::text FROM {T}
-			WHERE {KEY} > '' AND {KEY}::text ~ '(^|/)[.]{1,2}(/|$)|//|^/'
-			LIMIT $1`),
+			(SELECT {KEY}::text FROM {T}
+			 WHERE {KEY} > '' AND {KEY}::text ~ '(^|/)[.]{1,2}(/|$)|//|^/'
+			 LIMIT $1)
+			UNION ALL
+			(SELECT storage_key FROM {OUTBOX}
+			 WHERE not_before > now() AND storage_key ~ '(^|/)[.]{1,2}(/|$)|//|^/'
+			 LIMIT $1)`),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.
 		keyRange: r.Replace(`SELECT coalesce(min({KEY}::text COLLATE "C"), ''), coalesce(max({KEY}::text COLLATE "C"), '') FROM {T} WHERE {KEY} > ''`),

@@ -14,6 +14,8 @@ import (
 // position of each column reconcile reads in the tuples that follow.
 type relation struct {
 	id, key, isActive, deletedAt int
+	// keyOnlyWarned: a DELETE carrying only the primary key was warned of.
+	keyOnlyWarned bool
 }
 
 func (s *Stream) newRelation(m *pglogrepl.RelationMessage) (*relation, error) {

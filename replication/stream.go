@@ -848,6 +848,11 @@ func (l *loop) noteDeleted(m *pglogrepl.DeleteMessage) error {
 	if rel == nil || l.s.cfg.Deleted == nil {
 		return nil
 	}
+	if m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey && !rel.keyOnlyWarned {
+		// A partition made after `migrate` has the default identity.
+		rel.keyOnlyWarned = true
+		l.s.log.Warn("a DELETE of the table carries only its primary key (its replica identity, or a partition's, is not FULL): the files of rows deleted outright there stay until `reconcile orphans`; run `reconcile migrate`")
+	}
 	d, ok := rel.deleted(m.OldTuple)
 	if !ok {
 		return nil

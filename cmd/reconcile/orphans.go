@@ -120,8 +120,15 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 	if scanErr != nil {
 		return scanErr
 	}
-	log.Info("[CLEANUP] Orphan scan complete", "listed", totals.Listed, "orphans", totals.Orphans, "bytes", totals.Bytes, "removed", totals.Removed, "failed", totals.Failed)
-	if totals.Failed > 0 {
+	log.Info("[CLEANUP] Orphan scan complete", "listed", totals.Listed, "orphans", totals.Orphans, "bytes", totals.Bytes,
+		"removed", totals.Removed, "kept", totals.Kept, "failed", totals.Failed)
+	switch {
+	case totals.Failed > 0:
+		return errSomeFailed
+	case !opts.dryRun && totals.Kept > 0 && totals.Removed == 0:
+		// Every orphan judged stayed (an open transaction, the service
+		// behind): a job that reclaims nothing must not look fine.
+		log.Error("[CLEANUP] Failed: the orphan scan removed none of the orphans it judged; the report and the log say why", "kept", totals.Kept)
 		return errSomeFailed
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"os"
@@ -177,5 +178,28 @@ func s3Env(t *testing.T, bucket *tests3.Bucket, prefix string) {
 		"RECONCILE_STORAGE_S3_REGION":     bucket.Region,
 	} {
 		t.Setenv(k, v)
+	}
+}
+
+// A scan that removes none of the orphans it judged, all kept by a guard
+// (here a transaction left open), exits 1: a job that reclaims nothing must
+// not look fine.
+func TestOrphansThatRemoveNothingFail(t *testing.T) {
+	f := newForum(t)
+	f.add("forum/attachments/2025/live.jpg", -1)
+	f.writeOld("forum/attachments/2025/orphan.jpg")
+	settleFiles(t)
+	f.migrate()
+	tx, err := f.pool.Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(context.Background(), `UPDATE forum_attachment SET original_filename = 'x'`); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := reconcile("orphans")
+	if code != exitFailed || f.fileGone("forum/attachments/2025/orphan.jpg") || !strings.Contains(stderr, "removed none of the orphans") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
 	}
 }

@@ -107,6 +107,9 @@ func TestServiceWarnsWithoutFullReplicaIdentity(t *testing.T) {
 	if n := f.count(`SELECT count(*) FROM reconcile_forum_attachment_outbox`); n != 0 || s.logs.count("Queued the file") != 0 {
 		t.Fatalf("queued %d keys without the key in the DELETE:\n%s", n, s.logs)
 	}
+	if s.logs.count("carries only its primary key") != 1 {
+		t.Errorf("the DELETE without the key was not warned of:\n%s", s.logs)
+	}
 }
 
 // A DELETE of more rows than the stream applies one by one (the index is

@@ -4,8 +4,11 @@ import (
 	"crypto/md5"
 	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/reconcile/reconcile/internal/derived"
 	"github.com/reconcile/reconcile/reconciler"
@@ -138,5 +141,28 @@ func TestPurgeRemovesEasyThumbnailsButNeverALiveRowsFile(t *testing.T) {
 	}
 	if !b.fileExists(live) || !b.fileExists("uploads/photo.jpg.d/x.jpg") {
 		t.Error("a live row's file, or a file in a subfolder, was removed")
+	}
+}
+
+// A derived file written after its source's removal was queued belongs to
+// a new upload under the freed name: it stays.
+func TestPurgeKeepsADerivedFileWrittenAfterItsSourceWasQueued(t *testing.T) {
+	b := setup(t)
+	b.withDerived("imagekit")
+	const key = "forum/attachments/2025/10/04/leaf.jpg"
+	b.seed(due(key))
+	files := imagekitFiles(key, "thumbnail", "medium")
+	for _, f := range files {
+		b.writeFile(f)
+	}
+	// The new upload's thumbnail, written after the purge will queue the
+	// source.
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(b.root, files[1]), later, later); err != nil {
+		t.Fatal(err)
+	}
+	s := b.run()
+	if s.Purged != 1 || s.DerivedRemoved != 1 || s.DerivedKept != 1 || b.fileExists(files[0]) || !b.fileExists(files[1]) {
+		t.Fatalf("%+v: want the old thumbnail removed and the new one kept", s)
 	}
 }

@@ -236,7 +236,7 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 	if err := s.markWAL(ctx); err != nil {
 		return err
 	}
-	rows, err := s.r.db.Query(ctx, s.r.sql.locations+" ORDER BY loc", prefix)
+	rows, err := s.r.db.Query(ctx, s.r.sql.locations, prefix)
 	if err != nil {
 		return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
 	}
@@ -280,8 +280,10 @@ func (s *orphanScan) scan(ctx context.Context, prefix string) error {
 			open = open[:len(open)-1]
 		}
 		if s.owned(open, obj.Key) {
-			if top, _ := s.top(obj.Key); top != "" && top != s.lastTop {
-				s.topOwned[top], s.lastTop = true, top
+			if s.guarded {
+				if top, _ := s.top(obj.Key); top != "" && top != s.lastTop {
+					s.topOwned[top], s.lastTop = true, top
+				}
 			}
 			if len(s.pending) == 0 {
 				s.totals.LastHandled = obj.Key
@@ -303,9 +305,9 @@ func (s *orphanScan) fromSource(ctx context.Context, prefixes []string) error {
 		return err
 	}
 	for _, prefix := range prefixes {
-		var owns bool
-		if err := s.r.db.QueryRow(ctx, `SELECT EXISTS (`+s.r.sql.locations+`)`, prefix).Scan(&owns); err != nil {
-			return fmt.Errorf("read the table's locations under %q: %w", prefix, err)
+		owns, err := s.ownsUnder(ctx, prefix)
+		if err != nil {
+			return err
 		}
 		if !owns && !s.opts.DryRun {
 			// Every file there would look orphaned.
@@ -376,7 +378,41 @@ func (s *orphanScan) judge(ctx context.Context) error {
 	}
 	batch := s.pending
 	s.pending = nil
-	// A local listing carries no times: look at the candidates only.
+	changed, err := s.look(ctx, batch)
+	if err != nil {
+		return err
+	}
+	old, err := s.oldOrphans(ctx, batch, changed)
+	if err != nil {
+		return err
+	}
+	if old, err = s.holdBack(ctx, old); err != nil {
+		return err
+	}
+	// Asked again just before the removal: a row committed since the
+	// listing owns its file.
+	keys := make([]string, len(old))
+	for i, o := range old {
+		keys[i] = o.Key
+	}
+	owned, err := s.r.ownedFiles(ctx, keys)
+	if err != nil {
+		return err
+	}
+	orphans := slices.DeleteFunc(old, func(o Orphan) bool { return owned[o.Key] })
+	if err := s.remove(ctx, orphans); err != nil {
+		return err
+	}
+	if s.opts.Source == nil {
+		s.totals.LastHandled = s.listed
+	}
+	return ctx.Err()
+}
+
+// look fills in the times and sizes a local listing does not carry, for
+// the candidates only, and returns the status change times that come after
+// the modification times.
+func (s *orphanScan) look(ctx context.Context, batch []storage.Object) (map[string]time.Time, error) {
 	var keys []string
 	for _, obj := range batch {
 		if obj.Refused == nil && obj.ModTime.IsZero() {
@@ -384,44 +420,43 @@ func (s *orphanScan) judge(ctx context.Context) error {
 		}
 	}
 	changed := map[string]time.Time{}
-	if len(keys) > 0 {
-		infos := s.r.store.Stat(ctx, keys)
-		if err := ctx.Err(); err != nil {
-			return err
+	if len(keys) == 0 {
+		return changed, nil
+	}
+	infos := s.r.store.Stat(ctx, keys)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	byKey := make(map[string]storage.FileInfo, len(keys))
+	for i, k := range keys {
+		byKey[k] = infos[i]
+	}
+	for i, obj := range batch {
+		info, ok := byKey[obj.Key]
+		if !ok {
+			continue
 		}
-		byKey := make(map[string]storage.FileInfo, len(keys))
-		for i, k := range keys {
-			byKey[k] = infos[i]
+		batch[i].ModTime, batch[i].Size = info.ModTime, info.Size
+		if info.Changed.After(info.ModTime) {
+			// A copy that kept an old modification time (an import whose
+			// rows are still to come) is as young as the copy.
+			changed[obj.Key] = info.Changed
 		}
-		for i, obj := range batch {
-			if info, ok := byKey[obj.Key]; ok {
-				batch[i].ModTime, batch[i].Size = info.ModTime, info.Size
-				if info.Changed.After(info.ModTime) {
-					// A copy that kept an old modification time (an import
-					// whose rows are still to come) is as young as the copy.
-					changed[obj.Key] = info.Changed
-				}
-				if info.Err != nil {
-					batch[i].Refused = info.Err
-				} else if !info.Exists {
-					batch[i].Refused = errGone
-				}
-			}
+		switch {
+		case info.Err != nil:
+			batch[i].Refused = info.Err
+		case !info.Exists:
+			batch[i].Refused = errGone
 		}
 	}
-	// A file written after it was seen is another file: the listing's
-	// files were seen when listed (the times an S3 listing gives are of
-	// then), a report's when it was made.
+	return changed, nil
+}
+
+// oldOrphans reports the refused files of a batch, counts the young ones,
+// leaves those of folders no row owns a file in, and returns the others.
+func (s *orphanScan) oldOrphans(ctx context.Context, batch []storage.Object, changed map[string]time.Time) ([]Orphan, error) {
 	now := s.opts.Now()
-	queuedAt := s.heldSince
-	if s.opts.Source != nil {
-		queuedAt = s.opts.AsOf
-	}
-	var (
-		old      []Orphan
-		oldKeys  []string
-		removals []storage.Removal
-	)
+	var old []Orphan
 	for _, obj := range batch {
 		o := Orphan{Key: obj.Key, Reason: s.reason(obj.Key), Size: obj.Size, ModTime: obj.ModTime}
 		switch {
@@ -431,7 +466,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			s.totals.Refused++
 			o.Action = "kept: " + obj.Refused.Error()
 			if err := s.report(o); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		case now.Sub(obj.ModTime) < s.opts.Grace, now.Sub(changed[obj.Key]) < s.opts.Grace:
@@ -445,7 +480,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			if top != "" {
 				var err error
 				if owns, err = s.ownsUnder(ctx, top); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			if !owns {
@@ -454,59 +489,68 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			}
 		}
 		old = append(old, o)
-		oldKeys = append(oldKeys, o.Key)
 	}
-	// A transaction open now may hold the row of an old file, uncommitted:
-	// once it ends, the database is asked again.
-	if len(old) > 0 {
-		xid, err := s.openWriter(ctx)
-		if err != nil {
-			return err
-		}
-		why := ""
-		if xid != "" {
-			why = fmt.Sprintf("transaction %s of the database, open for over %s, may still commit a row that names it", xid, txWait)
-		} else if why, err = s.serviceBehind(ctx); err != nil {
-			return err
-		}
-		if why != "" {
-			if why != s.lastWhy {
-				s.lastWhy = why
-				s.r.log.WarnContext(ctx, "[CLEANUP] Orphan scan keeps the files it judges: "+why, "files", len(old))
-			}
-			for _, o := range old {
-				s.totals.Kept++
-				o.Action = "kept: " + why
-				if err := s.report(o); err != nil {
-					return err
-				}
-			}
-			old, oldKeys = nil, nil
-		}
+	return old, nil
+}
+
+// holdBack keeps, and reports, every file of old while a transaction open
+// now may hold its row uncommitted, or while the service may not have
+// queued a row deleted outright that owns it; it returns old otherwise.
+func (s *orphanScan) holdBack(ctx context.Context, old []Orphan) ([]Orphan, error) {
+	if len(old) == 0 {
+		return nil, nil
 	}
-	// Asked again just before the removal: a row committed since the
-	// listing owns its file.
-	owned, err := s.r.ownedFiles(ctx, oldKeys)
+	xid, err := s.openWriter(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var orphans []Orphan
+	why := ""
+	if xid != "" {
+		why = fmt.Sprintf("transaction %s of the database, open for over %s, may still commit a row that names it", xid, txWait)
+	} else if why, err = s.serviceBehind(ctx); err != nil {
+		return nil, err
+	}
+	if why == "" {
+		return old, nil
+	}
+	if why != s.lastWhy {
+		s.lastWhy = why
+		s.r.log.WarnContext(ctx, "[CLEANUP] Orphan scan keeps the files it judges: "+why, "files", len(old))
+	}
 	for _, o := range old {
-		if owned[o.Key] {
-			continue
+		s.totals.Kept++
+		o.Action = "kept: " + why
+		if err := s.report(o); err != nil {
+			return nil, err
 		}
-		orphans = append(orphans, o)
-		removals = append(removals, storage.Removal{Key: o.Key, QueuedAt: queuedAt})
 	}
-	remove := !s.opts.DryRun
-	if left := s.opts.MaxDeletes - s.totals.Removed; remove && s.opts.MaxDeletes > 0 && len(removals) > left {
-		for i := left; i < len(orphans); i++ {
-			orphans[i].Action = "would remove (safety.max_deletes reached)"
+	return nil, nil
+}
+
+// remove removes the orphans, within safety.max_deletes, unless this is a
+// dry run, and reports each. A file written after it was seen is another
+// file: the listing's files were seen when listed (the times an S3 listing
+// gives are of then), a report's when it was made.
+func (s *orphanScan) remove(ctx context.Context, orphans []Orphan) error {
+	queuedAt := s.heldSince
+	if s.opts.Source != nil {
+		queuedAt = s.opts.AsOf
+	}
+	n := 0 // the orphans to remove
+	if !s.opts.DryRun {
+		n = len(orphans)
+		if left := s.opts.MaxDeletes - s.totals.Removed; s.opts.MaxDeletes > 0 && n > left {
+			for i := left; i < len(orphans); i++ {
+				orphans[i].Action = "would remove (safety.max_deletes reached)"
+			}
+			n, s.opts.DryRun, s.totals.BudgetReached = left, true, true
 		}
-		removals = removals[:left]
-		s.opts.DryRun, s.totals.BudgetReached = true, true
 	}
-	if remove && len(removals) > 0 {
+	if n > 0 {
+		removals := make([]storage.Removal, n)
+		for i, o := range orphans[:n] {
+			removals[i] = storage.Removal{Key: o.Key, QueuedAt: queuedAt}
+		}
 		for i, res := range s.r.store.Remove(ctx, removals) {
 			o := &orphans[i]
 			switch {
@@ -536,10 +580,7 @@ func (s *orphanScan) judge(ctx context.Context) error {
 			return err
 		}
 	}
-	if s.opts.Source == nil {
-		s.totals.LastHandled = s.listed
-	}
-	return ctx.Err()
+	return nil
 }
 
 // txWait bounds the wait for a write transaction open at a recheck: past
@@ -702,7 +743,7 @@ func (s *orphanScan) ownsUnder(ctx context.Context, folder string) (bool, error)
 		return owns, nil
 	}
 	var owns bool
-	if err := s.r.db.QueryRow(ctx, `SELECT EXISTS (`+s.r.sql.locations+`)`, folder).Scan(&owns); err != nil {
+	if err := s.r.db.QueryRow(ctx, s.r.sql.ownsUnder, folder).Scan(&owns); err != nil {
 		return false, fmt.Errorf("read the table's locations under %q: %w", folder, err)
 	}
 	s.topOwned[folder] = owns

@@ -13,7 +13,7 @@ type queries struct {
 	cutoffs, outboxStats, lockHolder                                                                            string
 	lock, waitHolders, closeFence, takeHolder, unlock                                                           string
 	indexValid, derivedOwners, locations, keyRange, queueDeleted, uncleanKeys, cutoffsAt, outboxCurrent         string
-	notFull                                                                                                     string
+	notFull, ownsUnder                                                                                          string
 }
 
 func buildQueries(t Table, types columnTypes) queries {
@@ -241,7 +241,9 @@ func buildQueries(t Table, types columnTypes) queries {
 			ON CONFLICT (storage_key) DO UPDATE
 			SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at),
 			    not_before = greatest(o.not_before, EXCLUDED.not_before)`),
-		locations: locations(t, r),
+		locations: locations(t, r) + " ORDER BY loc",
+		// Whether a row owns a file around $1, as locations.
+		ownsUnder: `SELECT EXISTS (` + locations(t, r) + `)`,
 		// The cutoff at each of some instants ($1), in deleted_at's terms, as
 		// cutoff is at now(); $2 retention in microseconds.
 		cutoffsAt: `SELECT ` + wall("(a - $2 * interval '1 microsecond')") + ` FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(a, o) ORDER BY o`,

@@ -27,17 +27,17 @@ import (
 	"strings"
 )
 
-// Kind says what a location owns.
-type Kind uint8
+// kind says what a location owns.
+type kind uint8
 
 const (
-	// Exact owns the one file the location names.
-	Exact Kind = iota
-	// Folder owns every file under the location, which ends in "/".
-	Folder
-	// NamePrefix owns every file whose key starts with the location and
+	// exact owns the one file the location names.
+	exact kind = iota
+	// folder owns every file under the location, which ends in "/".
+	folder
+	// namePrefix owns every file whose key starts with the location and
 	// has no "/" after it.
-	NamePrefix
+	namePrefix
 )
 
 // Aliases name the patterns of well-known Django packages.
@@ -49,7 +49,7 @@ var Aliases = map[string]string{
 // Pattern is one parsed pattern.
 type Pattern struct {
 	text  string  // as configured, aliases resolved
-	kind  Kind    // from its ending
+	kind  kind    // from its ending
 	parts []token // the pattern without its "*"
 }
 
@@ -76,9 +76,9 @@ func Parse(text string) (Pattern, error) {
 	case strings.HasPrefix(text, "/"):
 		return p, fmt.Errorf("pattern %q: not a relative path: locations are relative to the storage root", text)
 	case strings.HasSuffix(text, "*"):
-		p.kind, body = NamePrefix, strings.TrimSuffix(text, "*")
+		p.kind, body = namePrefix, strings.TrimSuffix(text, "*")
 	case strings.HasSuffix(text, "/"):
-		p.kind = Folder
+		p.kind = folder
 	}
 	if strings.Contains(body, "//") {
 		return p, fmt.Errorf("pattern %q: an empty path element (\"//\")", text)
@@ -160,9 +160,6 @@ func validLocation(loc string) error {
 // String is the pattern as configured (an alias resolved).
 func (p Pattern) String() string { return p.text }
 
-// Kind says what the pattern's locations own.
-func (p Pattern) Kind() Kind { return p.kind }
-
 // parts of a key, as the placeholders name them.
 type keyParts struct{ key, keyWithoutExt, dir, name, stem, ext string }
 
@@ -222,9 +219,9 @@ func clean(loc string) string {
 // file key.
 func (p Pattern) Owns(loc, key string) bool {
 	switch p.kind {
-	case Folder:
+	case folder:
 		return strings.HasPrefix(key, loc)
-	case NamePrefix:
+	case namePrefix:
 		return strings.HasPrefix(key, loc) && !strings.Contains(key[len(loc):], "/")
 	}
 	return key == loc
@@ -242,15 +239,15 @@ func (p Pattern) Candidates(key string) []string {
 		}
 	}
 	switch p.kind {
-	case Exact:
+	case exact:
 		add(key)
-	case Folder:
+	case folder:
 		for i := 0; i < len(key); i++ {
 			if key[i] == '/' {
 				add(key[:i+1])
 			}
 		}
-	case NamePrefix:
+	case namePrefix:
 		folder := strings.LastIndexByte(key, '/') + 1
 		tail := p.trailingLiteral()
 		for i := folder; i <= len(key); i++ {
@@ -330,9 +327,9 @@ func (p Pattern) Regexp() *regexp.Regexp {
 		}
 	}
 	switch p.kind {
-	case Folder:
+	case folder:
 		b.WriteString(".+")
-	case NamePrefix:
+	case namePrefix:
 		b.WriteString("[^/]*")
 	}
 	b.WriteString("$")

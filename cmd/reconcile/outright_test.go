@@ -115,17 +115,8 @@ func TestServiceWarnsWithoutFullReplicaIdentity(t *testing.T) {
 // A DELETE of more rows than the stream applies one by one (the index is
 // then rebuilt by a rescan) still queues every key.
 func TestServiceQueuesTheRowsOfALargeDelete(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "1h")
-	f.migrate()
-	ctx := context.Background()
-	if _, err := f.pool.Exec(ctx, `
-		INSERT INTO forum_attachment (id, image, is_active)
-		SELECT gen_random_uuid(), 'forum/bulk/' || g || '.jpg', true FROM generate_series(1, 25000) g`); err != nil {
-		t.Fatal(err)
-	}
-	s := startService(t, false)
-	if _, err := f.pool.Exec(ctx, `DELETE FROM forum_attachment WHERE image LIKE 'forum/bulk/%'`); err != nil {
+	f, s := bulkService(t)
+	if _, err := f.pool.Exec(context.Background(), `DELETE FROM forum_attachment WHERE image LIKE 'forum/bulk/%'`); err != nil {
 		t.Fatal(err)
 	}
 	s.waitLog("a transaction changes more than", 1)

@@ -763,17 +763,8 @@ func TestServiceIndexesOnlyItsTable(t *testing.T) {
 // A transaction too large to apply change by change is covered by a rescan
 // that starts while it is still being received; the stream goes on after.
 func TestServiceRescansForALargeTransaction(t *testing.T) {
-	f := newForum(t)
-	serviceEnv(t, f, "1h")
-	f.migrate()
-	ctx := context.Background()
-	if _, err := f.pool.Exec(ctx, `
-		INSERT INTO forum_attachment (id, image, is_active)
-		SELECT gen_random_uuid(), 'forum/bulk/' || g || '.jpg', true FROM generate_series(1, 25000) g`); err != nil {
-		t.Fatal(err)
-	}
-	s := startService(t, false)
-	if _, err := f.pool.Exec(ctx, `
+	f, s := bulkService(t)
+	if _, err := f.pool.Exec(context.Background(), `
 		UPDATE forum_attachment SET is_active = false, deleted_at = now() - (random() * interval '1 day')
 		WHERE image LIKE 'forum/bulk/%'`); err != nil {
 		t.Fatal(err)
@@ -794,6 +785,21 @@ func TestServiceRescansForALargeTransaction(t *testing.T) {
 	if flushed := confirmedFlush(t, f); uint64(flushed) > st.Checkpoint {
 		t.Fatalf("slot confirmed %s, ahead of the checkpoint %s", flushed, pglogrepl.LSN(st.Checkpoint))
 	}
+}
+
+// bulkService starts the service on a forum of 25,000 active rows under
+// forum/bulk/: more than a transaction the stream applies row by row.
+func bulkService(t *testing.T) (*forum, *service) {
+	t.Helper()
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	f.migrate()
+	if _, err := f.pool.Exec(context.Background(), `
+		INSERT INTO forum_attachment (id, image, is_active)
+		SELECT gen_random_uuid(), 'forum/bulk/' || g || '.jpg', true FROM generate_series(1, 25000) g`); err != nil {
+		t.Fatal(err)
+	}
+	return f, startService(t, false)
 }
 
 // A slot another process reads is reported, with the fix, and tried again.

@@ -1016,6 +1016,12 @@ func (l *loop) finishRescan(at uint64) error {
 // replay it.
 func (l *loop) shutdown() error {
 	_ = l.conn.Conn().SetDeadline(time.Now().Add(5 * time.Second))
+	// The rows deleted outright go to Config.Deleted before the index
+	// records their position: on the run's context, now ended, they would
+	// fail the stop.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(l.ctx), 5*time.Second)
+	defer cancel()
+	l.ctx = ctx
 	if _, err := l.commit(); err != nil {
 		return err
 	}

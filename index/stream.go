@@ -22,7 +22,10 @@ const (
 
 // Change is one change from the replication stream.
 type Change struct {
-	Op    Op
+	Op Op
+	// Table is the table the row belongs to, as Table names it ("" is the
+	// index's own, unnamed table).
+	Table string
 	Entry Entry // Remove needs only the ID
 	// KeyUnchanged means the stream did not send the storage key (an
 	// unchanged TOAST value): the stored one stays. A row the index does

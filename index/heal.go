@@ -114,7 +114,7 @@ func (x *Index) heal(gen uint64, why error, held bool) error {
 	at := x.moved // an earlier heal that failed to reopen may have moved it
 	x.dbMu.Unlock()
 
-	x.signal(time.Time{}, true) // the entries are gone: walks start over
+	x.restartAll() // the entries are gone: walks start over
 	if moved != "" {
 		x.mu.Lock()
 		fn := x.onDiscard

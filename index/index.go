@@ -5,7 +5,6 @@
 package index
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,19 +19,22 @@ import (
 
 // schemaVersion changes whenever the layout below does; an index of another
 // version is emptied, and the next rescan fills it again.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var (
-	bucketEntries = []byte("entries") // id -> deleted_at (8 bytes) + storage key
-	bucketDue     = []byte("due")     // deleted_at (8 bytes) + id -> nothing
-	bucketMeta    = []byte("meta")
-	keySchema     = []byte("schema")
+	// bucketTables holds a bucket per table (see table.go), each with
+	// its entries, its due order and whether a rescan filled it.
+	bucketTables = []byte("tables")
+	bucketMeta   = []byte("meta")
+	keySchema    = []byte("schema")
 	// The stream's state: it is cleared with the entries, so an index that
 	// a rescan has not finished filling never claims a stream position.
 	keyCheckpoint = []byte("checkpoint")   // LSN the entries are complete up to
-	keyOrigin     = []byte("origin")       // database, slot and table the entries come from
+	keyOrigin     = []byte("origin")       // database and slot the entries come from
 	keyRescanned  = []byte("rescanned_at") // when the last rescan finished
 	keySwept      = []byte("swept_at")     // when the timer last finished a sweep
+	// The buckets of schema version 1, one table's, dropped on upgrade.
+	version1Buckets = [][]byte{[]byte("entries"), []byte("due")}
 )
 
 // Entry is one soft-deleted attachment.
@@ -67,10 +69,12 @@ type Index struct {
 	// are refused when a heal has emptied the index since.
 	resetGen atomic.Uint64
 
-	updates   chan struct{} // signalled after a change that may bring a due time forward
-	mu        sync.Mutex
-	earliest  time.Time // the earliest deleted_at written since the last TakeEarliest
-	restart   bool      // entries were removed wholesale: walks start over
+	updates chan struct{} // signalled after a change that may bring a due time forward
+	mu      sync.Mutex
+	// What changed since the last TakeEarliest: of any table (Index's
+	// own), and of each table (Table's).
+	anyTable  wake
+	tables    map[string]*wake
 	onDiscard func(movedTo string, reason error)
 }
 
@@ -108,7 +112,7 @@ func OpenReadOnly(path string) (*Index, error) {
 	x.db, x.file = db, file
 	err = x.view(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		if meta == nil || tx.Bucket(bucketEntries) == nil || tx.Bucket(bucketDue) == nil {
+		if meta == nil || tx.Bucket(bucketTables) == nil {
 			return errors.New("it has no buckets")
 		}
 		if v := meta.Get(keySchema); len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion {
@@ -150,8 +154,8 @@ func (x *Index) Close() error {
 	return x.db.Close()
 }
 
-// Reset empties the index, and forgets its stream position, ahead of a
-// rescan. An index found corrupt is replaced by an empty one: Reset has
+// Reset empties the index, every table of it, and forgets its stream
+// position, ahead of a rescan. An index found corrupt is replaced by an empty one: Reset has
 // done its work.
 func (x *Index) Reset() error {
 	gen, err := x.run(true, resetBuckets)
@@ -164,7 +168,7 @@ func (x *Index) Reset() error {
 		return fmt.Errorf("reset index: %w", err)
 	}
 	x.resetGen.Store(gen)
-	x.signal(time.Time{}, true)
+	x.restartAll()
 	return nil
 }
 
@@ -178,13 +182,13 @@ func (x *Index) healedSinceReset() error {
 }
 
 func resetBuckets(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketEntries, bucketDue} {
+	for _, name := range append([][]byte{bucketTables}, version1Buckets...) {
 		if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, berrors.ErrBucketNotFound) {
 			return err
 		}
-		if _, err := tx.CreateBucket(name); err != nil {
-			return err
-		}
+	}
+	if _, err := tx.CreateBucket(bucketTables); err != nil {
+		return err
 	}
 	meta := tx.Bucket(bucketMeta)
 	for _, k := range [][]byte{keyCheckpoint, keyOrigin, keyRescanned} {
@@ -195,80 +199,21 @@ func resetBuckets(tx *bolt.Tx) error {
 	return nil
 }
 
-// LoadEntries and LoadDue fill an index that Reset emptied, one bucket at a
-// time, each from rows in that bucket's key order: bbolt then only appends
-// to the last page, so a load costs the same per row however large the
-// index already is. Rows out of order are still stored right, only slower.
-//
-// LoadEntries takes rows in id byte order.
-func (x *Index) LoadEntries(byID []Entry) error {
-	return x.load(bucketEntries, byID, func(e Entry) ([]byte, []byte) {
-		return []byte(e.ID), append(encodeTime(e.DeletedAt), e.Key...)
-	})
-}
+// LoadEntries and LoadDue fill the unnamed table: see Table.LoadEntries.
+func (x *Index) LoadEntries(byID []Entry) error { return x.Table("").LoadEntries(byID) }
 
-// LoadDue takes rows in due order: deleted_at, then id byte order.
-func (x *Index) LoadDue(byDue []Entry) error {
-	return x.load(bucketDue, byDue, func(e Entry) ([]byte, []byte) {
-		return dueKey(encodeTime(e.DeletedAt), []byte(e.ID)), nil
-	})
-}
-
-func (x *Index) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []byte)) error {
-	err := x.update(func(tx *bolt.Tx) error {
-		if err := x.healedSinceReset(); err != nil {
-			return err
-		}
-		b := tx.Bucket(bucket)
-		b.FillPercent = 1 // appending: full pages, no half-empty splits
-		for _, e := range entries {
-			k, v := kv(e)
-			if err := b.Put(k, v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("load %d index entries into %s: %w", len(entries), bucket, err)
-	}
-	return nil
-}
+// LoadDue: see LoadEntries.
+func (x *Index) LoadDue(byDue []Entry) error { return x.Table("").LoadDue(byDue) }
 
 // Position is where a walk through due order stopped; the zero value is the
 // start.
 type Position []byte
 
-// Due returns up to limit entries deleted at or before cutoff, in due order,
-// starting at from, and the position to continue from. A walk in pages keeps
-// memory flat however long the backlog is.
+// Due returns up to limit entries of every table deleted at or before
+// cutoff, in due order, starting at from, and the position to continue
+// from. A walk in pages keeps memory flat however long the backlog is.
 func (x *Index) Due(from Position, cutoff time.Time, limit int) ([]Entry, Position, error) {
-	var (
-		out  []Entry
-		next Position
-	)
-	end := encodeTime(cutoff)
-	err := x.view(func(tx *bolt.Tx) error {
-		ents := tx.Bucket(bucketEntries)
-		c := tx.Bucket(bucketDue).Cursor()
-		for k, _ := c.Seek(from); k != nil && bytes.Compare(k[:8], end) <= 0; k, _ = c.Next() {
-			if len(out) == limit {
-				next = bytes.Clone(k)
-				return nil
-			}
-			id := k[8:]
-			v := ents.Get(id)
-			if v == nil {
-				continue // a rescan is filling the buckets one after the other
-			}
-			out = append(out, Entry{ID: string(id), DeletedAt: decodeTime(k[:8]), Key: string(v[8:])})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("read due entries: %w", err)
-	}
-	return out, next, nil
+	return x.due(nil, from, cutoff, limit)
 }
 
 // Check runs bbolt's consistency check. It reports garbage rather than

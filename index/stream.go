@@ -89,25 +89,35 @@ func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error 
 	if err != nil {
 		return fmt.Errorf("record rescan in index: %w", err)
 	}
-	x.signal(time.Time{}, true) // the loads are complete: walks start over
+	x.restartAll() // the loads are complete: walks start over
 	return nil
 }
 
 // Apply writes changes and the checkpoint they bring the index to in one
-// transaction, so the checkpoint never runs ahead of the entries. Applying
-// a change twice leaves the index as applying it once. The checkpoint only
-// moves forward. An index that no rescan has filled since it was emptied
-// refuses changes with ErrNotFilled: after a heal on another goroutine, the
-// stream learns so here, and rescans.
+// transaction, so the checkpoint never runs ahead of the entries. Each
+// change goes to its table's part of the index. Applying a change twice
+// leaves the index as applying it once. The checkpoint only moves forward.
+// An index that no rescan has filled since it was emptied refuses changes
+// with ErrNotFilled: after a heal on another goroutine, the stream learns
+// so here, and rescans.
 func (x *Index) Apply(changes []Change, checkpoint uint64) error {
-	var earliest time.Time
+	earliest := map[string]time.Time{}
 	err := x.update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta.Get(keyOrigin) == nil {
 			return ErrNotFilled
 		}
-		ents, due := tx.Bucket(bucketEntries), tx.Bucket(bucketDue)
+		tables := map[string]tableBuckets{}
 		for _, c := range changes {
+			tb, ok := tables[c.Table]
+			if !ok {
+				var err error
+				if tb, err = createTable(tx, c.Table); err != nil {
+					return err
+				}
+				tables[c.Table] = tb
+			}
+			ents, due := tb.entries, tb.due
 			id := []byte(c.Entry.ID)
 			switch c.Op {
 			case Remove:
@@ -138,8 +148,8 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 				if err := due.Put(dueKey(stamp, id), nil); err != nil {
 					return err
 				}
-				if earliest.IsZero() || c.Entry.DeletedAt.Before(earliest) {
-					earliest = c.Entry.DeletedAt
+				if at, ok := earliest[c.Table]; !ok || c.Entry.DeletedAt.Before(at) {
+					earliest[c.Table] = c.Entry.DeletedAt
 				}
 			default:
 				return fmt.Errorf("unknown index change %d", c.Op)
@@ -153,8 +163,8 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 	if err != nil {
 		return fmt.Errorf("apply %d changes to index: %w", len(changes), err)
 	}
-	if !earliest.IsZero() {
-		x.signal(earliest, false)
+	for table, at := range earliest {
+		x.signal(table, at)
 	}
 	return nil
 }
@@ -163,26 +173,81 @@ func (x *Index) Apply(changes []Change, checkpoint uint64) error {
 // TakeEarliest tells from where a walk through due order must look again.
 func (x *Index) Updates() <-chan struct{} { return x.updates }
 
-// TakeEarliest returns the earliest deleted_at written since the last call,
-// or restart when entries were reloaded by a rescan and a walk must start
-// over.
+// TakeEarliest returns the earliest deleted_at written to any table since
+// the last call, or restart when entries were reloaded or removed
+// wholesale and a walk must start over.
 func (x *Index) TakeEarliest() (earliest time.Time, restart bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	earliest, restart = x.earliest, x.restart
-	x.earliest, x.restart = time.Time{}, false
+	return x.anyTable.take()
+}
+
+// wake is what a walk through due order must look at again: from the
+// earliest deleted_at written, or from the start.
+type wake struct {
+	earliest time.Time
+	restart  bool
+}
+
+func (w *wake) note(earliest time.Time, restart bool) {
+	if restart {
+		w.restart = true
+	}
+	if !earliest.IsZero() && (w.earliest.IsZero() || earliest.Before(w.earliest)) {
+		w.earliest = earliest
+	}
+}
+
+func (w *wake) take() (time.Time, bool) {
+	earliest, restart := w.earliest, w.restart
+	*w = wake{}
 	return earliest, restart
 }
 
-func (x *Index) signal(earliest time.Time, restart bool) {
+// signal notes that table got an entry deleted at earliest.
+func (x *Index) signal(table string, earliest time.Time) {
 	x.mu.Lock()
-	if restart {
-		x.restart = true
-	}
-	if !earliest.IsZero() && (x.earliest.IsZero() || earliest.Before(x.earliest)) {
-		x.earliest = earliest
+	x.anyTable.note(earliest, false)
+	x.tableWake(table).note(earliest, false)
+	x.mu.Unlock()
+	x.notify()
+}
+
+// restartTable notes that a table's entries were reloaded or removed.
+func (x *Index) restartTable(table string) {
+	x.mu.Lock()
+	x.anyTable.note(time.Time{}, true)
+	x.tableWake(table).note(time.Time{}, true)
+	x.mu.Unlock()
+	x.notify()
+}
+
+// restartAll notes that every table's entries were reloaded or removed.
+func (x *Index) restartAll() {
+	x.mu.Lock()
+	x.anyTable.note(time.Time{}, true)
+	for _, w := range x.tables {
+		w.note(time.Time{}, true)
 	}
 	x.mu.Unlock()
+	x.notify()
+}
+
+// tableWake is table's wake; a table not walked yet starts from the start.
+// The caller holds mu.
+func (x *Index) tableWake(table string) *wake {
+	w := x.tables[table]
+	if w == nil {
+		if x.tables == nil {
+			x.tables = map[string]*wake{}
+		}
+		w = &wake{restart: true}
+		x.tables[table] = w
+	}
+	return w
+}
+
+func (x *Index) notify() {
 	select {
 	case x.updates <- struct{}{}:
 	default:
@@ -194,18 +259,8 @@ func After(t time.Time) Position {
 	return encodeTime(t.Add(time.Nanosecond))
 }
 
-// Next returns the deleted_at of the first entry at or after from, in due
-// order; ok is false when there is none.
+// Next returns the deleted_at of the first entry of any table at or after
+// from, in due order; ok is false when there is none.
 func (x *Index) Next(from Position) (deletedAt time.Time, ok bool, err error) {
-	err = x.view(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bucketDue).Cursor().Seek(from)
-		if k != nil {
-			deletedAt, ok = decodeTime(k[:8]), true
-		}
-		return nil
-	})
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("read next due entry: %w", err)
-	}
-	return deletedAt, ok, nil
+	return x.next(nil, from)
 }

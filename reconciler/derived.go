@@ -199,7 +199,7 @@ func (r *Reconciler) ownedFiles(ctx context.Context, files []string) (map[string
 		return owned, nil
 	}
 	args := []any{files}
-	for _, p := range r.table.Derived {
+	for _, p := range r.patterns {
 		var cands []string
 		for _, f := range files {
 			cands = append(cands, p.Candidates(f)...)
@@ -212,7 +212,7 @@ func (r *Reconciler) ownedFiles(ctx context.Context, files []string) (map[string
 		return nil, fmt.Errorf("check derived files against the table: %w", err)
 	}
 	keys := map[string]bool{}
-	locs := make([]map[string]bool, len(r.table.Derived))
+	locs := make([]map[string]bool, len(r.patterns))
 	for i := range locs {
 		locs[i] = map[string]bool{}
 	}
@@ -238,7 +238,7 @@ func (r *Reconciler) ownedFiles(ctx context.Context, files []string) (map[string
 	for _, f := range files {
 		_, owned[f] = u.owns(r, f)
 		owned[f] = owned[f] || keys[f]
-		for i, p := range r.table.Derived {
+		for i, p := range r.patterns {
 			for _, c := range p.Candidates(f) {
 				owned[f] = owned[f] || locs[i][c] && p.Owns(c, f)
 			}
@@ -293,13 +293,15 @@ type listChecker interface {
 // pattern puts its files.
 func (r *Reconciler) checkDerived(ctx context.Context) error {
 	for _, p := range r.table.Derived {
-		name := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, p))
-		var valid bool
-		if err := r.db.QueryRow(ctx, r.sql.indexValid, name).Scan(&valid); err != nil {
-			return fmt.Errorf("look for the index of table.derived %q: %w", p, err)
-		}
-		if !valid {
-			return fmt.Errorf("index %s of table.derived %q is missing; run `reconcile migrate` first: %w", name, p, ErrSetup)
+		for _, key := range r.table.keyColumns() {
+			name := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, key, p))
+			var valid bool
+			if err := r.db.QueryRow(ctx, r.sql.indexValid, name).Scan(&valid); err != nil {
+				return fmt.Errorf("look for the index of table.derived %q: %w", p, err)
+			}
+			if !valid {
+				return fmt.Errorf("index %s of table.derived %q is missing; run `reconcile migrate` first: %w", name, p, ErrSetup)
+			}
 		}
 		if lc, ok := r.store.(listChecker); ok {
 			if err := lc.CheckList(ctx, p.Prefix("")); err != nil {

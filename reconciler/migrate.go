@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,36 +29,57 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		skip, why, err := r.migrationDone(ctx, name)
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
+		// The key index, once per key column; the others once.
+		keys := []int{0}
+		if strings.HasSuffix(name, "_key_index.sql") {
+			keys = make([]int, len(r.table.keyColumns()))
+			for i := range keys {
+				keys[i] = i
+			}
 		}
-		if skip {
-			r.log.InfoContext(ctx, "migration not needed", "migration", name, "reason", why)
-			continue
+		for _, key := range keys {
+			if err := r.migrate(ctx, name, key); err != nil {
+				return fmt.Errorf("migration %s: %w", name, err)
+			}
 		}
-		raw, err := fs.ReadFile(migrations.FS, name)
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
-		}
-		tmpl, err := template.New(name).Option("missingkey=error").Parse(string(raw))
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
-		}
-		if idx := indexOf(name); idx != "" {
-			err = r.buildIndex(ctx, tmpl, idx, r.table.Schema, r.table.Name, nil)
-		} else {
-			err = r.execMigration(ctx, tmpl, r.migrationVars(r.table.Schema, r.table.Name))
-		}
-		if err != nil {
-			return fmt.Errorf("migration %s: %w", name, err)
-		}
-		r.log.InfoContext(ctx, "migration applied", "migration", name)
 	}
 	if err := r.fullIdentity(ctx); err != nil {
 		return err
 	}
 	return r.migrateDerived(ctx)
+}
+
+// migrate applies the migration name, for the key column number key.
+func (r *Reconciler) migrate(ctx context.Context, name string, key int) error {
+	skip, why, err := r.migrationDone(ctx, name, key)
+	if err != nil {
+		return err
+	}
+	if skip {
+		r.log.InfoContext(ctx, "migration not needed", "migration", name, "reason", why)
+		return nil
+	}
+	raw, err := fs.ReadFile(migrations.FS, name)
+	if err != nil {
+		return err
+	}
+	tmpl, err := template.New(name).Option("missingkey=error").Parse(string(raw))
+	if err != nil {
+		return err
+	}
+	keyVars := func(table string) map[string]string {
+		return map[string]string{"Key": quote(r.table.keyColumns()[key]), "KeyIndex": quote(keyIndexName(table, key))}
+	}
+	if idx := indexOf(name); idx != "" {
+		err = r.buildIndex(ctx, tmpl, idx, r.table.Schema, r.table.Name, keyVars)
+	} else {
+		err = r.execMigration(ctx, tmpl, r.migrationVars(r.table.Schema, r.table.Name))
+	}
+	if err != nil {
+		return err
+	}
+	r.log.InfoContext(ctx, "migration applied", "migration", name, "table", r.table.qualified())
+	return nil
 }
 
 // identityTries bounds the tries, a second each, at the lock that setting
@@ -116,25 +138,27 @@ func (r *Reconciler) migrateDerived(ctx context.Context) error {
 		return fmt.Errorf("derived index migration: %w", err)
 	}
 	for _, p := range r.table.Derived {
-		vars := func(table string) map[string]string {
-			return map[string]string{
-				"DerivedIndex": quote(r.table.derivedIndexName(table, p)),
-				"DerivedExpr":  p.SQL(quote(r.table.Key)),
+		for _, key := range r.table.keyColumns() {
+			vars := func(table string) map[string]string {
+				return map[string]string{
+					"DerivedIndex": quote(r.table.derivedIndexName(table, key, p)),
+					"DerivedExpr":  p.SQL(quote(key)),
+				}
 			}
+			qualified := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, key, p))
+			var valid bool
+			if err := r.db.QueryRow(ctx, r.sql.indexValid, qualified).Scan(&valid); err != nil {
+				return fmt.Errorf("derived index of %q: %w", p, err)
+			}
+			if valid {
+				r.log.InfoContext(ctx, "migration not needed", "migration", "derived index", "pattern", p.String(), "reason", "index "+qualified+" exists")
+				continue
+			}
+			if err := r.buildIndex(ctx, tmpl, "DerivedIndex", r.table.Schema, r.table.Name, vars); err != nil {
+				return fmt.Errorf("derived index of %q: %w", p, err)
+			}
+			r.log.InfoContext(ctx, "migration applied", "migration", "derived index", "pattern", p.String(), "index", qualified)
 		}
-		qualified := quote(r.table.Schema, r.table.derivedIndexName(r.table.Name, p))
-		var valid bool
-		if err := r.db.QueryRow(ctx, r.sql.indexValid, qualified).Scan(&valid); err != nil {
-			return fmt.Errorf("derived index of %q: %w", p, err)
-		}
-		if valid {
-			r.log.InfoContext(ctx, "migration not needed", "migration", "derived index", "pattern", p.String(), "reason", "index "+qualified+" exists")
-			continue
-		}
-		if err := r.buildIndex(ctx, tmpl, "DerivedIndex", r.table.Schema, r.table.Name, vars); err != nil {
-			return fmt.Errorf("derived index of %q: %w", p, err)
-		}
-		r.log.InfoContext(ctx, "migration applied", "migration", "derived index", "pattern", p.String(), "index", qualified)
 	}
 	return nil
 }
@@ -155,15 +179,22 @@ func indexOf(migration string) string {
 // or one of its partitions), every identifier quoted.
 func (r *Reconciler) migrationVars(schema, name string) map[string]string {
 	t := r.table
+	due, where := quote(t.DeletedAt), t.softDeleted("")
+	switch {
+	case t.IsActive != "":
+		due, where = quote(t.IsActive)+", "+due, "NOT "+quote(t.IsActive)
+	case t.IsDeleted != "":
+		due, where = quote(t.IsDeleted)+", "+due, quote(t.IsDeleted)
+	}
 	return map[string]string{
 		"Table":        quote(schema, name),
 		"TableLiteral": literal(quote(schema, name)),
 		"Outbox":       t.outbox(),
-		"IsActive":     quote(t.IsActive),
-		"DeletedAt":    quote(t.DeletedAt),
+		"DueColumns":   due,
+		"DuePredicate": where,
 		"Key":          quote(t.Key),
 		"DueIndex":     quote(objectName(name, "due_idx")),
-		"KeyIndex":     quote(objectName(name, "key_idx")),
+		"KeyIndex":     quote(keyIndexName(name, 0)),
 		"Concurrently": "CONCURRENTLY",
 		"Only":         "",
 	}
@@ -249,7 +280,7 @@ func (r *Reconciler) buildIndex(ctx context.Context, tmpl *template.Template, id
 // migrationDone tells whether the table already has what an index
 // migration would create: any valid index with the same leading columns and
 // an equivalent predicate, whatever its name.
-func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, string, error) {
+func (r *Reconciler) migrationDone(ctx context.Context, name string, key int) (bool, string, error) {
 	t := r.table
 	// Only the leading columns matter: (deleted_at) alone under the same
 	// predicate serves the due query as well as (is_active, deleted_at).
@@ -257,15 +288,24 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string) (bool, stri
 	predicates := []string{""}
 	switch {
 	case strings.HasSuffix(name, "_due_index.sql"):
-		leads = [][]string{{t.IsActive, t.DeletedAt}, {t.DeletedAt}}
+		flag := t.IsActive + t.IsDeleted // one of them at most
+		leads = [][]string{{flag, t.DeletedAt}, {t.DeletedAt}}
 		// As pg_get_expr prints the predicates Django and we write.
 		var col string
-		if err := r.db.QueryRow(ctx, `SELECT quote_ident($1)`, t.IsActive).Scan(&col); err != nil {
-			return false, "", fmt.Errorf("quote %q: %w", t.IsActive, err)
+		if err := r.db.QueryRow(ctx, `SELECT quote_ident($1)`, cmp.Or(flag, t.DeletedAt)).Scan(&col); err != nil {
+			return false, "", fmt.Errorf("quote %q: %w", cmp.Or(flag, t.DeletedAt), err)
 		}
-		predicates = []string{"(NOT " + col + ")", "(" + col + " = false)", "(" + col + " IS FALSE)"}
+		switch {
+		case t.IsActive != "":
+			predicates = []string{"(NOT " + col + ")", "(" + col + " = false)", "(" + col + " IS FALSE)"}
+		case t.IsDeleted != "":
+			predicates = []string{"(" + col + ")", "(" + col + " = true)", "(" + col + " IS TRUE)"}
+		default:
+			leads = leads[1:]
+			predicates = []string{"(" + col + " IS NOT NULL)"}
+		}
 	case strings.HasSuffix(name, "_key_index.sql"):
-		leads = [][]string{{t.Key}}
+		leads = [][]string{{t.keyColumns()[key]}}
 	default:
 		return false, "", nil
 	}

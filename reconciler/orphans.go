@@ -113,10 +113,10 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 			return totals, err
 		}
 	}
-	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.table.Derived)),
+	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.patterns)),
 		prefixes: prefixes, topOwned: map[string]bool{}, waitedFor: map[string]bool{},
 		guarded: len(opts.Prefixes) == 0 || slices.Contains(prefixes, "")}
-	for i, p := range r.table.Derived {
+	for i, p := range r.patterns {
 		s.derivedRe[i] = p.Regexp()
 	}
 	r.unclean.expire() // read afresh for the scan
@@ -363,7 +363,7 @@ func (s *orphanScan) owned(open []owner, key string) bool {
 		switch {
 		case o.pattern < 0 && o.loc == key:
 			return true
-		case o.pattern >= 0 && s.r.table.Derived[o.pattern].Owns(o.loc, key):
+		case o.pattern >= 0 && s.r.patterns[o.pattern].Owns(o.loc, key):
 			return true
 		}
 	}
@@ -719,7 +719,7 @@ func (s *orphanScan) top(key string) (folder string, root bool) {
 // the table owns nothing under avatars/). root: key, or its source, lies
 // right under the whole root, where nothing vouches for it.
 func (s *orphanScan) guardFolder(key string) (folder string, root bool) {
-	for _, p := range s.r.table.Derived {
+	for _, p := range s.r.patterns {
 		lead := p.Prefix("")
 		if lead == "" || !strings.HasPrefix(key, lead) {
 			continue
@@ -773,29 +773,9 @@ func (s *orphanScan) reason(key string) string {
 	for i, re := range s.derivedRe {
 		// A pattern beside its sources ({key}.*) could have named any
 		// file with a dot: only one of a folder of its own says so.
-		if s.r.table.Derived[i].Prefix("") != "" && re.MatchString(key) {
-			return ReasonDerived + " (" + s.r.table.Derived[i].String() + ")"
+		if s.r.patterns[i].Prefix("") != "" && re.MatchString(key) {
+			return ReasonDerived + " (" + s.r.patterns[i].String() + ")"
 		}
 	}
 	return ReasonNoRow
-}
-
-// locations reads the locations the rows own around a prefix ($1): each
-// row's key, and each derived pattern's location for it; and those of the
-// rows deleted outright whose grace is not over, which may be put back.
-func locations(t Table, r *strings.Replacer) string {
-	branches := []string{
-		r.Replace(`SELECT {KEY}::text COLLATE "C" AS loc, -1 AS pattern FROM {T} WHERE {KEY} > ''`),
-		r.Replace(`SELECT storage_key COLLATE "C", -1 FROM {OUTBOX} WHERE not_before > now()`),
-	}
-	for i, p := range t.Derived {
-		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE %s > ''`,
-			p.SQL(quote(t.Key)), i, t.qualified(), quote(t.Key)))
-		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE not_before > now()`,
-			p.SQL("storage_key"), i, t.outbox()))
-	}
-	// Under the prefix, or a folder above it that a derived location owns
-	// whole.
-	return `SELECT loc, pattern FROM (` + strings.Join(branches, " UNION ALL ") + `) l
-		WHERE left(loc, length($1)) = $1 OR left($1, length(loc)) = loc`
 }

@@ -1,10 +1,12 @@
 package reconciler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"sync"
 	"time"
 
@@ -386,9 +388,7 @@ func (r *Reconciler) batchLane(ctx context.Context, lane <-chan index.Entry, fre
 func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *tally) ([]index.Entry, error) {
 	var keys []string
 	for _, e := range batch {
-		if e.Key != "" {
-			keys = append(keys, e.Key)
-		}
+		keys = append(keys, r.table.splitKeys(e.Key)...)
 	}
 	var errs []error
 	if len(keys) > 0 {
@@ -401,8 +401,8 @@ func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *t
 	i := 0
 	for _, e := range batch {
 		var err error
-		if e.Key != "" {
-			err = errs[i]
+		for range r.table.splitKeys(e.Key) {
+			err = cmp.Or(err, errs[i])
 			i++
 		}
 		if err == nil {
@@ -419,8 +419,9 @@ func (r *Reconciler) refuseUnsafe(ctx context.Context, batch []index.Entry, t *t
 
 // purgedRow is a row the purge statement deleted.
 type purgedRow struct {
-	ID, Key, Name string
-	Freed         bool // its key went to the outbox: no other row uses it
+	ID, Name string
+	Keys     []string // its files
+	Freed    []bool   // for each key: it went to the outbox, no other row uses it
 }
 
 // purgeBatch deletes a batch and returns its counts and the keys whose files
@@ -442,19 +443,21 @@ func (r *Reconciler) purgeBatch(ctx context.Context, batch []index.Entry, t *tal
 	}()
 	var keys []string
 	for _, row := range rows {
-		switch {
-		case row.Key == "":
+		if len(row.Keys) == 0 {
 			s.NoFile++
 			r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment (it had no file)",
 				"id", row.ID, "storage_key", "", "original_filename", row.Name)
 			continue
-		case row.Freed:
-			keys = append(keys, row.Key)
-		default:
-			s.FilesKept++
+		}
+		for i, key := range row.Keys {
+			if row.Freed[i] {
+				keys = append(keys, key)
+			} else {
+				s.FilesKept++
+			}
 		}
 		r.log.InfoContext(ctx, "[CLEANUP] Hard-deleted attachment",
-			"id", row.ID, "storage_key", row.Key, "original_filename", row.Name)
+			"id", row.ID, "storage_key", strings.Join(row.Keys, ", "), "original_filename", row.Name)
 	}
 	return s, keys, nil
 }
@@ -475,16 +478,28 @@ func (r *Reconciler) deleteRows(ctx context.Context, batch []index.Entry, t *tal
 	}
 	rows, err := r.db.Query(ctx, r.sql.purge, ids, keys, r.retentionMicros(), r.holderPID())
 	var (
-		purged []purgedRow
-		p      purgedRow
-		held   bool
-		shut   bool // the fence's own row: nothing was deleted
+		purged        []purgedRow
+		byID          = map[string]int{}
+		id, key, name string
+		held, freed   bool
+		shut          bool // the fence's own row: nothing was deleted
 	)
 	if err == nil {
-		_, err = pgx.ForEachRow(rows, []any{&held, &p.ID, &p.Key, &p.Name, &p.Freed}, func() error {
+		// A row comes once per file, or once with no key.
+		_, err = pgx.ForEachRow(rows, []any{&held, &id, &key, &name, &freed}, func() error {
 			shut = shut || !held
-			if held {
-				purged = append(purged, p)
+			if !held {
+				return nil
+			}
+			i, ok := byID[id]
+			if !ok {
+				i = len(purged)
+				byID[id] = i
+				purged = append(purged, purgedRow{ID: id, Name: name})
+			}
+			if key != "" {
+				purged[i].Keys = append(purged[i].Keys, key)
+				purged[i].Freed = append(purged[i].Freed, freed)
 			}
 			return nil
 		})

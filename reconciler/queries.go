@@ -3,6 +3,8 @@ package reconciler
 import (
 	"fmt"
 	"strings"
+
+	"github.com/reconcile/reconcile/internal/derived"
 )
 
 // queries are the statements of one table, built once from quoted
@@ -16,7 +18,7 @@ type queries struct {
 	notFull, ownsUnder                                                                                          string
 }
 
-func buildQueries(t Table, types columnTypes) queries {
+func buildQueries(t Table, peers []Table, types columnTypes) queries {
 	// The clock in deleted_at's own terms. A timestamp without time zone
 	// holds wall times of the application's zone (Django's TIME_ZONE, or
 	// else the session's), which read back as if they were UTC, as the
@@ -84,9 +86,12 @@ func buildQueries(t Table, types columnTypes) queries {
 		"{OUTBOX}", t.outbox(),
 		"{ID}", quote(t.ID),
 		"{IDTYPE}", types.id, // from the catalog's format_type
-		"{KEY}", quote(t.Key),
 		"{NAME}", quote(t.OriginalFilename),
-		"{ACTIVE}", quote(t.IsActive),
+		"{SOFT}", t.softDeleted(""),
+		"{SOFT_T}", t.softDeleted("t."),
+		"{KEYS}", t.joinedKeys(""),
+		"{KEYS_T}", t.joinedKeys("t."),
+		"{KEYLIST}", keyList(t),
 		"{DELETED}", quote(t.DeletedAt),
 		// The stream's decoder holds to the same range.
 		"{DATED}", "("+quote(t.DeletedAt)+" > '1700-01-01 00:00:00+00' AND "+quote(t.DeletedAt)+" < '2260-01-01 00:00:00+00')",
@@ -99,45 +104,48 @@ func buildQueries(t Table, types columnTypes) queries {
 		// the index cannot order (±infinity, before 1700, after 2260) is no
 		// time: such rows are listed as inconsistent and never purged.
 		rescanByID: r.Replace(`
-			SELECT {ID}::text, coalesce({KEY}::text, ''), {DELETED}
+			SELECT {ID}::text, {KEYS}, {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DATED}
+			WHERE {SOFT} AND {DATED}
 			ORDER BY {ID}::text COLLATE "C"`),
 		rescanByDue: r.Replace(`
 			SELECT {ID}::text, '', {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DATED}
+			WHERE {SOFT} AND {DATED}
 			ORDER BY {DELETED}, {ID}::text COLLATE "C"`),
 
 		audit: r.Replace(`
-			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, ''), {DELETED}
+			SELECT {ID}::text, {KEYLIST}, coalesce({NAME}::text, ''), {DELETED}
 			FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND {DATED}
+			WHERE {SOFT} AND {DELETED} <= $1 AND {DATED}
 			ORDER BY {DELETED}, {ID}`),
 		auditCount: r.Replace(`
 			SELECT count(*) FROM {T}
-			WHERE {ACTIVE} = false AND {DELETED} <= $1 AND {DATED}`),
+			WHERE {SOFT} AND {DELETED} <= $1 AND {DATED}`),
 
 		inconsistent: r.Replace(`
-			SELECT {ID}::text, coalesce({KEY}::text, ''), coalesce({NAME}::text, '')
+			SELECT {ID}::text, {KEYLIST}, coalesce({NAME}::text, '')
 			FROM {T}
-			WHERE {ACTIVE} = false AND ({DELETED} IS NULL OR NOT {DATED})
+			WHERE {SOFT} AND ({DELETED} IS NULL OR NOT {DATED})
 			ORDER BY {ID}`),
 
 		// One statement, so one transaction: delete the rows the database
-		// still holds as due (and still pointing at the key that was
+		// still holds as due (and still pointing at the keys that were
 		// checked), and queue each freed key in the outbox. A key is freed
-		// when no row outside this very deletion uses it: inside the
-		// statement the deleted rows are still visible, so they are
-		// excluded by id. Both IN (subquery) forms run as hashed subplans,
+		// when no row outside this very deletion uses it, in any key column
+		// of this table or of the other tables on the same storage: inside
+		// the statement the deleted rows are still visible, so they are
+		// excluded by id. The IN (subquery) forms run as hashed subplans,
 		// keeping a batch linear in its size. A row without a key (NULL or
 		// '', a FileField with blank=True) has no file: it is deleted and
 		// queues nothing. A key the outbox holds already (a removal that
 		// failed, a row deleted outright) counts as queued now: a file
 		// written before is this row's, not a new upload. Behind the fence: when this process no longer
 		// holds the lock nothing is deleted, and the only row returned has
-		// false in its first column. $1 ids, $2 keys, $3 retention in
-		// microseconds, $4 the lock session's pid.
+		// false in its first column. A row comes back once per file, or
+		// once with '' when it has none. $1 ids, $2 keys as the index
+		// holds them, $3 retention in microseconds, $4 the lock session's
+		// pid.
 		purge: r.Replace(`
 			WITH {FENCE4}, candidate AS (
 				SELECT c.id, c.key FROM unnest($1::text[], $2::text[]) AS c(id, key)
@@ -145,26 +153,26 @@ func buildQueries(t Table, types columnTypes) queries {
 				DELETE FROM {T} t
 				USING candidate c
 				WHERE t.{ID} = c.id::{IDTYPE}
-				  AND coalesce(t.{KEY}::text, '') = c.key
-				  AND t.{ACTIVE} = false
+				  AND {KEYS_T} = c.key
+				  AND {SOFT_T}
 				  AND t.{DELETED} <= {CUTOFF3}
 				  AND (SELECT held FROM fence)
-				RETURNING t.{ID} AS pid, t.{ID}::text AS id, coalesce(t.{KEY}::text, '') AS key, coalesce(t.{NAME}::text, '') AS name
+				RETURNING t.{ID} AS pid, t.{ID}::text AS id, `+t.keyArray("t.")+` AS keys, coalesce(t.{NAME}::text, '') AS name
+			), files AS (
+				SELECT DISTINCT p.pid, p.id, p.name, f.key
+				FROM purged p CROSS JOIN LATERAL unnest(p.keys) AS f(key)
+				WHERE f.key <> ''
 			), freed AS (
-				SELECT DISTINCT ON (p.key) p.key, p.id, p.name
-				FROM purged p
-				WHERE p.key <> '' AND NOT EXISTS (
-					SELECT 1 FROM {T} o
-					WHERE o.{KEY} = p.key
-					  AND o.{ID} NOT IN (SELECT pid FROM purged)
-				)
+				SELECT DISTINCT ON (f.key) f.key, f.id, f.name
+				FROM files f
+				WHERE `+unused(t, peers, "f.key", "u.{ID} NOT IN (SELECT pid FROM purged)")+`
 			), queued AS (
 				INSERT INTO {OUTBOX} AS o (storage_key, attachment_id, original_filename)
 				SELECT key, id, name FROM freed
 				ON CONFLICT (storage_key) DO UPDATE SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at)
 			)
-			SELECT true, p.id, p.key, p.name, p.key IN (SELECT key FROM freed)
-			FROM purged p
+			SELECT true, p.id, coalesce(f.key, ''), p.name, coalesce(f.key IN (SELECT key FROM freed), false)
+			FROM purged p LEFT JOIN files f ON f.pid = p.pid
 			UNION ALL
 			SELECT false, '', '', '', false FROM fence WHERE NOT held`),
 
@@ -182,7 +190,7 @@ func buildQueries(t Table, types columnTypes) queries {
 			WITH {FENCE2}, kept AS (
 				DELETE FROM {OUTBOX} o
 				WHERE o.storage_key = ANY($1::text[])
-				  AND EXISTS (SELECT 1 FROM {T} t WHERE t.{KEY} = o.storage_key)
+				  AND NOT (`+unused(t, peers, "o.storage_key", "")+`)
 				  AND (SELECT held FROM fence)
 				RETURNING o.storage_key
 			)
@@ -227,7 +235,7 @@ func buildQueries(t Table, types columnTypes) queries {
 		outboxCurrent: `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'not_before' AND NOT attisdropped)`,
 		indexValid:    `SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass($1) AND indisvalid)`,
 
-		derivedOwners: derivedOwners(t, r),
+		derivedOwners: derivedOwners(t, peers),
 		// The keys of rows deleted outright, queued to go after the grace
 		// period ($4, in microseconds) from their DELETE's commit ($3),
 		// which is also when they count as queued: a file written after it
@@ -241,26 +249,19 @@ func buildQueries(t Table, types columnTypes) queries {
 			ON CONFLICT (storage_key) DO UPDATE
 			SET enqueued_at = greatest(o.enqueued_at, EXCLUDED.enqueued_at),
 			    not_before = greatest(o.not_before, EXCLUDED.not_before)`),
-		locations: locations(t, r) + " ORDER BY loc",
+		locations: locations(t, peers) + " ORDER BY loc",
 		// Whether a row owns a file around $1, as locations.
-		ownsUnder: `SELECT EXISTS (` + locations(t, r) + `)`,
+		ownsUnder: `SELECT EXISTS (` + locations(t, peers) + `)`,
 		// The cutoff at each of some instants ($1), in deleted_at's terms, as
 		// cutoff is at now(); $2 retention in microseconds.
 		cutoffsAt: `SELECT ` + wall("(a - $2 * interval '1 microsecond')") + ` FROM unnest($1::timestamptz[]) WITH ORDINALITY AS u(a, o) ORDER BY o`,
 		// Keys with an empty, "." or ".." element, or a leading "/": a
 		// listing names their files otherwise. Those of rows deleted
 		// outright within their grace too. $1 how many at most, each.
-		uncleanKeys: r.Replace(`
-			(SELECT {KEY}::text FROM {T}
-			 WHERE {KEY} > '' AND {KEY}::text ~ '(^|/)[.]{1,2}(/|$)|//|^/'
-			 LIMIT $1)
-			UNION ALL
-			(SELECT storage_key FROM {OUTBOX}
-			 WHERE not_before > now() AND storage_key ~ '(^|/)[.]{1,2}(/|$)|//|^/'
-			 LIMIT $1)`),
+		uncleanKeys: uncleanKeys(t, peers),
 		// The lowest and highest keys in byte order: the folder they share
 		// is the table's by default.
-		keyRange: r.Replace(`SELECT coalesce(min({KEY}::text COLLATE "C"), ''), coalesce(max({KEY}::text COLLATE "C"), '') FROM {T} WHERE {KEY} > ''`),
+		keyRange: `SELECT coalesce(min(k COLLATE "C"), ''), coalesce(max(k COLLATE "C"), '') FROM (` + eachKey(t, `SELECT {K}::text AS k FROM {T} WHERE {K} > ''`, " UNION ALL ") + `) keys`,
 
 		// The latest deleted_at that is due now, by the database's clock
 		// ($1 retention in microseconds); clock adds the time now.
@@ -269,7 +270,7 @@ func buildQueries(t Table, types columnTypes) queries {
 
 		// The storage keys of rows by id; $1 ids.
 		keysOf: r.Replace(`
-			SELECT {ID}::text, coalesce({KEY}::text, '')
+			SELECT {ID}::text, {KEYS}
 			FROM {T} WHERE {ID} = ANY($1::text[]::{IDTYPE}[])`),
 
 		// Keys of rows whose files should be in storage, for the probe that
@@ -277,19 +278,19 @@ func buildQueries(t Table, types columnTypes) queries {
 		// unmounted volume, a wrong prefix): the highest and the lowest keys
 		// through the key index, the newest uploads and the oldest under
 		// Django's dated folders. $1 how many of each.
-		probeKeys: r.Replace(`
-			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} DESC LIMIT $1)
+		probeKeys: eachKey(t, `
+			(SELECT {K}::text FROM {T} WHERE {K} > '' ORDER BY {K} DESC LIMIT $1)
 			UNION
-			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' ORDER BY {KEY} LIMIT $1)`),
+			(SELECT {K}::text FROM {T} WHERE {K} > '' ORDER BY {K} LIMIT $1)`, "\nUNION\n"),
 
 		// The keys next to $1 in byte order, from other rows: a folder's
 		// keys are together in byte order only (a linguistic collation
 		// may ignore the '/'). No index serves that order, so this reads
 		// the table: it runs only for files found missing.
-		neighbours: r.Replace(`
-			(SELECT {KEY}::text FROM {T} WHERE {KEY} > '' AND {KEY}::text COLLATE "C" < $1 ORDER BY {KEY}::text COLLATE "C" DESC LIMIT 4)
+		neighbours: eachKey(t, `
+			(SELECT {K}::text FROM {T} WHERE {K} > '' AND {K}::text COLLATE "C" < $1 ORDER BY {K}::text COLLATE "C" DESC LIMIT 4)
 			UNION
-			(SELECT {KEY}::text FROM {T} WHERE {KEY}::text COLLATE "C" > $1 ORDER BY {KEY}::text COLLATE "C" LIMIT 4)`),
+			(SELECT {K}::text FROM {T} WHERE {K}::text COLLATE "C" > $1 ORDER BY {K}::text COLLATE "C" LIMIT 4)`, "\nUNION\n"),
 
 		// How long until a deleted_at falls due, by the database's clock:
 		// $1 the deleted_at as the index holds it, $2 retention in
@@ -355,7 +356,7 @@ func buildQueries(t Table, types columnTypes) queries {
 			SELECT {ID}::text
 			FROM {T}
 			WHERE {ID} = ANY($1::text[]::{IDTYPE}[])
-			  AND {ACTIVE} = false
+			  AND {SOFT}
 			  AND {DELETED} <= {CUTOFF2}`),
 	}
 }
@@ -369,24 +370,134 @@ func idleSessionTimeout(value string) string {
 	return `CASE WHEN current_setting('server_version_num')::int >= 140000 THEN set_config('idle_session_timeout', ` + literal(value) + `, false) END`
 }
 
-// derivedOwners asks which of some files a row names as its own file ($1,
-// through the key index), and which candidate locations of each derived
-// pattern some row maps to ($2, $3...: one array per pattern, through the
-// pattern's index); rows come back as (-1, key) and (pattern, location).
-// A row deleted outright owns its files until its grace is over: it may
-// be put back (the outbox holds few keys; it is read whole).
-func derivedOwners(t Table, r *strings.Replacer) string {
-	branches := []string{
-		r.Replace(`SELECT -1, {KEY}::text FROM {T} WHERE {KEY} = ANY($1::text[])`),
-		r.Replace(`SELECT -1, storage_key FROM {OUTBOX} WHERE storage_key = ANY($1::text[]) AND not_before > now()`),
+// storageTables are the tables whose files share the storage, t first.
+func storageTables(t Table, peers []Table) []Table {
+	return append([]Table{t}, peers...)
+}
+
+// eachKey writes sql, a query of one key column {K} of t ({T}), once per
+// key column, joined by sep.
+func eachKey(t Table, sql, sep string) string {
+	var parts []string
+	for _, k := range t.keyColumns() {
+		parts = append(parts, strings.NewReplacer("{K}", quote(k), "{T}", t.qualified()).Replace(sql))
 	}
-	for i, p := range t.Derived {
-		loc := p.SQL(quote(t.Key)) + ` COLLATE "C"`
+	return strings.Join(parts, sep)
+}
+
+// keyList shows a row's keys in a report: the key, or the keys that are
+// set, comma-separated.
+func keyList(t Table) string {
+	if len(t.keyColumns()) == 1 {
+		return "coalesce(" + quote(t.Key) + "::text, '')"
+	}
+	return "array_to_string(array_remove(" + t.keyArray("") + ", ''), ', ')"
+}
+
+// unused is the predicate that no row names the file key: in no key column
+// of t (but rows that except, a condition on u, leaves out) or of the
+// other tables on the storage, nor as a row of theirs deleted outright
+// whose grace is not over (it may be put back). Each test is a lookup in
+// a key index, or in an outbox's primary key.
+func unused(t Table, peers []Table, key, except string) string {
+	var conds []string
+	for i, tb := range storageTables(t, peers) {
+		for _, k := range tb.keyColumns() {
+			cond := "u." + quote(k) + " = " + key
+			if i == 0 && except != "" {
+				cond += " AND " + except
+			}
+			conds = append(conds, "NOT EXISTS (SELECT 1 FROM "+tb.qualified()+" u WHERE "+cond+")")
+		}
+		if i > 0 {
+			conds = append(conds, "NOT EXISTS (SELECT 1 FROM "+tb.outbox()+" ub WHERE ub.storage_key = "+key+" AND ub.not_before > now())")
+		}
+	}
+	return strings.Join(conds, "\n\t\t\t\t  AND ")
+}
+
+// ownerPattern is a derived pattern of a table on the storage, applied to
+// one of its key columns: the ownership queries number them, and Go reads
+// the numbers back through Reconciler.patterns.
+type ownerPattern struct {
+	table   Table
+	key     string
+	pattern derived.Pattern
+	first   bool // the pattern's first key column: its outbox is read once
+}
+
+func ownerPatterns(t Table, peers []Table) []ownerPattern {
+	var out []ownerPattern
+	for _, tb := range storageTables(t, peers) {
+		for _, p := range tb.Derived {
+			for i, k := range tb.keyColumns() {
+				out = append(out, ownerPattern{table: tb, key: k, pattern: p, first: i == 0})
+			}
+		}
+	}
+	return out
+}
+
+// derivedOwners asks which of some files a row of a table on the storage
+// names as its own file ($1, through the key indexes), and which candidate
+// locations of each owner pattern some row maps to ($2, $3...: one array
+// per owner pattern, through the pattern's index); rows come back as (-1,
+// key) and (owner pattern, location). A row deleted outright owns its
+// files until its grace is over: it may be put back (the outbox holds few
+// keys; it is read whole).
+func derivedOwners(t Table, peers []Table) string {
+	var branches []string
+	for _, tb := range storageTables(t, peers) {
+		branches = append(branches, eachKey(tb, `SELECT -1, {K}::text FROM {T} WHERE {K} = ANY($1::text[])`, "\nUNION ALL\n"),
+			`SELECT -1, storage_key FROM `+tb.outbox()+` WHERE storage_key = ANY($1::text[]) AND not_before > now()`)
+	}
+	for i, o := range ownerPatterns(t, peers) {
+		loc := o.pattern.SQL(quote(o.key)) + ` COLLATE "C"`
 		branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE %s = ANY($%d::text[])`,
-			i, loc, t.qualified(), loc, i+2))
-		loc = p.SQL("storage_key") + ` COLLATE "C"`
-		branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE not_before > now() AND %s = ANY($%d::text[])`,
-			i, loc, t.outbox(), loc, i+2))
+			i, loc, o.table.qualified(), loc, i+2))
+		if o.first {
+			loc = o.pattern.SQL("storage_key") + ` COLLATE "C"`
+			branches = append(branches, fmt.Sprintf(`SELECT DISTINCT %d, %s FROM %s WHERE not_before > now() AND %s = ANY($%d::text[])`,
+				i, loc, o.table.outbox(), loc, i+2))
+		}
 	}
 	return strings.Join(branches, "\nUNION ALL\n")
+}
+
+// uncleanKeys reads the keys with an empty, "." or ".." element, or a
+// leading "/", of every table on the storage: a listing names their files
+// otherwise. Those of rows deleted outright within their grace too. $1 how
+// many at most, each.
+func uncleanKeys(t Table, peers []Table) string {
+	const unclean = `'(^|/)[.]{1,2}(/|$)|//|^/'`
+	var branches []string
+	for _, tb := range storageTables(t, peers) {
+		branches = append(branches, eachKey(tb, `(SELECT {K}::text FROM {T} WHERE {K} > '' AND {K}::text ~ `+unclean+` LIMIT $1)`, "\nUNION ALL\n"),
+			`(SELECT storage_key FROM `+tb.outbox()+` WHERE not_before > now() AND storage_key ~ `+unclean+` LIMIT $1)`)
+	}
+	return strings.Join(branches, "\nUNION ALL\n")
+}
+
+// locations reads the locations the rows of the tables on the storage own
+// around a prefix ($1): each row's keys, and each owner pattern's location
+// for them; and those of the rows deleted outright whose grace is not
+// over, which may be put back.
+func locations(t Table, peers []Table) string {
+	var branches []string
+	for _, tb := range storageTables(t, peers) {
+		branches = append(branches, eachKey(tb, `SELECT {K}::text COLLATE "C" AS loc, -1 AS pattern FROM {T} WHERE {K} > ''`, " UNION ALL "),
+			`SELECT storage_key COLLATE "C", -1 FROM `+tb.outbox()+` WHERE not_before > now()`)
+	}
+	for i, o := range ownerPatterns(t, peers) {
+		branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE %s > ''`,
+			o.pattern.SQL(quote(o.key)), i, o.table.qualified(), quote(o.key)))
+		if o.first {
+			branches = append(branches, fmt.Sprintf(`SELECT %s COLLATE "C", %d FROM %s WHERE not_before > now()`,
+				o.pattern.SQL("storage_key"), i, o.table.outbox()))
+		}
+	}
+	// Under the prefix, or a folder above it that a derived location owns
+	// whole.
+	return `SELECT loc, pattern FROM (` + strings.Join(branches, " UNION ALL ") + `) l
+		WHERE left(loc, length($1)) = $1 OR left($1, length(loc)) = loc`
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/reconcile/reconcile/index"
+	"github.com/reconcile/reconcile/internal/derived"
 	"github.com/reconcile/reconcile/internal/storage"
 )
 
@@ -43,11 +44,14 @@ type Store interface {
 	List(ctx context.Context, opts storage.ListOptions, fn func(storage.Object) error) error
 }
 
-// Index is the local store of soft-deleted rows; *index.Index has it.
+// Index is the local store of soft-deleted rows of the table: *index.Table
+// has it, and *index.Index for its unnamed table.
 type Index interface {
 	Reset() error
 	LoadEntries(byID []index.Entry) error
 	LoadDue(byDue []index.Entry) error
+	// Filled marks a rescan for the stream complete.
+	Filled(fingerprint string) error
 	Due(from index.Position, cutoff time.Time, limit int) ([]index.Entry, index.Position, error)
 	// For the service's timer.
 	Next(from index.Position) (time.Time, bool, error)
@@ -76,6 +80,10 @@ type Config struct {
 	OverdueAfter time.Duration
 	// Observer hears what the purge does; nil hears nothing.
 	Observer Observer
+	// Peers are the other tables whose files are on the same storage: a
+	// file that any of their rows names, or that their derived patterns
+	// map a row to, is never removed.
+	Peers []Table
 }
 
 // Observer hears what the purge does, for metrics. Its methods must not
@@ -143,6 +151,9 @@ type Reconciler struct {
 	probe probeState
 	// unclean are the keys that are not clean paths, read once a minute.
 	unclean unclean
+	// patterns are the derived patterns of the tables on the storage, as
+	// the ownership queries number them (see ownerPatterns).
+	patterns []derived.Pattern
 	naive   bool // deleted_at is a timestamp without time zone
 	// holder is the session of the last advisory lock taken, nil before
 	// the first.
@@ -178,15 +189,20 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 	if w := table.timeWarning(ctx, db, types); w != "" {
 		log.WarnContext(ctx, w)
 	}
+	var patterns []derived.Pattern
+	for _, o := range ownerPatterns(table, cfg.Peers) {
+		patterns = append(patterns, o.pattern)
+	}
 	return &Reconciler{
-		db:    db,
-		store: store,
-		index: idx,
-		cfg:   cfg,
-		table: table,
-		sql:   buildQueries(table, types),
-		log:   log,
-		naive: types.naiveTime,
+		db:       db,
+		store:    store,
+		index:    idx,
+		cfg:      cfg,
+		table:    table,
+		sql:      buildQueries(table, cfg.Peers, types),
+		log:      log,
+		naive:    types.naiveTime,
+		patterns: patterns,
 	}, nil
 }
 

@@ -27,7 +27,8 @@ func (r *Reconciler) Rescan(ctx context.Context, cutoff time.Time) (int, error) 
 
 // RescanForStream is Rescan for the replication stream: it first waits for
 // every commit so far to be visible, so that it covers every change the
-// stream has received.
+// stream has received, and once done marks the table's part of the index
+// filled from this table.
 func (r *Reconciler) RescanForStream(ctx context.Context, cutoff time.Time) (int, error) {
 	return r.rescan(ctx, cutoff, true)
 }
@@ -71,7 +72,13 @@ func (r *Reconciler) rescan(ctx context.Context, cutoff time.Time, complete bool
 		due, err = loadIndex(gctx, byDue, r.sql.rescanByDue, r.index.LoadDue, cutoff)
 		return err
 	})
-	return due, g.Wait()
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	if complete {
+		return due, r.index.Filled(r.table.Fingerprint())
+	}
+	return due, nil
 }
 
 const (

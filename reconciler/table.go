@@ -27,15 +27,108 @@ type Table struct {
 	TimeZone string
 	// Derived name the files derived from each row's file (thumbnails).
 	Derived []derived.Pattern
+	// Keys are every storage key column, when a row has several files (an
+	// image and a document); empty: Key alone.
+	Keys []string
+	// IsDeleted is the flag whose true marks a soft-deleted row, for a
+	// table without IsActive; with neither, a row is soft-deleted when
+	// DeletedAt is set.
+	IsDeleted string
+	// Section names the table's configuration in messages ("tables[2]");
+	// empty: "table".
+	Section string
 }
 
-// derivedIndexName names the index of a derived pattern's locations after
-// the expression it indexes: an index of another expression, which the
-// queries would not use, never passes for it.
-func (t Table) derivedIndexName(table string, p derived.Pattern) string {
+// keyColumns are the storage key columns.
+func (t Table) keyColumns() []string {
+	if len(t.Keys) > 0 {
+		return t.Keys
+	}
+	return []string{t.Key}
+}
+
+// IndexName names the table's part of the index, as the stream names its
+// changes.
+func (t Table) IndexName() string { return t.Schema + "." + t.Name }
+
+// Fingerprint describes what the table's part of the index is filled
+// from: another fingerprint (a flag or a key column changed) calls for a
+// rescan.
+func (t Table) Fingerprint() string {
+	return fmt.Sprintf("%s id=%s keys=%s is_active=%s is_deleted=%s deleted_at=%s",
+		t.qualified(), t.ID, strings.Join(t.keyColumns(), ","), t.IsActive, t.IsDeleted, t.DeletedAt)
+}
+
+// softDeleted is the predicate of a soft-deleted row, its columns
+// qualified by alias ("" or "t.").
+func (t Table) softDeleted(alias string) string {
+	switch {
+	case t.IsActive != "":
+		return alias + quote(t.IsActive) + " = false"
+	case t.IsDeleted != "":
+		return alias + quote(t.IsDeleted) + " = true"
+	}
+	return alias + quote(t.DeletedAt) + " IS NOT NULL"
+}
+
+// KeySeparator joins the keys of a row with several key columns in the
+// index, as the stream does (replication.KeySeparator): no storage key
+// holds it.
+const KeySeparator = "\x1f"
+
+// joinedKeys is the row's keys as the index holds them: the key, or the
+// keys joined by KeySeparator; NULL is ''.
+func (t Table) joinedKeys(alias string) string {
+	var parts []string
+	for _, k := range t.keyColumns() {
+		parts = append(parts, "coalesce("+alias+quote(k)+"::text, '')")
+	}
+	return strings.Join(parts, " || chr(31) || ")
+}
+
+// keyArray is the row's keys as an array, NULL as ''.
+func (t Table) keyArray(alias string) string {
+	var parts []string
+	for _, k := range t.keyColumns() {
+		parts = append(parts, "coalesce("+alias+quote(k)+"::text, '')")
+	}
+	return "ARRAY[" + strings.Join(parts, ", ") + "]"
+}
+
+// splitKeys are the storage keys of an index entry's Key, without the
+// empty ones.
+func (t Table) splitKeys(joined string) []string {
+	if len(t.keyColumns()) == 1 {
+		if joined == "" {
+			return nil
+		}
+		return []string{joined}
+	}
+	var out []string
+	for _, k := range strings.Split(joined, KeySeparator) {
+		if k != "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// derivedIndexName names the index of a derived pattern's locations for
+// the key column key after the expression it indexes: an index of another
+// expression, which the queries would not use, never passes for it.
+func (t Table) derivedIndexName(table, key string, p derived.Pattern) string {
 	h := fnv.New32a()
-	_, _ = h.Write([]byte(p.SQL(quote(t.Key))))
+	_, _ = h.Write([]byte(p.SQL(quote(key))))
 	return objectName(table, fmt.Sprintf("derived_%08x_idx", h.Sum32()))
+}
+
+// keyIndexName names the index of the key column number i: the first
+// keeps the name it had before tables had several.
+func keyIndexName(table string, i int) string {
+	if i == 0 {
+		return objectName(table, "key_idx")
+	}
+	return objectName(table, fmt.Sprintf("key%d_idx", i+1))
 }
 
 // objectName names what reconcile creates for a table, within Postgres's 63
@@ -74,13 +167,22 @@ type column struct {
 
 func (t Table) columns() []column {
 	text := []string{"text", "varchar", "bpchar"}
-	return []column{
-		{"table.columns.id", t.ID, nil},
-		{"table.columns.key", t.Key, text},
-		{"table.columns.original_filename", t.OriginalFilename, text},
-		{"table.columns.is_active", t.IsActive, []string{"bool"}},
-		{"table.columns.deleted_at", t.DeletedAt, []string{"timestamptz", "timestamp"}},
+	section := t.Section
+	if section == "" {
+		section = "table"
 	}
+	cols := []column{{section + ".columns.id", t.ID, nil}}
+	for _, k := range t.keyColumns() {
+		cols = append(cols, column{section + ".columns.key", k, text})
+	}
+	cols = append(cols, column{section + ".columns.original_filename", t.OriginalFilename, text})
+	if t.IsActive != "" {
+		cols = append(cols, column{section + ".columns.is_active", t.IsActive, []string{"bool"}})
+	}
+	if t.IsDeleted != "" {
+		cols = append(cols, column{section + ".columns.is_deleted", t.IsDeleted, []string{"bool"}})
+	}
+	return append(cols, column{section + ".columns.deleted_at", t.DeletedAt, []string{"timestamptz", "timestamp"}})
 }
 
 // columnTypes are what the statements need to know of the table.

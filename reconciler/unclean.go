@@ -54,7 +54,7 @@ func (r *Reconciler) uncleanOwners(ctx context.Context) (*unclean, error) {
 	for _, key := range keys {
 		file := strings.TrimPrefix(path.Clean("/"+key), "/")
 		u.files[file] = key
-		for i, p := range r.table.Derived {
+		for i, p := range r.patterns {
 			u.derived = append(u.derived, owner{loc: p.Location(file), pattern: i})
 		}
 	}
@@ -78,7 +78,7 @@ func (u *unclean) owns(r *Reconciler, file string) (string, bool) {
 		return key, true
 	}
 	for _, o := range u.derived {
-		if r.table.Derived[o.pattern].Owns(o.loc, file) {
+		if r.patterns[o.pattern].Owns(o.loc, file) {
 			return o.loc, true
 		}
 	}

@@ -148,7 +148,8 @@ func readTable(at string, raw any, retention time.Duration, lines *[]string) Tab
 		bad(".columns."+k, "is no column key; columns takes %s", strings.Join(columnKeys, ", "))
 	})
 
-	// name reads a name, from m[key] or the table: section's default.
+	// name reads the name at path (m holds its last element), or the
+	// table: section's default when it is left out.
 	name := func(m map[string]any, path string) string {
 		raw, ok := m[path[strings.LastIndexByte(path, '.')+1:]]
 		if !ok {

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"reflect"
@@ -38,8 +39,18 @@ const MaxBatchSize = 10000
 
 // Config is everything reconcile needs to run.
 type Config struct {
-	Database    Database      `mapstructure:"database"`
-	Table       Table         `mapstructure:"table"`
+	Database Database `mapstructure:"database"`
+	// Table is the table: section, kept for a configuration that names one
+	// table; with tables: given it stays at its defaults. Callers read
+	// Tables.
+	Table Table `mapstructure:"table"`
+	// Tables are the file-bearing tables: tables: when given, otherwise the
+	// table: section as one entry. Load always fills it.
+	Tables []TableConfig `mapstructure:"-"`
+	// fromTable says Tables came from the table: section, so its problems
+	// are named by that section's keys.
+	fromTable bool
+
 	Storage     Storage       `mapstructure:"storage"`
 	Index       Index         `mapstructure:"index"`
 	Replication Replication   `mapstructure:"replication"`
@@ -275,12 +286,13 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	// must be able to clear a prefix from the file.
 	v.AllowEmptyEnv(true)
 
+	var file map[string]any
 	if path != "" {
 		raw, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("read config file: %w", err)
 		}
-		file, err := parseYAML(v, raw)
+		file, err = parseYAML(v, raw)
 		if err != nil {
 			return nil, fmt.Errorf("config file %s: %w", path, err)
 		}
@@ -329,9 +341,17 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 		return nil, err
 	}
 	_, listenInEnv := os.LookupEnv(envName("http.listen"))
+	tables, tablesGiven, err := findTables(file)
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	if section := tableSectionGiven(v); tablesGiven && len(section) > 0 {
+		return nil, invalid([]string{fmt.Sprintf("tables: is given with %s; tables replaces the table section: move those settings into an entry of tables, or leave tables out",
+			strings.Join(section, ", "))})
+	}
 
 	var cfg Config
-	err := v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
+	err = v.UnmarshalExact(&cfg, func(dc *mapstructure.DecoderConfig) {
 		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
 			mapstructure.StringToTimeDurationHookFunc(),
 			// A list from the environment: comma-separated.
@@ -342,6 +362,13 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 		return nil, fmt.Errorf("configuration: %w", err)
 	}
 	cfg.HTTP.given = v.InConfig("http.listen") || listenInEnv
+	if tablesGiven {
+		if cfg.Tables, err = readTables(tables, cfg.Retention); err != nil {
+			return nil, err
+		}
+	} else {
+		cfg.Tables, cfg.fromTable = []TableConfig{cfg.Table.resolve(cfg.Retention)}, true
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -484,7 +511,9 @@ func parseYAML(v *viper.Viper, raw []byte) (map[string]any, error) {
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("environment variable %s is referenced but not set", strings.Join(missing, ", "))
 	}
-	if err := v.MergeConfigMap(expanded); err != nil {
+	settings := maps.Clone(expanded)
+	delete(settings, tablesKey) // read by readTables
+	if err := v.MergeConfigMap(settings); err != nil {
 		return nil, fmt.Errorf("load YAML: %w", err)
 	}
 	return expanded, nil
@@ -562,24 +591,16 @@ func (c *Config) Validate() error {
 		bad("database.lock_timeout", "must be 0 (wait forever) or between 1ms and %s (PostgreSQL's bound), such as 5s, got %s", maxLockTimeout, lt)
 	}
 
-	for _, id := range []struct{ key, name string }{
-		{"table.schema", c.Table.Schema},
-		{"table.name", c.Table.Name},
-		{"table.columns.id", c.Table.Columns.ID},
-		{"table.columns.key", c.Table.Columns.Key},
-		{"table.columns.original_filename", c.Table.Columns.OriginalFilename},
-		{"table.columns.is_active", c.Table.Columns.IsActive},
-		{"table.columns.deleted_at", c.Table.Columns.DeletedAt},
-	} {
-		key, name := id.key, id.name
-		switch {
-		case name == "":
-			bad(key, "must name a table or column, got an empty name")
-		case strings.ContainsRune(name, 0):
-			bad(key, "must not contain a NUL byte")
-		case len(name) > 63:
-			bad(key, "%q is longer than PostgreSQL's 63-byte identifier limit", name)
+	tables, section := c.checkedTables()
+	listed := map[[2]string]int{}
+	for i, t := range tables {
+		at := tableAt(section, i)
+		checkTable(bad, at, t, section)
+		if j, ok := listed[[2]string{t.Schema, t.Name}]; ok {
+			bad(at+".name", "%s.%s is listed twice, as %s too; list each table once", t.Schema, t.Name, tableAt(section, j))
+			continue
 		}
+		listed[[2]string{t.Schema, t.Name}] = i
 	}
 
 	switch c.Storage.Backend {
@@ -610,16 +631,19 @@ func (c *Config) Validate() error {
 			bad("storage.trash.prefix", "must be a relative folder such as .trash/: %v", err)
 		}
 		trash := strings.TrimRight(p, "/") + "/"
-		for i, text := range c.Table.Derived {
-			if d, err := derived.Parse(text); err == nil {
-				if lead := d.Prefix(""); lead != "" && strings.HasPrefix(lead, trash) {
-					bad("storage.trash.prefix", "%q would hold the files of table.derived[%d] (%s), which reconcile then refuses to touch: put the trash beside them, such as .trash/", p, i, d)
+		for ti, t := range tables {
+			at := tableAt(section, ti)
+			for i, text := range t.Derived {
+				if d, err := derived.Parse(text); err == nil {
+					if lead := d.Prefix(""); lead != "" && strings.HasPrefix(lead, trash) {
+						bad("storage.trash.prefix", "%q would hold the files of %s.derived[%d] (%s), which reconcile then refuses to touch: put the trash beside them, such as .trash/", p, at, i, d)
+					}
 				}
 			}
-		}
-		for i, prefix := range c.Table.Prefixes {
-			if strings.HasPrefix(strings.TrimRight(prefix, "/")+"/", trash) {
-				bad("storage.trash.prefix", "%q would hold table.prefixes[%d] (%s), the table's own files: put the trash beside them, such as .trash/", p, i, prefix)
+			for i, prefix := range t.Prefixes {
+				if strings.HasPrefix(strings.TrimRight(prefix, "/")+"/", trash) {
+					bad("storage.trash.prefix", "%q would hold %s.prefixes[%d] (%s), the table's own files: put the trash beside them, such as .trash/", p, at, i, prefix)
+				}
 			}
 		}
 		if c.Storage.Trash.Keep <= 0 {
@@ -680,22 +704,6 @@ func (c *Config) Validate() error {
 	if c.Safety.MaxDeletesPerHour < 0 {
 		bad("safety.max_deletes_per_hour", "must be a number of rows (at least 1), or left out for no bound, got %d", c.Safety.MaxDeletesPerHour)
 	}
-	if tz := c.Table.TimeZone; tz != "" && !timeZoneName.MatchString(tz) {
-		bad("table.time_zone", "must be a time zone name such as Europe/Paris (Django's TIME_ZONE), not an offset, got %q", tz)
-	}
-	for i, text := range c.Table.Derived {
-		if _, err := derived.Parse(text); err != nil {
-			bad(fmt.Sprintf("table.derived[%d]", i), "%v", err)
-		}
-	}
-	for i, prefix := range c.Table.Prefixes {
-		if prefix == "/" {
-			continue // the whole root, said on purpose
-		}
-		if err := storage.ValidateKey(strings.TrimSuffix(prefix, "/")); err != nil {
-			bad(fmt.Sprintf("table.prefixes[%d]", i), "must be a folder relative to the storage root such as forum/attachments/, or \"/\" for the whole root: %v", err)
-		}
-	}
 	if c.Orphans.Grace < time.Second {
 		bad("orphans.grace", "must be a second or more, such as 1h: an upload whose row has yet to commit must never look orphaned, got %s", c.Orphans.Grace)
 	}
@@ -730,8 +738,19 @@ const shortRetention = 24 * time.Hour
 // see at start.
 func (c *Config) Warnings() []string {
 	var w []string
-	if c.Retention < shortRetention {
-		w = append(w, fmt.Sprintf("retention is %s, under a day: an attachment deleted by mistake is purged, file and row, %s after its deletion", c.Retention, c.Retention))
+	// With tables:, the top-level retention counts only as the default of
+	// the entries that leave theirs out.
+	if tables, section := c.checkedTables(); section {
+		if c.Retention < shortRetention {
+			w = append(w, fmt.Sprintf("retention is %s, under a day: an attachment deleted by mistake is purged, file and row, %s after its deletion", c.Retention, c.Retention))
+		}
+	} else {
+		for i, t := range tables {
+			if t.Retention < shortRetention {
+				w = append(w, fmt.Sprintf("%s.retention (%s.%s) is %s, under a day: an attachment of that table deleted by mistake is purged, file and row, %s after its deletion",
+					tableAt(section, i), t.Schema, t.Name, t.Retention, t.Retention))
+			}
+		}
 	}
 	if c.Orphans.Grace < time.Minute {
 		w = append(w, fmt.Sprintf("orphans.grace is %s, under a minute: an upload whose row commits later than that, or a row put back later than that after its deletion, loses its file", c.Orphans.Grace))

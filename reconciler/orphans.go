@@ -99,13 +99,45 @@ const (
 // checked against the database again just before its removal. Memory
 // stays flat: neither side is held whole.
 func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report func(Orphan) error) (OrphanTotals, error) {
+	prefixes, err := r.orphanPrefixes(ctx, opts.Prefixes)
+	if err != nil {
+		return OrphanTotals{}, err
+	}
+	return r.scanOrphans(ctx, opts, prefixes, len(opts.Prefixes) == 0 || slices.Contains(prefixes, ""), report)
+}
+
+// ScanOrphans is Reconciler.ScanOrphans over the folders of every table,
+// each table's Prefixes or its default ones: the locations of every
+// table's rows own files under any of them. A table whose rows name no
+// file yet has no default folder: it is left out, and said so. guarded
+// when a table's folders are its default ones, or the whole root.
+func (rs Tables) ScanOrphans(ctx context.Context, opts OrphanOptions, report func(Orphan) error) (OrphanTotals, error) {
+	var all []string
+	guarded := false
+	for _, r := range rs {
+		prefixes, err := r.orphanPrefixes(ctx, r.table.Prefixes)
+		if errors.Is(err, ErrNoFiles) && len(rs) > 1 {
+			r.log.WarnContext(ctx, "the orphan scan leaves out a table whose rows name no file yet: it has no folder to scan by default", "error", err)
+			continue
+		}
+		if err != nil {
+			return OrphanTotals{}, err
+		}
+		all = append(all, prefixes...)
+		guarded = guarded || len(r.table.Prefixes) == 0 || slices.Contains(prefixes, "")
+	}
+	if len(all) == 0 {
+		return OrphanTotals{}, fmt.Errorf("no row of any table names a file: is it the right database? Nothing was removed: %w", ErrNoFiles)
+	}
+	return rs[0].scanOrphans(ctx, opts, outermost(all), guarded, report)
+}
+
+// scanOrphans scans prefixes, which outermost has sorted; guarded: the
+// folder guard is on.
+func (r *Reconciler) scanOrphans(ctx context.Context, opts OrphanOptions, prefixes []string, guarded bool, report func(Orphan) error) (OrphanTotals, error) {
 	var totals OrphanTotals
 	if opts.Now == nil {
 		opts.Now = time.Now
-	}
-	prefixes, err := r.orphanPrefixes(ctx, opts.Prefixes)
-	if err != nil {
-		return totals, err
 	}
 	totals.Prefixes = prefixes
 	if !opts.DryRun {
@@ -115,7 +147,7 @@ func (r *Reconciler) ScanOrphans(ctx context.Context, opts OrphanOptions, report
 	}
 	s := &orphanScan{r: r, opts: opts, report: report, totals: &totals, derivedRe: make([]*regexp.Regexp, len(r.patterns)),
 		prefixes: prefixes, topOwned: map[string]bool{}, waitedFor: map[string]bool{},
-		guarded: len(opts.Prefixes) == 0 || slices.Contains(prefixes, "")}
+		guarded: guarded}
 	for i, p := range r.patterns {
 		s.derivedRe[i] = p.Regexp()
 	}
@@ -169,6 +201,11 @@ func (r *Reconciler) orphanPrefixes(ctx context.Context, configured []string) ([
 			prefixes = append(prefixes, prefix)
 		}
 	}
+	return outermost(prefixes), nil
+}
+
+// outermost sorts prefixes, and leaves out those inside another.
+func outermost(prefixes []string) []string {
 	slices.Sort(prefixes)
 	var out []string
 	for _, p := range prefixes {
@@ -176,7 +213,7 @@ func (r *Reconciler) orphanPrefixes(ctx context.Context, configured []string) ([
 			out = append(out, p)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // uploadFolder is the folder the table's keys share, up to the first

@@ -236,7 +236,7 @@ func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error)
 		}
 		after = keys[len(keys)-1]
 		s, err := r.removeFiles(ctx, keys)
-		total.add(s)
+		total.Add(s)
 		if err != nil {
 			r.endIfLost(err)
 			return total, err
@@ -266,6 +266,9 @@ func (r *Reconciler) CheckSetup(ctx context.Context) error {
 
 // GoneRow is a row deleted outright, as its DELETE showed it.
 type GoneRow struct {
+	// Table names the row's table as the index does (Table.IndexName),
+	// for Tables.QueueGone.
+	Table   string
 	ID, Key string
 	// SoftDeleted: it was soft-deleted at DeletedAt, as the index holds
 	// such times.

@@ -34,7 +34,8 @@ type Summary struct {
 	DerivedKept    int // derived files left because a remaining row maps to them
 }
 
-func (s *Summary) add(o Summary) {
+// Add adds o's counts to s.
+func (s *Summary) Add(o Summary) {
 	s.Purged += o.Purged
 	s.NoFile += o.NoFile
 	s.Failed += o.Failed
@@ -60,7 +61,7 @@ type tally struct {
 func (t *tally) add(o Summary) Summary {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.s.add(o)
+	t.s.Add(o)
 	return t.s
 }
 
@@ -82,7 +83,13 @@ func (t *tally) refuse(e index.Entry) {
 // the other's commit: two workers deleting them at once could each find the
 // other's row still there and both leave the file behind, tracked by nothing.
 func (r *Reconciler) Purge(ctx context.Context, cutoff time.Time, progress func(handled int)) (Summary, error) {
-	walk := dueWalk{from: nil, cutoff: cutoff, limit: r.cfg.MaxDeletes}
+	return r.PurgeAtMost(ctx, cutoff, r.cfg.MaxDeletes, progress)
+}
+
+// PurgeAtMost is Purge with a deletion budget of its own: at most limit
+// rows when limit is positive.
+func (r *Reconciler) PurgeAtMost(ctx context.Context, cutoff time.Time, limit int, progress func(handled int)) (Summary, error) {
+	walk := dueWalk{from: nil, cutoff: cutoff, limit: limit}
 	s, _, err := r.purge(ctx, walk.source(r), progress)
 	s.Left = walk.left
 	return s, err

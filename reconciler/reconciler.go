@@ -251,32 +251,51 @@ const (
 // has ended, so two processes never purge at once, even while the one that
 // lost the lock has yet to notice.
 func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
-	var (
-		ok  bool
-		pid int32
-	)
-	if err := conn.QueryRow(ctx, r.sql.lock).Scan(&ok, &pid); err != nil {
-		return nil, nil, fmt.Errorf("take advisory lock: %w", err)
-	}
-	if !ok {
-		return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
-			r.table.qualified(), r.table.lockName(), ErrBusy)
-	}
-	// The wait has no bound of its own (a statement of the old holder may
-	// be held by a forum transaction): say so when it lasts.
-	slow := time.AfterFunc(fenceWaitWarning, func() {
-		r.log.WarnContext(ctx, "took the advisory lock; still waiting for the previous holder's statements to end before purging")
-	})
-	err := r.closeFence(ctx, conn)
-	slow.Stop()
-	if err != nil {
+	return Tables{r}.Lock(ctx, conn)
+}
+
+// Lock is Reconciler.Lock for every table at once, on one session: each
+// table keeps the advisory lock of its own, so that an older reconcile,
+// or another service, that purges one of them waits, or is waited for.
+// Either every lock is taken, or none.
+func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
+	var pid int32
+	unlock := func(taken []*Reconciler) {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released them already
-		return nil, nil, err
+		for _, r := range taken {
+			_, _ = conn.Exec(uctx, r.sql.unlock) // a lost session has released them already
+		}
+	}
+	for i, r := range rs {
+		var ok bool
+		if err := conn.QueryRow(ctx, r.sql.lock).Scan(&ok, &pid); err != nil {
+			unlock(rs[:i])
+			return nil, nil, fmt.Errorf("take advisory lock: %w", err)
+		}
+		if !ok {
+			unlock(rs[:i])
+			return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
+				r.table.qualified(), r.table.lockName(), ErrBusy)
+		}
+	}
+	for _, r := range rs {
+		// The wait has no bound of its own (a statement of the old holder
+		// may be held by a forum transaction): say so when it lasts.
+		slow := time.AfterFunc(fenceWaitWarning, func() {
+			r.log.WarnContext(ctx, "took the advisory lock; still waiting for the previous holder's statements to end before purging")
+		})
+		err := r.closeFence(ctx, conn)
+		slow.Stop()
+		if err != nil {
+			unlock(rs)
+			return nil, nil, err
+		}
 	}
 	held, lost := context.WithCancelCause(ctx)
-	r.holder.Store(&holder{pid: pid, lost: lost})
+	for _, r := range rs {
+		r.holder.Store(&holder{pid: pid, lost: lost})
+	}
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -304,8 +323,12 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 		close(stop)
 		<-done
 		lost(nil)
-		_, err := conn.Exec(ctx, r.sql.unlock)
-		return err
+		var errs []error
+		for _, r := range rs {
+			_, err := conn.Exec(ctx, r.sql.unlock)
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
 	}
 	return held, release, nil
 }

@@ -51,51 +51,74 @@ const (
 // again with backoff; after sweepTries failures in a row Sweep returns the
 // error. It returns nil when ctx ends.
 func (r *Reconciler) Sweep(ctx context.Context, cfg SweepConfig) error {
+	return Tables{r}.Sweep(ctx, cfg)
+}
+
+// Sweep is Reconciler.Sweep for every table, whose indexes are parts of
+// one index, with one timer: it sleeps until the next entry of any table
+// falls due, by the table's own retention, then sweeps the tables one
+// after the other. A file two tables share is then never freed by two
+// statements at once, each seeing the other's row. The hourly budget
+// counts the rows of every table.
+func (rs Tables) Sweep(ctx context.Context, cfg SweepConfig) error {
 	now := cfg.Now
 	if now == nil {
 		now = time.Now
 	}
-	s := sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: hourlyBudget{max: cfg.MaxDeletesPerHour}}
+	budget := &hourlyBudget{max: cfg.MaxDeletesPerHour}
+	ss := make([]*sweeper, len(rs))
+	for i, r := range rs {
+		ss[i] = &sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: budget}
+	}
 	backoff := retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
 	for ctx.Err() == nil {
-		cutoff, offset, err := r.clock(ctx)
-		if err == nil {
-			err = s.sweep(ctx, cutoff)
+		var failed *sweeper
+		var err error
+		for _, s := range ss {
+			if s.cutoff, s.offset, err = s.r.clock(ctx); err == nil {
+				err = s.sweep(ctx, s.cutoff)
+			}
+			if err != nil {
+				failed = s
+				break
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			r.stopped(err)
-			r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff.Next())
+			failed.r.stopped(err)
+			failed.r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff.Next())
 			if err := backoff.Failed(ctx, err); err != nil {
 				return fmt.Errorf("sweep: %w", err)
 			}
 			continue
 		}
 		backoff.Succeeded()
-		r.cfg.Observer.Swept(time.Now())
-		s.record(ctx)
-		if s.budget.spent(s.now()) {
-			s.from = r.waitBlocked(ctx, cfg, s.from, s.wakeAt())
+		ss[0].r.cfg.Observer.Swept(time.Now())
+		ss[0].record(ctx)
+		if budget.spent(now()) {
+			waitBlocked(ctx, cfg, ss, wakeAt(ss))
 			continue
 		}
-		s.from = r.waitForDue(ctx, cfg, s.from, cutoff, offset, s.wakeAt())
+		waitForDue(ctx, cfg, ss, wakeAt(ss))
 	}
 	return nil
 }
 
-// sweeper is the timer's state between sweeps.
+// sweeper is the timer's state between sweeps, for one table.
 type sweeper struct {
 	r       *Reconciler
 	cfg     SweepConfig
 	now     func() time.Time
 	from    index.Position // entries before it have been handled
+	cutoff  time.Time      // of the last sweep
+	offset  time.Duration  // how far the database's clock was ahead, then
 	drained bool           // the whole outbox was drained once
 	drainAt time.Time      // when the outbox was last looked at
 	sweptAt time.Time      // when a sweep was last recorded in the index
 	retries retryQueue
-	budget  hourlyBudget
+	budget  *hourlyBudget // shared by the tables
 }
 
 // sweep handles what is due at cutoff.
@@ -180,11 +203,17 @@ func (s *sweeper) drain(ctx context.Context) error {
 	return nil
 }
 
-// wakeAt is the earliest moment, in this host's clock, at which the sweep
+// wakeAt is the earliest moment, in this host's clock, at which a sweep
 // has work that is not in the index's due order: a refused row to try
 // again, or a spent budget renewed. Zero: none.
-func (s *sweeper) wakeAt() time.Time {
-	wake := s.retries.earliest()
+func wakeAt(ss []*sweeper) time.Time {
+	var wake time.Time
+	for _, s := range ss {
+		if at := s.retries.earliest(); !at.IsZero() && (wake.IsZero() || at.Before(wake)) {
+			wake = at
+		}
+	}
+	s := ss[0]
 	if s.budget.spent(s.now()) {
 		// Nothing can be purged before the next hour, retries included.
 		wake = s.budget.renewal()
@@ -196,54 +225,63 @@ func (s *sweeper) wakeAt() time.Time {
 	return time.Now().Add(wake.Sub(s.now()))
 }
 
-// waitForDue sleeps until the first entry from position from falls due,
-// or until wake (unless zero), MaxWait at most, and returns the position
-// the next sweep starts from: earlier than from when a change brought an
-// entry that is due already.
-func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index.Position, cutoff time.Time, offset time.Duration, wake time.Time) index.Position {
+// waitForDue sleeps until the first entry of a table from its sweeper's
+// position falls due, or until wake (unless zero), MaxWait at most, and
+// moves a sweeper's position back when a change brought an entry that is
+// due already.
+func waitForDue(ctx context.Context, cfg SweepConfig, ss []*sweeper, wake time.Time) {
 	deadline := time.Now().Add(cfg.MaxWait)
 	if !wake.IsZero() && wake.Before(deadline) {
 		deadline = wake
 	}
 	// Changes wake the loop often, the first entry rarely changes: its due
 	// time (a query, for a column without time zone) is asked once.
-	var asked, due time.Time
+	asked, due := make([]time.Time, len(ss)), make([]time.Time, len(ss))
 	for {
 		wake := deadline
-		next, ok, err := r.index.Next(from)
-		if err != nil {
-			r.log.ErrorContext(ctx, "read the index", "error", err)
-		}
-		if ok && !next.Equal(asked) {
-			// The database's clock decides what is due: wake when it says so.
-			if due, err = r.dueAt(ctx, next, offset); err != nil {
-				r.log.ErrorContext(ctx, "read when the next row falls due", "error", err)
-				due = time.Time{}
+		for i, s := range ss {
+			next, ok, err := s.r.index.Next(s.from)
+			if err != nil {
+				s.r.log.ErrorContext(ctx, "read the index", "error", err)
 			}
-			asked = next
-		}
-		if ok && !due.IsZero() && due.Before(wake) {
-			wake = due
+			if ok && !next.Equal(asked[i]) {
+				// The database's clock decides what is due: wake when it says so.
+				if due[i], err = s.r.dueAt(ctx, next, s.offset); err != nil {
+					s.r.log.ErrorContext(ctx, "read when the next row falls due", "error", err)
+					due[i] = time.Time{}
+				}
+				asked[i] = next
+			}
+			if ok && !due[i].IsZero() && due[i].Before(wake) {
+				wake = due[i]
+			}
 		}
 		timer := time.NewTimer(time.Until(wake))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return from
+			return
 		case <-timer.C:
-			return from
-		case <-r.index.Updates():
+			return
+		case <-ss[0].r.index.Updates(): // one index: one signal for every table
 			timer.Stop()
-			earliest, restart := r.index.TakeEarliest()
-			if restart {
-				return nil
-			}
-			// A zero earliest is a token whose value an earlier call took.
-			if !earliest.IsZero() && !earliest.After(cutoff) {
-				// Due already when it arrived: look again from there.
-				if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, from) < 0 {
-					return at
+			woke := false
+			for _, s := range ss {
+				earliest, restart := s.r.index.TakeEarliest()
+				if restart {
+					s.from, woke = nil, true
+					continue
 				}
+				// A zero earliest is a token whose value an earlier call took.
+				if !earliest.IsZero() && !earliest.After(s.cutoff) {
+					// Due already when it arrived: look again from there.
+					if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, s.from) < 0 {
+						s.from, woke = at, true
+					}
+				}
+			}
+			if woke {
+				return
 			}
 		}
 	}
@@ -252,7 +290,7 @@ func (r *Reconciler) waitForDue(ctx context.Context, cfg SweepConfig, from index
 // waitBlocked sleeps while the budget forbids purging, until wake or
 // MaxWait at most, whatever falls due meanwhile; a rescan's restart still
 // sends the next walk back to the start.
-func (r *Reconciler) waitBlocked(ctx context.Context, cfg SweepConfig, from index.Position, wake time.Time) index.Position {
+func waitBlocked(ctx context.Context, cfg SweepConfig, ss []*sweeper, wake time.Time) {
 	deadline := time.Now().Add(cfg.MaxWait)
 	if !wake.IsZero() && wake.Before(deadline) {
 		deadline = wake
@@ -262,18 +300,20 @@ func (r *Reconciler) waitBlocked(ctx context.Context, cfg SweepConfig, from inde
 	for {
 		select {
 		case <-ctx.Done():
-			return from
+			return
 		case <-timer.C:
-			return from
-		case <-r.index.Updates():
-			earliest, restart := r.index.TakeEarliest()
-			switch {
-			case restart:
-				from = nil
-			case !earliest.IsZero():
-				// An entry before from: the walk must go back for it.
-				if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, from) < 0 {
-					from = at
+			return
+		case <-ss[0].r.index.Updates():
+			for _, s := range ss {
+				earliest, restart := s.r.index.TakeEarliest()
+				switch {
+				case restart:
+					s.from = nil
+				case !earliest.IsZero():
+					// An entry before from: the walk must go back for it.
+					if at := index.After(earliest.Add(-time.Nanosecond)); bytes.Compare(at, s.from) < 0 {
+						s.from = at
+					}
 				}
 			}
 		}

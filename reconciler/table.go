@@ -37,6 +37,9 @@ type Table struct {
 	// Section names the table's configuration in messages ("tables[2]");
 	// empty: "table".
 	Section string
+	// Prefixes are the folders the table owns, for Tables.ScanOrphans;
+	// empty: the default ones.
+	Prefixes []string
 }
 
 // keyColumns are the storage key columns.

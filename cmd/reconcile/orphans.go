@@ -77,11 +77,11 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		return err
 	}
 	defer closeAll()
-	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
+	rs, err := openTables(ctx, cfg, pool, st, nil, nil, log)
 	if err != nil {
 		return err
 	}
-	if err := r.CheckSetup(ctx); err != nil {
+	if err := rs.CheckSetup(ctx); err != nil {
 		return err
 	}
 	out, done, err := openReport(opts.output, stdout)
@@ -94,7 +94,6 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		return err
 	}
 	scan := reconciler.OrphanOptions{
-		Prefixes:   cfg.Table.Prefixes,
 		Grace:      cfg.Orphans.Grace,
 		DryRun:     opts.dryRun,
 		StartAfter: opts.startAfter,
@@ -110,7 +109,7 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		}
 		log.Info("reading an S3 Inventory report instead of listing the bucket", "manifest", opts.inventory, "created", scan.AsOf.UTC().Format(reconciler.TimeLayout))
 	}
-	totals, scanErr := r.ScanOrphans(ctx, scan, w.File)
+	totals, scanErr := rs.ScanOrphans(ctx, scan, w.File)
 	if err := w.Close(totals); err != nil {
 		return fmt.Errorf("write report: %w", errors.Join(scanErr, err))
 	}

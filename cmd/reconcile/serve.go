@@ -49,20 +49,18 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 
 // runService is serve on opened resources.
 func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st store, idx *index.Index, dryRun bool, log *slog.Logger) error {
-	rc := reconcilerConfig(cfg)
-	rc.Observer = m
-	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), rc, log)
+	rs, err := openTables(ctx, cfg, pool, st, idx, m, log)
 	if err != nil {
 		return err
 	}
 	rpc := replicationConfig(cfg, dryRun)
 	ready := &readiness{db: pool, metrics: m}
-	g := &gauges{r: r, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, ready: ready, log: log}
+	g := &gauges{r: rs, db: pool, slot: rpc.Slot, maxRetainedWAL: int64(cfg.Replication.MaxRetainedWAL), m: m, ready: ready, log: log}
 	// The dry run serves only when asked: it would take the service's port.
 	if addr := cfg.HTTP.Address(!dryRun); addr != "" {
 		// A port in use is no configuration error: the service exits 1, for
 		// its supervisor to start it again.
-		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, newStatusHandler(cfg, pool, r, idx)), log)
+		stop, err := serveHTTP(ctx, addr, httpHandler(g.scraped(m.Handler()), ready, newStatusHandler(cfg, pool, rs, idx)), log)
 		if err != nil {
 			return err
 		}
@@ -70,16 +68,18 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	} else {
 		log.Info("http.listen is empty: serving no /metrics, /healthz, /readyz")
 	}
-	if err := r.CheckSetup(ctx); err != nil {
+	if err := rs.CheckSetup(ctx); err != nil {
 		return err
 	}
-	if err := r.CheckCommitWaits(ctx); err != nil {
+	if err := rs[0].CheckCommitWaits(ctx); err != nil {
 		return err
 	}
-	if w, err := r.IdentityWarning(ctx); err != nil {
-		return err
-	} else if w != "" {
-		log.Warn(w)
+	for _, r := range rs {
+		if w, err := r.IdentityWarning(ctx); err != nil {
+			return err
+		} else if w != "" {
+			log.Warn(w)
+		}
 	}
 	if !dryRun {
 		checkWALLimit(ctx, pool, rpc.Slot, log)
@@ -92,7 +92,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	rpc.Deleted = func(ctx context.Context, rows []replication.DeletedRow) error {
 		gone := make([]reconciler.GoneRow, len(rows))
 		for i, d := range rows {
-			gone[i] = reconciler.GoneRow{ID: d.ID, Key: d.Key, SoftDeleted: d.SoftDeleted, DeletedAt: d.DeletedAt, At: d.At}
+			gone[i] = reconciler.GoneRow{Table: rs[0].IndexName(), ID: d.ID, Key: d.Key, SoftDeleted: d.SoftDeleted, DeletedAt: d.DeletedAt, At: d.At}
 		}
 		if dryRun {
 			for _, g := range gone {
@@ -100,28 +100,21 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 			}
 			return nil
 		}
-		return r.QueueGone(ctx, gone, cfg.Orphans.Grace)
+		return rs.QueueGone(ctx, gone, cfg.Orphans.Grace)
 	}
 	stream := replication.New(rpc, idx, func(ctx context.Context) error {
-		cutoff, err := r.Cutoff(ctx)
-		if err != nil {
-			return err
+		for _, r := range rs {
+			if err := rescanForStream(ctx, r, log); err != nil {
+				return err
+			}
 		}
-		due, err := r.RescanForStream(ctx, cutoff)
-		if errors.Is(err, reconciler.ErrSetup) {
-			return fmt.Errorf("%w: %w", err, replication.ErrSetup) // no retry mends it
-		}
-		if err != nil {
-			return err
-		}
-		log.Info("rescan complete", "due", due, "cutoff", cutoff.UTC().Format(reconciler.TimeLayout))
 		return nil
 	}, log)
 	sweep := reconciler.SweepConfig{MaxWait: cfg.Sweep.MaxWait, DryRun: dryRun, MaxDeletesPerHour: cfg.Safety.MaxDeletesPerHour}
 
 	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
 	for {
-		held, unlock, err := hold(ctx, pool, r, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
+		held, unlock, err := hold(ctx, pool, rs, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // ctx ended while waiting
@@ -130,9 +123,13 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		}
 		ready.role.Store(int32(roleLeader))
 		m.SetLeader(!dryRun)
+		if err := syncTables(held, cfg, pool, idx, rs, rpc, log); err != nil {
+			unlock()
+			return err
+		}
 		g, gctx := errgroup.WithContext(held)
 		g.Go(func() error { return stream.Run(gctx) })
-		g.Go(func() error { return r.Sweep(gctx, sweep) })
+		g.Go(func() error { return rs.Sweep(gctx, sweep) })
 		if cfg.Storage.Trash.Prefix != "" && !dryRun {
 			g.Go(func() error { emptyTrashHourly(gctx, cfg, st, log); return nil })
 		}
@@ -160,7 +157,7 @@ const lockTries = 12
 // it, and lockTries attempts while the database is away. It fails when ctx
 // ends or those attempts are spent. waiting is called when another holds
 // it. The dry run takes no lock: it changes nothing.
-func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dryRun bool, waiting func(), log *slog.Logger) (context.Context, func(), error) {
+func hold(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, dryRun bool, waiting func(), log *slog.Logger) (context.Context, func(), error) {
 	if dryRun {
 		return ctx, func() {}, nil
 	}
@@ -169,7 +166,7 @@ func hold(ctx context.Context, pool *pgxpool.Pool, r *reconciler.Reconciler, dry
 	for {
 		conn, err := pool.Acquire(ctx)
 		if err == nil {
-			held, release, lerr := r.Lock(ctx, conn)
+			held, release, lerr := rs.Lock(ctx, conn)
 			if lerr == nil {
 				if waited {
 					log.Info("took the advisory lock")
@@ -211,6 +208,70 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// rescanForStream rebuilds a table's part of the index for the stream.
+func rescanForStream(ctx context.Context, r *reconciler.Reconciler, log *slog.Logger) error {
+	cutoff, err := r.Cutoff(ctx)
+	if err != nil {
+		return err
+	}
+	due, err := r.RescanForStream(ctx, cutoff)
+	if errors.Is(err, reconciler.ErrSetup) {
+		return fmt.Errorf("%w: %w", err, replication.ErrSetup) // no retry mends it
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("rescan complete", "table", r.IndexName(), "due", due, "cutoff", cutoff.UTC().Format(reconciler.TimeLayout))
+	return nil
+}
+
+// syncTables brings the index and the publication to the configured
+// tables before the stream starts: a table added is published, then
+// rescanned alone (the stream then replays, over its rows, the changes
+// since the index's position, which converges on the table); a table
+// removed leaves the index. Nothing else is rebuilt. An index that no
+// rescan filled yet is left to the stream, which rescans every table.
+func syncTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, idx *index.Index, rs reconciler.Tables, rpc replication.Config, log *slog.Logger) error {
+	st, err := idx.State()
+	if err != nil {
+		return err
+	}
+	if st.Origin == "" || rpc.Temporary {
+		return nil
+	}
+	filled, err := idx.Tables()
+	if err != nil {
+		return err
+	}
+	var added reconciler.Tables
+	for _, r := range rs {
+		if filled[r.IndexName()] != r.Fingerprint() {
+			added = append(added, r)
+		}
+		delete(filled, r.IndexName())
+	}
+	for name := range filled {
+		log.Info("a table left the configuration: its rows are no longer purged", "table", name)
+		if err := idx.DropTable(name); err != nil {
+			return err
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	// Published first: its changes from now on reach the stream.
+	if err := replication.EnsurePublication(ctx, pool, rpc, log); err != nil {
+		return err
+	}
+	for _, r := range added {
+		log.Info("rescanning a table new to the index, alone", "table", r.IndexName())
+		if err := rescanForStream(ctx, r, log); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // replicationConfig is the stream's configuration. The dry run reads a

@@ -98,10 +98,14 @@ type stateReader interface {
 
 // readStatus gathers the report from the database and, unless idx is nil,
 // from the index that r was made with; source says whose index it is.
-func readStatus(ctx context.Context, cfg *config.Config, db replication.Querier, r *reconciler.Reconciler, idx stateReader, source string) (statusReport, error) {
-	rep := statusReport{GeneratedAt: time.Now().UTC(), Table: cfg.Table.Schema + "." + cfg.Table.Name}
+func readStatus(ctx context.Context, cfg *config.Config, db replication.Querier, rs reconciler.Tables, idx stateReader, source string) (statusReport, error) {
+	var names []string
+	for _, t := range tables(cfg) {
+		names = append(names, t.IndexName())
+	}
+	rep := statusReport{GeneratedAt: time.Now().UTC(), Table: strings.Join(names, ", ")}
 
-	pending, oldest, age, err := r.OutboxStats(ctx)
+	pending, oldest, age, err := rs.OutboxStats(ctx)
 	switch {
 	case errors.Is(err, reconciler.ErrSetup):
 		// Not migrated yet: said, not failed.
@@ -121,7 +125,8 @@ func readStatus(ctx context.Context, cfg *config.Config, db replication.Querier,
 		MaxSlotWALKeepBytes: slot.MaxSlotWALKeepSize, MaxRetainedWALBytes: int64(cfg.Replication.MaxRetainedWAL),
 	}
 
-	holder, held, err := r.LockHolder(ctx)
+	// One session holds every table's lock: the first names it.
+	holder, held, err := rs[0].LockHolder(ctx)
 	if err != nil {
 		return rep, err
 	}
@@ -130,19 +135,19 @@ func readStatus(ctx context.Context, cfg *config.Config, db replication.Querier,
 	}
 
 	if idx != nil {
-		if rep.Index, err = readIndexStatus(ctx, cfg, r, idx, source); err != nil {
+		if rep.Index, err = readIndexStatus(ctx, cfg, rs, idx, source); err != nil {
 			rep.IndexUnavailable = err.Error()
 		}
 	}
 	return rep, nil
 }
 
-func readIndexStatus(ctx context.Context, cfg *config.Config, r *reconciler.Reconciler, idx stateReader, source string) (*indexStatus, error) {
+func readIndexStatus(ctx context.Context, cfg *config.Config, rs reconciler.Tables, idx stateReader, source string) (*indexStatus, error) {
 	st, err := idx.State()
 	if err != nil {
 		return nil, err
 	}
-	backlog, err := r.Backlog(ctx)
+	backlog, err := rs.Backlog(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -170,9 +175,9 @@ func stamp(t time.Time) *time.Time {
 // index the service holds open: `reconcile status` asks it here, since it
 // cannot open the file itself then. r must be the service's reconciler,
 // made with idx.
-func newStatusHandler(cfg *config.Config, db replication.Querier, r *reconciler.Reconciler, idx stateReader) http.Handler {
+func newStatusHandler(cfg *config.Config, db replication.Querier, rs reconciler.Tables, idx stateReader) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		rep, err := readStatus(req.Context(), cfg, db, r, idx, "service")
+		rep, err := readStatus(req.Context(), cfg, db, rs, idx, "service")
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -198,14 +203,10 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 	// service or a --rescan starting meanwhile waits a second for the
 	// file, then gives up.
 	idx, unavail := openIndexForStatus(cfg.Index.Path)
-	var ri reconciler.Index // stays nil without an index: New takes no typed nil
-	if idx != nil {
-		ri = idx
-	}
-	r, err := reconciler.New(ctx, pool, nil, ri, table(cfg), reconcilerConfig(cfg), log)
+	rs, err := openTables(ctx, cfg, pool, nil, idx, nil, log)
 	var figures *indexStatus
 	if err == nil && idx != nil {
-		figures, unavail = readIndexStatus(ctx, cfg, r, idx, "file")
+		figures, unavail = readIndexStatus(ctx, cfg, rs, idx, "file")
 	}
 	if idx != nil {
 		idx.Close()
@@ -213,7 +214,7 @@ func status(ctx context.Context, cfg *config.Config, format string, log *slog.Lo
 	if err != nil {
 		return err
 	}
-	rep, err := readStatus(ctx, cfg, pool, r, nil, "file")
+	rep, err := readStatus(ctx, cfg, pool, rs, nil, "file")
 	if err != nil {
 		return err
 	}

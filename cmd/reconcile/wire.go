@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,14 +29,52 @@ var (
 	_ reconciler.Index = (*index.Index)(nil)
 )
 
-func table(cfg *config.Config) reconciler.Table {
-	c := cfg.Table.Columns
-	return reconciler.Table{
-		Schema: cfg.Table.Schema, Name: cfg.Table.Name,
-		ID: c.ID, Key: c.Key, OriginalFilename: c.OriginalFilename, IsActive: c.IsActive, DeletedAt: c.DeletedAt,
-		TimeZone: cfg.Table.TimeZone,
-		Derived:  patterns(cfg.Table.Derived),
+// tables are the configured tables, as the reconciler names them.
+func tables(cfg *config.Config) []reconciler.Table {
+	list, sections := cfg.TableList()
+	out := make([]reconciler.Table, len(list))
+	for i, t := range list {
+		c := t.Columns
+		out[i] = reconciler.Table{
+			Schema: t.Schema, Name: t.Name,
+			ID: c.ID, Key: c.Key[0], OriginalFilename: c.OriginalFilename, IsActive: c.IsActive, DeletedAt: c.DeletedAt,
+			Keys: c.Key, IsDeleted: c.IsDeleted, Section: sections[i],
+			TimeZone: t.TimeZone,
+			Derived:  patterns(t.Derived),
+			Prefixes: t.Prefixes,
+		}
 	}
+	return out
+}
+
+// openTables makes the reconciler of each configured table, with its own
+// retention, the other tables as its peers (they share the storage), and
+// its part of idx (none when idx is nil). With several tables each logs
+// under its name.
+func openTables(ctx context.Context, cfg *config.Config, db reconciler.DB, st reconciler.Store, idx *index.Index, obs reconciler.Observer, log *slog.Logger) (reconciler.Tables, error) {
+	list := tables(cfg)
+	retentions, _ := cfg.TableList()
+	rs := make(reconciler.Tables, len(list))
+	for i, t := range list {
+		rc := reconcilerConfig(cfg)
+		rc.Retention = retentions[i].Retention
+		rc.Observer = obs
+		rc.Peers = slices.Delete(slices.Clone(list), i, i+1)
+		tlog := log
+		if len(list) > 1 {
+			tlog = log.With("table", t.IndexName())
+		}
+		var ri reconciler.Index // stays nil without an index: New takes no typed nil
+		if idx != nil {
+			ri = idx.Table(t.IndexName())
+		}
+		r, err := reconciler.New(ctx, db, st, ri, t, rc, tlog)
+		if err != nil {
+			return nil, err
+		}
+		rs[i] = r
+	}
+	return rs, nil
 }
 
 // patterns parses table.derived, which config has checked.
@@ -172,12 +211,14 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 		return err
 	}
 	defer pool.Close()
-	r, err := reconciler.New(ctx, pool, nil, nil, table(cfg), reconcilerConfig(cfg), log)
+	rs, err := openTables(ctx, cfg, pool, nil, nil, nil, log)
 	if err != nil {
 		return err
 	}
-	if err := r.Migrate(ctx); err != nil {
-		return err
+	for _, r := range rs {
+		if err := r.Migrate(ctx); err != nil {
+			return err
+		}
 	}
 	// Created here, by the table's owner: the service's role need not own
 	// the table, and only checks the publication.
@@ -186,43 +227,6 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 	}
 	fmt.Fprintln(stdout, "Database is ready for reconcile.")
 	return nil
-}
-
-func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts options, log *slog.Logger, stdout, stderr io.Writer, con *console) error {
-	if _, err := reconciler.NewAuditWriter(opts.format, io.Discard, io.Discard); err != nil {
-		return usageError{fmt.Errorf("--format: %w", err)}
-	}
-	pool, st, closeAll, err := openBoth(ctx, cfg, forAudit, storage.WithObserver(m.StorageRequest))
-	if err != nil {
-		return err
-	}
-	defer closeAll()
-	r, err := reconciler.New(ctx, pool, st, nil, table(cfg), reconcilerConfig(cfg), log)
-	if err != nil {
-		return err
-	}
-	// The report file is created once the run can start, so a refused run
-	// leaves no empty report behind.
-	out, done, err := openReport(opts.output, stdout)
-	if err != nil {
-		return err
-	}
-	defer done()
-	w, err := reconciler.NewAuditWriter(opts.format, out, stderr)
-	if err != nil {
-		return err
-	}
-	// A bar on stderr while the report goes elsewhere; a report scrolling
-	// on the terminal shows its own progress, and a bar would break it up.
-	var progress func(examined, total int)
-	if con.tty == stderr && (opts.output != "" || !con.stdoutTTY) {
-		progress = func(examined, total int) { con.show("Examining", examined, total) }
-		defer con.done()
-	}
-	if _, err := r.Audit(ctx, w, progress); err != nil {
-		return err
-	}
-	return syncReport(out)
 }
 
 // openReport opens the report file --output names, or stdout without one;
@@ -297,9 +301,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 	defer closeAll()
 
-	rc := reconcilerConfig(cfg)
-	rc.Observer = m
-	r, err := reconciler.New(ctx, pool, st, idx, table(cfg), rc, log)
+	rs, err := openTables(ctx, cfg, pool, st, idx, m, log)
 	if err != nil {
 		return err
 	}
@@ -315,12 +317,12 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		}
 		// The index is not read: without the stream it still lists the
 		// rows just purged.
-		g := &gauges{r: r, m: m, log: log}
+		g := &gauges{r: rs, m: m, log: log}
 		if err := g.refreshOutbox(context.WithoutCancel(ctx)); err != nil {
 			log.Warn("metrics not refreshed", "error", err)
 		}
 	}()
-	if err := r.CheckSetup(ctx); err != nil {
+	if err := rs.CheckSetup(ctx); err != nil {
 		return err
 	}
 	conn, err := pool.Acquire(ctx)
@@ -328,7 +330,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		return fmt.Errorf("connect to database: %w", err)
 	}
 	defer conn.Release()
-	ctx, unlock, err := r.Lock(ctx, conn)
+	ctx, unlock, err := rs.Lock(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -340,6 +342,55 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		}
 	}()
 
+	// Each table on its own, one after the other: its leftovers, its
+	// rescan, its purge, its summary; the deletion budget is the run's.
+	var (
+		total  reconciler.Summary
+		failed error
+	)
+	budget := cfg.Safety.MaxDeletes
+	for _, r := range rs {
+		sum, cutoff, err := rescanTable(ctx, cfg, r, len(rs) > 1, budget, m, stdout, con)
+		total.Add(sum)
+		if budget > 0 {
+			budget = max(budget-sum.Purged, 0)
+		}
+		if err != nil {
+			failed = err
+			break
+		}
+		if len(rs) == 1 {
+			total = sum
+			printSummary(stdout, sum, cutoff)
+		}
+	}
+	if len(rs) > 1 {
+		printTotals(stdout, total, len(rs))
+	}
+	if total.Left > 0 {
+		fmt.Fprintf(stdout, "\nStopped at the deletion budget (safety.max_deletes, --max-deletes: %d): %d due attachments are left for the next run.\n",
+			cfg.Safety.MaxDeletes, total.Left)
+	}
+	if failed != nil {
+		return failed
+	}
+	if cfg.Storage.Trash.Prefix != "" {
+		if err := emptyTrash(ctx, cfg, st, log); err != nil {
+			log.Error("[CLEANUP] Failed: empty the trash", "error", err)
+			return errSomeFailed
+		}
+	}
+	if total.Failed > 0 || total.FilesPending > 0 {
+		return errSomeFailed
+	}
+	return nil
+}
+
+// rescanTable is the one-shot run of one table: the files an earlier run
+// left, the rescan, then the purge of what is due, at most budget rows
+// when budget is positive. named: the run has several tables, and says
+// which this is, with its own summary.
+func rescanTable(ctx context.Context, cfg *config.Config, r *reconciler.Reconciler, named bool, budget int, m *metrics.Metrics, stdout io.Writer, con *console) (reconciler.Summary, time.Time, error) {
 	// Files left by a run that stopped between commit and removal go first,
 	// after the storage probe, while the table is read into the index: the
 	// two share nothing, and on S3 the probe's requests then cost no time.
@@ -362,7 +413,10 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		return err
 	})
 	if err := g.Wait(); err != nil {
-		return err
+		return reconciler.Summary{}, cutoff, err
+	}
+	if named {
+		fmt.Fprintf(stdout, "\nTable %s:\n", r.IndexName())
 	}
 	if leftover.FilesRemoved+leftover.FilesMissing+leftover.FilesKept+leftover.FilesRewritten+leftover.FilesPending > 0 {
 		fmt.Fprintf(stdout, "Removed %d files left by an earlier run (%d already gone; %d kept: still in use; %d kept: written again; %d still failing).\n",
@@ -374,36 +428,45 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	// the cron job's lines stay on a stdout that is no terminal.
 	total := due
 	if cfg.Safety.MaxDeletes > 0 {
-		total = min(due, cfg.Safety.MaxDeletes)
+		total = min(due, budget)
 	}
 	lines := con.tty == nil || !con.stdoutTTY
 	con.show("Deleting", 0, total)
-	sum, err := r.Purge(ctx, cutoff, func(handled int) {
+	progress := func(handled int) {
 		con.show("Deleting", handled, total)
 		if lines {
 			fmt.Fprintf(stdout, "  Deleted %d/%d...\n", handled, due)
 		}
-	})
+	}
+	var (
+		sum reconciler.Summary
+		err error
+	)
+	if cfg.Safety.MaxDeletes > 0 && budget == 0 {
+		sum.Left = due // the other tables spent the run's budget
+	} else {
+		sum, err = r.PurgeAtMost(ctx, cutoff, budget, progress)
+	}
 	con.done()
 	sum.FilesPending += leftover.FilesPending
-	printSummary(stdout, sum, cutoff)
-	if sum.Left > 0 {
-		fmt.Fprintf(stdout, "\nStopped at the deletion budget (safety.max_deletes, --max-deletes: %d): %d due attachments are left for the next run.\n",
-			cfg.Safety.MaxDeletes, sum.Left)
+	if named {
+		printSummary(stdout, sum, cutoff)
 	}
-	if err != nil {
-		return err
+	return sum, cutoff, err
+}
+
+// printTotals sums up a run of several tables.
+func printTotals(w io.Writer, s reconciler.Summary, tables int) {
+	fmt.Fprintf(w, "\nAll %d tables:\n", tables)
+	fmt.Fprintf(w, "  - Successfully deleted: %d attachments\n", s.Purged)
+	fmt.Fprintf(w, "  - Failed: %d attachments\n", s.Failed)
+	fmt.Fprintf(w, "  - Files removed: %d\n", s.FilesRemoved)
+	if s.FilesKept > 0 {
+		fmt.Fprintf(w, "  - Files kept (still used by another row): %d\n", s.FilesKept)
 	}
-	if cfg.Storage.Trash.Prefix != "" {
-		if err := emptyTrash(ctx, cfg, st, log); err != nil {
-			log.Error("[CLEANUP] Failed: empty the trash", "error", err)
-			return errSomeFailed
-		}
+	if s.FilesPending > 0 {
+		fmt.Fprintf(w, "  - Files awaiting removal (kept in the outbox, retried next run): %d\n", s.FilesPending)
 	}
-	if sum.Failed > 0 || sum.FilesPending > 0 {
-		return errSomeFailed
-	}
-	return nil
 }
 
 func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {

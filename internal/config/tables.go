@@ -369,3 +369,13 @@ func checkTable(bad func(key, format string, args ...any), at string, t TableCon
 		}
 	}
 }
+
+// TableList returns the tables to serve, and the key that names each one
+// in messages: "table", or "tables[2]".
+func (c *Config) TableList() (tables []TableConfig, sections []string) {
+	tables, section := c.checkedTables()
+	for i := range tables {
+		sections = append(sections, tableAt(section, i))
+	}
+	return tables, sections
+}

@@ -1,0 +1,94 @@
+package reconciler
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Tables are the reconcilers of the tables whose files share one storage,
+// one per table, each Config.Peers naming the others: one service purges
+// them together.
+type Tables []*Reconciler
+
+// Table returns the reconciler of the table the index names name, or nil.
+func (rs Tables) Table(name string) *Reconciler {
+	for _, r := range rs {
+		if r.table.IndexName() == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// CheckSetup checks every table: see Reconciler.CheckSetup.
+func (rs Tables) CheckSetup(ctx context.Context) error {
+	for _, r := range rs {
+		if err := r.CheckSetup(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Backlog adds up the tables' backlogs; NextDue is the earliest.
+func (rs Tables) Backlog(ctx context.Context) (Backlog, error) {
+	var sum Backlog
+	for _, r := range rs {
+		b, err := r.Backlog(ctx)
+		if err != nil {
+			return Backlog{}, err
+		}
+		sum.Rows += b.Rows
+		sum.Due += b.Due
+		sum.Overdue += b.Overdue
+		if !b.NextDue.IsZero() && (sum.NextDue.IsZero() || b.NextDue.Before(sum.NextDue)) {
+			sum.NextDue = b.NextDue
+		}
+	}
+	return sum, nil
+}
+
+// OutboxStats adds up the tables' outboxes: the oldest entry of any, and
+// its age.
+func (rs Tables) OutboxStats(ctx context.Context) (pending int, oldest time.Time, age time.Duration, err error) {
+	for _, r := range rs {
+		n, first, a, err := r.OutboxStats(ctx)
+		if err != nil {
+			return 0, time.Time{}, 0, err
+		}
+		pending += n
+		if !first.IsZero() && (oldest.IsZero() || first.Before(oldest)) {
+			oldest = first
+		}
+		age = max(age, a)
+	}
+	return pending, oldest, age, nil
+}
+
+// QueueGone queues the files of rows deleted outright, each with its
+// table's reconciler: see Reconciler.QueueGone. A row of a table no
+// longer configured is the stream replaying WAL from before its removal:
+// left alone.
+func (rs Tables) QueueGone(ctx context.Context, rows []GoneRow, grace time.Duration) error {
+	byTable := map[*Reconciler][]GoneRow{}
+	for _, row := range rows {
+		if r := rs.Table(row.Table); r != nil {
+			byTable[r] = append(byTable[r], row)
+		}
+	}
+	var errs []error
+	for _, r := range rs {
+		if len(byTable[r]) > 0 {
+			errs = append(errs, r.QueueGone(ctx, byTable[r], grace))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// IndexName names the table's part of the index: see Table.IndexName.
+func (r *Reconciler) IndexName() string { return r.table.IndexName() }
+
+// Fingerprint describes the table the index part is filled from: see
+// Table.Fingerprint.
+func (r *Reconciler) Fingerprint() string { return r.table.Fingerprint() }

@@ -250,9 +250,6 @@ func slotUnusable(err error, publication string) string {
 // stream until an error.
 func (s *Stream) session(ctx context.Context) error {
 	s.progressed = false
-	if err := checkTables(s.cfg.tables()); err != nil {
-		return err
-	}
 	cat, err := pgx.Connect(ctx, s.cfg.URL)
 	if err != nil {
 		return fmt.Errorf("connect to database: %w", err)
@@ -709,10 +706,9 @@ type loop struct {
 // index was last rescanned at rescannedAt.
 func (s *Stream) newLoop(ctx context.Context, send func(pglogrepl.LSN, bool) error, origin string, start uint64, rescannedAt time.Time) *loop {
 	ack := &acker{send: send, complete: start, committed: start}
-	tables := s.cfg.tables()
 	return &loop{
 		s: s, ctx: ctx, ack: ack,
-		dec: newDecoder(tables, s.cfg.Deleted != nil, s.log),
+		dec: newDecoder(s.cfg.tables(), s.cfg.Deleted != nil, s.log),
 		apply: &applier{
 			idx: s.idx, rescan: s.rescan, deliver: s.cfg.Deleted, observer: s.cfg.Observer, log: s.log,
 			ack: ack, origin: origin, statusEvery: s.cfg.StatusInterval, ctx: ctx, rescannedAt: rescannedAt,

@@ -1,4 +1,4 @@
-// Package replication tails the attachment table through a logical
+// Package replication tails the attachment tables through a logical
 // replication slot (pgoutput) into the index. It creates the slot and the
 // publication when they are missing, rebuilds the index through a rescan
 // when the index cannot be trusted to continue from the slot, and tells the
@@ -36,12 +36,15 @@ type Config struct {
 	URL         string // the database, as for every other connection
 	Slot        string
 	Publication string
-	Schema      string
-	Table       string
-	ID          string // column names
-	Key         string
-	IsActive    string
-	DeletedAt   string
+	// Tables are the tables to tail; when empty, the one the fields
+	// below name.
+	Tables    []Table
+	Schema    string
+	Table     string
+	ID        string // column names
+	Key       string
+	IsActive  string
+	DeletedAt string
 	// StatusInterval is how often the committed position is reported, and
 	// a reply asked for, while the stream is quiet.
 	StatusInterval time.Duration
@@ -68,8 +71,10 @@ type Config struct {
 	Deleted func(ctx context.Context, rows []DeletedRow) error
 }
 
-// DeletedRow is a row deleted outright, as its DELETE's old image shows it.
+// DeletedRow is a row deleted outright, as its DELETE's old image shows it:
+// one for each file it names.
 type DeletedRow struct {
+	Table   string // the table's IndexName
 	ID, Key string
 	// SoftDeleted: the row was soft-deleted, deleted at DeletedAt (as the
 	// index holds such times).
@@ -116,10 +121,10 @@ type Index interface {
 	Rescanned(origin string, checkpoint uint64, at time.Time) error
 }
 
-// RescanFunc rebuilds the index from the database (it empties it first).
+// RescanFunc rebuilds the index from every table (it empties it first).
 type RescanFunc func(ctx context.Context) error
 
-// Stream tails the table into the index.
+// Stream tails the tables into the index.
 type Stream struct {
 	cfg    Config
 	idx    Index
@@ -157,6 +162,27 @@ const (
 	// backoff, then the service ends for its supervisor to restart it.
 	sessionTries = 10
 )
+
+// tables are the tables to tail: Tables, or the one the flat fields name.
+func (c Config) tables() []Table {
+	if len(c.Tables) > 0 {
+		return c.Tables
+	}
+	return []Table{{Schema: c.Schema, Name: c.Table, ID: c.ID, Keys: []string{c.Key}, IsActive: c.IsActive, DeletedAt: c.DeletedAt}}
+}
+
+// checkTables refuses tables the stream could not read.
+func checkTables(tables []Table) error {
+	for _, t := range tables {
+		if len(t.Keys) == 0 {
+			return fmt.Errorf("table %s has no key column: %w", t.IndexName(), ErrSetup)
+		}
+		if t.IsActive != "" && t.IsDeleted != "" {
+			return fmt.Errorf("table %s has both an is_active and an is_deleted column: one flag says a row is soft-deleted: %w", t.IndexName(), ErrSetup)
+		}
+	}
+	return nil
+}
 
 // New returns a stream; Run starts it.
 func New(cfg Config, idx Index, rescan RescanFunc, log *slog.Logger) *Stream {
@@ -256,7 +282,9 @@ func (s *Stream) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("identify system: %w", err)
 	}
-	origin := fmt.Sprintf("%s/%s/%s/%s.%s", sys.SystemID, sys.DBName, s.cfg.Slot, s.cfg.Schema, s.cfg.Table)
+	// The tables are not part of it: the index keeps each table's entries
+	// apart, and a table added to the configuration is no other origin.
+	origin := fmt.Sprintf("%s/%s/%s", sys.SystemID, sys.DBName, s.cfg.Slot)
 
 	fresh, confirmed, err := s.ensureSlot(ctx, cat, conn, sys.DBName)
 	if err != nil {
@@ -326,9 +354,14 @@ func (s *Stream) session(ctx context.Context) error {
 		go func() { defer close(beating); s.heartbeat(beat, cat) }()
 		defer func() { stopBeat(); <-beating }()
 	}
-	l := &loop{s: s, conn: conn, origin: origin, committed: start, complete: start, rels: map[uint32]*relation{}, rescannedAt: st.RescannedAt}
-	err = l.run(ctx)
-	s.progressed = l.committed > start
+	send := func(pos pglogrepl.LSN, askReply bool) error {
+		return pglogrepl.SendStandbyStatusUpdate(context.Background(), conn,
+			pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: askReply})
+	}
+	l := s.newLoop(ctx, send, origin, start, st.RescannedAt)
+	l.conn = conn
+	err = l.run()
+	s.progressed = l.ack.committed > start
 	return err
 }
 
@@ -399,23 +432,33 @@ func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
 		return fmt.Errorf("synchronous_standby_names (%q) matches reconcile's replication connection (application_name %q): every commit would wait for reconcile; list the standbys by name: %w",
 			syncNames, s.cfg.Slot, ErrSetup)
 	}
+	for _, t := range s.cfg.tables() {
+		if err := checkTable(ctx, cat, t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkTable checks that a table exists and that its DELETEs carry its id.
+func checkTable(ctx context.Context, cat *pgx.Conn, t Table) error {
 	// Publishing a table without a replica identity makes every UPDATE and
 	// DELETE on it fail, and without the id in it a DELETE cannot be told.
 	// A partitioned table's rows live in its partitions, each with its own
 	// replica identity: every one is checked (pg_partition_tree lists a
 	// plain table alone).
 	var exists bool
-	err = cat.QueryRow(ctx, `
+	err := cat.QueryRow(ctx, `
 		SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p'))`,
-		s.cfg.Schema, s.cfg.Table).Scan(&exists)
+		t.Schema, t.Name).Scan(&exists)
 	if err != nil {
-		return fmt.Errorf("look for the table: %w", err)
+		return fmt.Errorf("look for table %s: %w", t.IndexName(), err)
 	}
 	if !exists {
-		return fmt.Errorf("table %s.%s does not exist: %w", s.cfg.Schema, s.cfg.Table, ErrSetup)
+		return fmt.Errorf("table %s.%s does not exist: %w", t.Schema, t.Name, ErrSetup)
 	}
-	table := pgx.Identifier{s.cfg.Schema, s.cfg.Table}.Sanitize()
+	table := pgx.Identifier{t.Schema, t.Name}.Sanitize()
 	rows, err := cat.Query(ctx, `
 		SELECT c.oid::regclass::text
 		FROM pg_partition_tree($1::regclass) AS t
@@ -425,17 +468,17 @@ func (s *Stream) checkServer(ctx context.Context, cat *pgx.Conn) error {
 		                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
 		                  WHERE i.indrelid = c.oid AND a.attname = $2
 		                    AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
-		ORDER BY 1`, table, s.cfg.ID)
+		ORDER BY 1`, table, t.ID)
 	if err != nil {
-		return fmt.Errorf("read the table's replica identity: %w", err)
+		return fmt.Errorf("read the replica identity of %s: %w", t.IndexName(), err)
 	}
 	lacking, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("read the table's replica identity: %w", err)
+		return fmt.Errorf("read the replica identity of %s: %w", t.IndexName(), err)
 	}
 	if len(lacking) > 0 {
 		return fmt.Errorf("the replica identity of %s does not include %q: give it that primary key, or ALTER TABLE ... REPLICA IDENTITY FULL: %w",
-			strings.Join(lacking, ", "), s.cfg.ID, ErrSetup)
+			strings.Join(lacking, ", "), t.ID, ErrSetup)
 	}
 	return nil
 }
@@ -460,54 +503,116 @@ type Catalog interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
-// EnsurePublication creates the publication of the table alone when it is
-// missing, and refuses one that does not publish the table's changes. The
-// changes of a partitioned table's partitions are published as the table's
-// own (publish_via_partition_root), so the stream knows them by its name.
-// Only the table's owner can create it: `reconcile migrate` does, and the
-// stream, run by a role of fewer rights, finds it there.
+// EnsurePublication makes the publication publish the configured tables,
+// and only them: it creates it when missing, adds the tables it lacks and
+// drops those no longer configured. It refuses one that does not publish
+// every change and column of a table. The changes of a partitioned table's
+// partitions are published as the table's own (publish_via_partition_root),
+// so the stream knows them by its name. Only the tables' owner can create
+// or alter it: `reconcile migrate` does, and the stream, run by a role of
+// fewer rights, finds it ready.
 func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.Logger) error {
-	var exists, all, hasTable, viaRoot, partitioned bool
+	tables := cfg.tables()
+	if err := checkTables(tables); err != nil {
+		return err
+	}
+	pub := pgx.Identifier{cfg.Publication}.Sanitize()
+	owner := "the table's owner"
+	if len(tables) > 1 {
+		owner = "the tables' owner"
+	}
+	names := make([]string, len(tables))
+	schemas, relnames := make([]string, len(tables)), make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
+		schemas[i], relnames[i] = t.Schema, t.Name
+	}
+	var exists, all, viaRoot bool
 	err := cat.QueryRow(ctx, `
 		SELECT count(*) > 0,
-		       coalesce(bool_and(p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate), false),
-		       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3),
-		       coalesce(bool_and(p.pubviaroot), false),
-		       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p')
-		FROM pg_publication p WHERE p.pubname = $1`, cfg.Publication, cfg.Schema, cfg.Table).Scan(&exists, &all, &hasTable, &viaRoot, &partitioned)
+		       coalesce(bool_and(pubinsert AND pubupdate AND pubdelete AND pubtruncate), false),
+		       coalesce(bool_and(pubviaroot), false)
+		FROM pg_publication WHERE pubname = $1`, cfg.Publication).Scan(&exists, &all, &viaRoot)
 	if err != nil {
 		return fmt.Errorf("look for publication %q: %w", cfg.Publication, err)
 	}
-	table := pgx.Identifier{cfg.Schema, cfg.Table}.Sanitize()
 	if !exists {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pgx.Identifier{cfg.Publication}.Sanitize(), table)
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pub, strings.Join(names, ", "))
 		if _, err := cat.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("publication %q is missing and cannot be created by this role (%w): run `reconcile migrate` as the table's owner, which creates it: %w",
-				cfg.Publication, err, ErrSetup)
+			return fmt.Errorf("publication %q is missing and cannot be created by this role (%w): run `reconcile migrate` as %s, which creates it: %w",
+				cfg.Publication, err, owner, ErrSetup)
 		}
-		log.Info("created publication", "publication", cfg.Publication, "table", table)
+		log.Info("created publication", "publication", cfg.Publication, "tables", strings.Join(names, ", "))
 		return nil
 	}
-	// A row filter, or a column list without one of reconcile's columns
-	// (PostgreSQL 15 and later; to_jsonb reads the columns where they
-	// exist).
-	var filtered bool
-	err = cat.QueryRow(ctx, `
-		SELECT EXISTS (
-			SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-			WHERE p.pubname = $1 AND r.prrelid = $2::regclass
-			  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR
-			       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
-			        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $2::regclass AND a.attname = ANY ($3::text[]))
-			        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
-		cfg.Publication, table, []string{cfg.ID, cfg.Key, cfg.IsActive, cfg.DeletedAt}).Scan(&filtered)
-	if err != nil {
-		return fmt.Errorf("read publication %q: %w", cfg.Publication, err)
+
+	// Every table is checked before anything is altered: a publication
+	// that hides changes is refused as it stands.
+	var missing []string
+	for i, t := range tables {
+		var published, partitioned, filtered bool
+		// A row filter, or a column list without one of reconcile's
+		// columns (PostgreSQL 15 and later; to_jsonb reads the columns
+		// where they exist).
+		err := cat.QueryRow(ctx, `
+			SELECT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3),
+			       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p'),
+			       EXISTS (
+				SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+				WHERE p.pubname = $1 AND r.prrelid = $4::regclass
+				  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR
+				       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
+				        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $4::regclass AND a.attname = ANY ($5::text[]))
+				        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
+			cfg.Publication, t.Schema, t.Name, names[i], t.columns()).Scan(&published, &partitioned, &filtered)
+		if err != nil {
+			return fmt.Errorf("read publication %q: %w", cfg.Publication, err)
+		}
+		if !all || filtered || (partitioned && !viaRoot) {
+			return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and run `reconcile migrate`, which creates it: %w",
+				cfg.Publication, names[i], ErrSetup)
+		}
+		if !published {
+			missing = append(missing, names[i])
+		}
 	}
-	if !hasTable || !all || filtered || (partitioned && !viaRoot) {
-		return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and run `reconcile migrate`, which creates it: %w",
-			cfg.Publication, table, ErrSetup)
+	// Only tables listed by name can be dropped: those of a schema the
+	// publication holds whole are left, and their changes dropped.
+	var extraSchemas, extraNames []string
+	err = cat.QueryRow(ctx, `
+		SELECT coalesce(array_agg(n.nspname ORDER BY n.nspname, c.relname), '{}'),
+		       coalesce(array_agg(c.relname ORDER BY n.nspname, c.relname), '{}')
+		FROM pg_publication_rel r
+		JOIN pg_publication p ON p.oid = r.prpubid
+		JOIN pg_class c ON c.oid = r.prrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1
+		  AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS t(schema, name)
+		                  WHERE t.schema = n.nspname AND t.name = c.relname)`,
+		cfg.Publication, schemas, relnames).Scan(&extraSchemas, &extraNames)
+	if err != nil {
+		return fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
+	}
+	extra := make([]string, len(extraNames))
+	for i := range extraNames {
+		extra[i] = pgx.Identifier{extraSchemas[i], extraNames[i]}.Sanitize()
+	}
+	for _, alter := range []struct {
+		tables       []string
+		verb, logged string
+	}{{missing, "ADD", "added a table to the publication"}, {extra, "DROP", "dropped a table no longer configured from the publication"}} {
+		if len(alter.tables) == 0 {
+			continue
+		}
+		sql := fmt.Sprintf("ALTER PUBLICATION %s %s TABLE %s", pub, alter.verb, strings.Join(alter.tables, ", "))
+		if _, err := cat.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("publication %q must %s %s, and this role cannot alter it (%w): run `reconcile migrate` as %s, which does: %w",
+				cfg.Publication, strings.ToLower(alter.verb), strings.Join(alter.tables, ", "), err, owner, ErrSetup)
+		}
+		for _, t := range alter.tables {
+			log.Info(alter.logged, "publication", cfg.Publication, "table", t)
+		}
 	}
 	return nil
 }
@@ -582,74 +687,57 @@ func (s *Stream) createSlot(ctx context.Context, conn *pgconn.PgConn, why string
 	return why, at, nil
 }
 
-// loop reads one replication connection.
+// loop reads one replication connection and wires what it reads: the
+// decoder tells what each message means, the applier brings it into the
+// index, the acker tells the server what the index holds.
 type loop struct {
-	s      *Stream
-	conn   *pgconn.PgConn
-	origin string
-	rels   map[uint32]*relation // per connection: cleared on reconnect
+	s     *Stream
+	conn  *pgconn.PgConn
+	ctx   context.Context
+	dec   *decoder
+	apply *applier
+	ack   *acker
 
-	ctx       context.Context
-	pending   []index.Change // not yet in the index
-	deleted   []DeletedRow   // rows deleted outright, not yet handed to Config.Deleted
-	txAt      time.Time      // commit time of the transaction being received
-	inTx      bool
-	complete  uint64    // the end of the last whole transaction seen, or a keepalive's position between transactions
-	committed uint64    // what the index holds: the only position reported
-	seenAt    time.Time // commit time of the last whole transaction seen, or a heartbeat's time after it
-	flushAt   time.Time
-
-	lastMsg     time.Time  // when the server last sent anything, for the watchdog
-	txChanges   int        // changes of the table in the transaction being received
-	skipping    bool       // the transaction is too large to apply: a rescan covers it
-	rescanning  chan error // a rescan running in the background, when not nil
-	stopRescan  context.CancelFunc
-	truncated   bool // the transaction truncated the table: rescan at its commit
-	rescannedAt time.Time
+	lastMsg    time.Time // when the server last sent anything, for the watchdog
+	nextStatus time.Time // when the committed position is reported next
 }
 
-func (l *loop) run(ctx context.Context) error {
-	l.ctx = ctx
-	stop := context.AfterFunc(ctx, func() { _ = l.conn.Conn().SetReadDeadline(time.Now()) })
+// newLoop reads a connection from start, reporting through send; the
+// index was last rescanned at rescannedAt.
+func (s *Stream) newLoop(ctx context.Context, send func(pglogrepl.LSN, bool) error, origin string, start uint64, rescannedAt time.Time) *loop {
+	ack := &acker{send: send, complete: start, committed: start}
+	return &loop{
+		s: s, ctx: ctx, ack: ack,
+		dec: newDecoder(s.cfg.tables(), s.cfg.Deleted != nil, s.log),
+		apply: &applier{
+			idx: s.idx, rescan: s.rescan, deliver: s.cfg.Deleted, observer: s.cfg.Observer, log: s.log,
+			ack: ack, origin: origin, statusEvery: s.cfg.StatusInterval, ctx: ctx, rescannedAt: rescannedAt,
+		},
+	}
+}
+
+func (l *loop) run() error {
+	stop := context.AfterFunc(l.ctx, func() { _ = l.conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
-	defer l.abandonRescan()
-	cfg := l.s.cfg
+	defer l.apply.abandonRescan()
 	l.lastMsg = time.Now()
-	nextStatus := time.Now() // report at once: the server then knows where we stand
+	l.nextStatus = time.Now() // report at once: the server then knows where we stand
 	// The read deadline moves only when a timer does, not with every
 	// message: the watchdog is checked at the next poll.
 	pollAt := time.Now().Add(pollEvery)
 	var deadline time.Time
 	for {
 		now := time.Now()
-		if ctx.Err() != nil {
+		if l.ctx.Err() != nil {
 			return l.shutdown()
 		}
-		if !now.Before(nextStatus) {
-			if err := l.report(true); err != nil {
-				return err
-			}
-			nextStatus = now.Add(cfg.StatusInterval)
+		if err := l.timers(now); err != nil {
+			return err
 		}
-		if now.Sub(l.lastMsg) > cfg.Watchdog {
-			return fmt.Errorf("no message from the server for %s: taking the connection for dead", cfg.Watchdog)
-		}
-		if !l.flushAt.IsZero() && !now.Before(l.flushAt) {
-			if err := l.flush(); err != nil {
-				return err
-			}
-		}
-		if !l.inTx && cfg.RescanEvery > 0 && now.Sub(l.rescannedAt) >= cfg.RescanEvery {
-			l.startRescan(ctx, "periodic rescan", RescanPeriodic)
-			if err := l.finishRescan(l.complete); err != nil {
-				return err
-			}
-		}
-
 		if !now.Before(pollAt) {
 			pollAt = now.Add(pollEvery)
 		}
-		want := earliest(nextStatus, pollAt, l.flushAt)
+		want := earliest(l.nextStatus, pollAt, l.apply.flushAt)
 		if !want.Equal(deadline) {
 			if err := l.conn.Conn().SetReadDeadline(want); err != nil {
 				return fmt.Errorf("set read deadline: %w", err)
@@ -667,7 +755,7 @@ func (l *loop) run(ctx context.Context) error {
 		l.lastMsg = time.Now()
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
-			if err := l.handle(ctx, msg.Data); err != nil {
+			if err := l.handle(msg.Data); err != nil {
 				return err
 			}
 		case *pgproto3.ErrorResponse:
@@ -676,6 +764,34 @@ func (l *loop) run(ctx context.Context) error {
 			return errors.New("the server ended replication")
 		}
 	}
+}
+
+// timers does what is due at now: a status report, the watchdog, a flush
+// of the pending changes, a periodic rescan.
+func (l *loop) timers(now time.Time) error {
+	cfg := l.s.cfg
+	if !now.Before(l.nextStatus) {
+		if err := l.apply.report(true); err != nil {
+			return err
+		}
+		l.nextStatus = now.Add(cfg.StatusInterval)
+	}
+	if now.Sub(l.lastMsg) > cfg.Watchdog {
+		return fmt.Errorf("no message from the server for %s: taking the connection for dead", cfg.Watchdog)
+	}
+	if !l.apply.flushAt.IsZero() && !now.Before(l.apply.flushAt) {
+		if err := l.apply.flush(); err != nil {
+			return err
+		}
+	}
+	if !l.ack.inTx && cfg.RescanEvery > 0 && now.Sub(l.apply.rescannedAt) >= cfg.RescanEvery {
+		l.apply.startRescan("periodic rescan", RescanPeriodic)
+		if err := l.apply.finishRescan(l.ack.complete); err != nil {
+			return err
+		}
+		l.lastMsg = time.Now() // the connection was not read meanwhile: the silence was ours
+	}
+	return nil
 }
 
 // earliest returns the earliest of times that are set.
@@ -689,7 +805,8 @@ func earliest(times ...time.Time) time.Time {
 	return first
 }
 
-func (l *loop) handle(ctx context.Context, data []byte) error {
+// handle takes the data of one CopyData message.
+func (l *loop) handle(data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
@@ -699,335 +816,50 @@ func (l *loop) handle(ctx context.Context, data []byte) error {
 		if err != nil {
 			return fmt.Errorf("parse keepalive: %w", err)
 		}
-		// Between transactions the server has sent everything before this
-		// position that concerns the table: it can be acknowledged, once
-		// the index has it as its checkpoint, so the slot lets WAL go.
-		if !l.inTx && uint64(k.ServerWALEnd) > l.complete {
-			l.complete = uint64(k.ServerWALEnd)
-		}
+		l.ack.keepalive(uint64(k.ServerWALEnd))
 		if k.ReplyRequested {
-			return l.report(false)
+			return l.apply.report(false)
 		}
-		return nil
 	case pglogrepl.XLogDataByteID:
 		xld, err := pglogrepl.ParseXLogData(data[1:])
 		if err != nil {
 			return fmt.Errorf("parse WAL data: %w", err)
 		}
-		if l.skipping && len(xld.WALData) > 0 {
-			switch pglogrepl.MessageType(xld.WALData[0]) {
-			case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate:
-				return nil // the rescan covers it
-			case pglogrepl.MessageTypeDelete:
-				if l.s.cfg.Deleted == nil {
-					return nil
-				}
-			}
-		}
-		m, err := parseMessage(xld.WALData)
-		if err != nil {
-			return fmt.Errorf("parse logical message: %w", err)
-		}
-		if d, ok := m.(*pglogrepl.DeleteMessage); ok && l.skipping {
-			// The rescan covers the index, not the files of rows gone.
-			return l.noteDeleted(d)
-		}
-		return l.apply(ctx, m)
-	}
-	return nil
-}
-
-func (l *loop) apply(ctx context.Context, m pglogrepl.Message) error {
-	var (
-		c   index.Change
-		err error
-		ok  bool
-	)
-	switch m := m.(type) {
-	case *pglogrepl.RelationMessage:
-		if m.Namespace != l.s.cfg.Schema || m.RelationName != l.s.cfg.Table {
-			l.rels[m.RelationID] = nil // another table: its changes are dropped
-			return nil
-		}
-		rel, err := l.s.newRelation(m)
+		m, err := l.dec.decode(xld.WALData, l.apply.skipping)
 		if err != nil {
 			return err
 		}
-		l.rels[m.RelationID] = rel
-		return nil
-	case *pglogrepl.BeginMessage:
-		l.inTx, l.txChanges, l.txAt = true, 0, m.CommitTime
-		return nil
-	case *pglogrepl.LogicalDecodingMessage:
-		if !m.Transactional && m.Prefix == heartbeatPrefix {
-			if nanos, err := strconv.ParseInt(string(m.Content), 10, 64); err == nil {
-				l.seenAt = time.Unix(0, nanos)
-			}
-		}
-		return nil
-	case *pglogrepl.CommitMessage:
-		l.inTx = false
-		l.seenAt = m.CommitTime
-		l.s.lastCommit.Store(time.Now().UnixNano())
-		l.complete = max(l.complete, uint64(m.TransactionEndLSN))
-		if l.truncated && l.rescanning == nil {
-			l.startRescan(ctx, "the table was truncated (the files of its rows stay until `reconcile orphans`)", RescanTruncate)
-		}
-		l.truncated, l.skipping = false, false
-		if l.rescanning != nil {
-			return l.finishRescan(l.complete)
-		}
-		if len(l.pending) > 0 && l.flushAt.IsZero() {
-			l.flushAt = time.Now().Add(flushDelay)
-		}
-		return nil
-	case *pglogrepl.InsertMessage:
-		if rel := l.rels[m.RelationID]; rel != nil {
-			c, err = rel.rowChange(m.Tuple)
-			ok = true
-		}
-	case *pglogrepl.UpdateMessage:
-		if rel := l.rels[m.RelationID]; rel != nil {
-			c, err = rel.rowChange(m.NewTuple)
-			ok = true
-			// An update of the id itself carries the old one: forget it.
-			if m.OldTuple != nil && (err == nil || errors.Is(err, errUnreadable)) {
-				if old, oerr := rel.removal(m.OldTuple); oerr == nil && old.Entry.ID != c.Entry.ID {
-					l.pending = append(l.pending, old)
-				}
-			}
-		}
-	case *pglogrepl.DeleteMessage:
-		if rel := l.rels[m.RelationID]; rel != nil {
-			c, err = rel.removal(m.OldTuple)
-			ok = true
-			if err == nil {
-				err = l.noteDeleted(m)
-			}
-		}
-	case *pglogrepl.TruncateMessage:
-		for _, id := range m.RelationIDs {
-			if l.rels[id] != nil {
-				l.truncated = true
-			}
-		}
-	}
-	if errors.Is(err, errUnreadable) {
-		// It would stop the stream for good, replaying the same change:
-		// the row is left out of the index instead, and never purged.
-		l.s.log.Warn("a soft-deleted row's deleted_at cannot be read; the row is left alone", "error", err)
-		err = nil
-	}
-	if err != nil {
-		return fmt.Errorf("decode change: %w", err)
-	}
-	if !ok {
-		return nil
-	}
-	if l.txChanges++; l.txChanges > rescanOver {
-		// The server sends a transaction only once it has committed: the
-		// table already holds all of it, and a rescan can start now,
-		// while the rest of it is received and dropped.
-		l.skipping = true
-		if l.rescanning == nil {
-			l.startRescan(ctx, fmt.Sprintf("a transaction changes more than %d rows", rescanOver), RescanLargeTransaction)
-		}
-		return nil
-	}
-	l.pending = append(l.pending, c)
-	if len(l.pending) >= applyChunk {
-		return l.flush()
-	}
-	return nil
-}
-
-// noteDeleted keeps a row deleted outright for Config.Deleted, when its
-// DELETE carries its key.
-func (l *loop) noteDeleted(m *pglogrepl.DeleteMessage) error {
-	rel := l.rels[m.RelationID]
-	if rel == nil || l.s.cfg.Deleted == nil {
-		return nil
-	}
-	if m.OldTupleType == pglogrepl.DeleteMessageTupleTypeKey && !rel.keyOnlyWarned {
-		// A partition made after `migrate` has the default identity.
-		rel.keyOnlyWarned = true
-		l.s.log.Warn("a DELETE of the table carries only its primary key (its replica identity, or a partition's, is not FULL): the files of rows deleted outright there stay until `reconcile orphans`; run `reconcile migrate`")
-	}
-	d, ok := rel.deleted(m.OldTuple)
-	if !ok {
-		return nil
-	}
-	d.At = l.txAt
-	l.deleted = append(l.deleted, d)
-	if len(l.deleted) >= applyChunk {
-		return l.handDeleted()
-	}
-	return nil
-}
-
-// handDeleted hands the rows deleted outright to Config.Deleted. It comes
-// before the index records any position past their transaction.
-func (l *loop) handDeleted() error {
-	if len(l.deleted) == 0 {
-		return nil
-	}
-	if err := l.s.cfg.Deleted(l.ctx, l.deleted); err != nil {
-		return fmt.Errorf("hand over rows deleted outright: %w", err)
-	}
-	clear(l.deleted)
-	l.deleted = l.deleted[:0]
-	return nil
-}
-
-// flush commits the pending changes to the index and reports the new
-// position at once, so the server can let go of their WAL.
-func (l *loop) flush() error {
-	wrote, err := l.commit()
-	if err != nil || !wrote {
-		return err
-	}
-	return l.send(false)
-}
-
-// commit writes the pending changes and the checkpoint of the last whole
-// transaction among them in one index transaction. Changes of a
-// transaction not yet complete go in too: the checkpoint stays before it,
-// so after a crash it is replayed, and replaying is harmless.
-func (l *loop) commit() (bool, error) {
-	l.flushAt = time.Time{}
-	if err := l.handDeleted(); err != nil {
-		return false, err
-	}
-	if l.rescanning != nil {
-		// The changes dropped for the rescan are only covered once it is
-		// done: until then the checkpoint stays where it is.
-		return false, nil
-	}
-	if len(l.pending) == 0 && l.complete == l.committed {
-		l.s.cfg.Observer.Applied(l.seenAt)
-		return false, nil
-	}
-	if err := l.s.idx.Apply(l.pending, l.complete); err != nil {
-		return false, err
-	}
-	clear(l.pending)
-	l.pending = l.pending[:0]
-	l.committed = l.complete
-	l.s.cfg.Observer.Applied(l.seenAt)
-	return true, nil
-}
-
-// report tells the server what the index holds, after committing what can
-// be committed without splitting a transaction.
-func (l *loop) report(askReply bool) error {
-	// An index set aside meanwhile (corrupt pages met by the timer) is
-	// empty: on a quiet table no change would bring that to light.
-	if l.rescanning == nil {
-		st, err := l.s.idx.State()
-		if err != nil {
-			return err
-		}
-		if st.Origin == "" {
-			return fmt.Errorf("the index was emptied while streaming: %w", index.ErrNotFilled)
-		}
-	}
-	if !l.inTx {
-		if _, err := l.commit(); err != nil {
+		switch m.kind {
+		case msgBegin:
+			l.ack.begin()
+			l.apply.begin(m.at)
+		case msgRow:
+			return l.apply.row(m)
+		case msgTruncate:
+			l.apply.truncate()
+		case msgHeartbeat:
+			l.apply.heartbeat(m.at)
+		case msgCommit:
+			l.ack.commit(m.end)
+			l.s.lastCommit.Store(time.Now().UnixNano())
+			err := l.apply.commit(m.at)
+			l.lastMsg = time.Now() // a rescan waited for did not read the connection: the silence was ours
 			return err
 		}
 	}
-	return l.send(askReply)
-}
-
-// send reports the committed position: the only one the server ever hears.
-func (l *loop) send(askReply bool) error {
-	pos := pglogrepl.LSN(l.committed)
-	err := pglogrepl.SendStandbyStatusUpdate(context.Background(), l.conn,
-		pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos, ReplyRequested: askReply})
-	if err != nil {
-		return fmt.Errorf("send standby status: %w", err)
-	}
 	return nil
-}
-
-// startRescan starts rebuilding the index from the table in the
-// background. The changes received so far are dropped: the table holds
-// them (the rescan waits until every committed transaction is visible to
-// it).
-func (l *loop) startRescan(ctx context.Context, reason, kind string) {
-	clear(l.pending)
-	l.pending, l.flushAt = l.pending[:0], time.Time{}
-	l.s.log.Info("rescanning the table into the index", "reason", reason)
-	l.s.cfg.Observer.Rescanned(kind)
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- l.s.rescan(ctx) }()
-	l.rescanning, l.stopRescan = done, cancel
-}
-
-// abandonRescan stops a rescan the loop will not wait for: the index must
-// be left alone before the next session or the shutdown.
-func (l *loop) abandonRescan() {
-	if l.rescanning != nil {
-		l.stopRescan()
-		<-l.rescanning
-		l.rescanning = nil
-	}
-}
-
-// finishRescan waits for the rescan, then makes at, a position it covers,
-// the checkpoint. Until then the server hears the old position, so that a
-// crash meanwhile replays what the rescan was to cover. The connection is
-// not read meanwhile, only reported on, so the server keeps it.
-func (l *loop) finishRescan(at uint64) error {
-	done := l.rescanning
-	defer l.stopRescan()
-	l.rescanning = nil
-	tick := time.NewTicker(l.s.cfg.StatusInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case err := <-done:
-			// The connection was not read meanwhile: the silence was ours.
-			l.lastMsg = time.Now()
-			if err != nil {
-				return err
-			}
-			l.rescannedAt = time.Now()
-			if err := l.handDeleted(); err != nil {
-				return err
-			}
-			if err := l.s.idx.Rescanned(l.origin, at, l.rescannedAt); err != nil {
-				return err
-			}
-			l.committed, l.complete = at, max(l.complete, at)
-			return l.send(false)
-		case <-tick.C:
-			if err := l.send(false); err != nil {
-				l.stopRescan()
-				<-done
-				return err
-			}
-		}
-	}
 }
 
 // shutdown writes what was received and reports it, so a restart does not
 // replay it.
 func (l *loop) shutdown() error {
 	_ = l.conn.Conn().SetDeadline(time.Now().Add(5 * time.Second))
-	// The rows deleted outright go to Config.Deleted before the index
-	// records their position: on the run's context, now ended, they would
-	// fail the stop.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(l.ctx), 5*time.Second)
-	defer cancel()
-	l.ctx = ctx
-	if _, err := l.commit(); err != nil {
+	if err := l.apply.stop(); err != nil {
 		return err
 	}
-	if err := l.send(false); err != nil {
+	if err := l.ack.status(false); err != nil {
 		l.s.log.Warn("report the last position at shutdown", "error", err)
 	}
-	l.s.log.Info("replication stopped", "confirmed", pglogrepl.LSN(l.committed))
+	l.s.log.Info("replication stopped", "confirmed", pglogrepl.LSN(l.ack.committed))
 	return nil
 }

@@ -577,42 +577,49 @@ func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.L
 			missing = append(missing, names[i])
 		}
 	}
-	// Only tables listed by name can be dropped: those of a schema the
-	// publication holds whole are left, and their changes dropped.
-	var extraSchemas, extraNames []string
-	err = cat.QueryRow(ctx, `
-		SELECT coalesce(array_agg(n.nspname ORDER BY n.nspname, c.relname), '{}'),
-		       coalesce(array_agg(c.relname ORDER BY n.nspname, c.relname), '{}')
+	// Tables the publication holds beyond these are left: it may serve
+	// another consumer too. Those reconcile served are dropped by
+	// Unpublish.
+	if len(missing) == 0 {
+		return nil
+	}
+	sql := fmt.Sprintf("ALTER PUBLICATION %s ADD TABLE %s", pub, strings.Join(missing, ", "))
+	if _, err := cat.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("publication %q must add %s, and this role cannot alter it (%w): run `reconcile migrate` as %s, which does: %w",
+			cfg.Publication, strings.Join(missing, ", "), err, owner, ErrSetup)
+	}
+	for _, t := range missing {
+		log.Info("added a table to the publication", "publication", cfg.Publication, "table", t)
+	}
+	return nil
+}
+
+// Unpublish drops from the publication the tables, named schema.name
+// (Table.IndexName), that it lists by name: tables reconcile no longer
+// serves. One that a whole schema's publication holds stays, and its
+// changes are dropped by the stream.
+func Unpublish(ctx context.Context, cat Catalog, publication string, tables []string, log *slog.Logger) error {
+	var listed []string
+	err := cat.QueryRow(ctx, `
+		SELECT coalesce(array_agg(format('%I.%I', n.nspname, c.relname) ORDER BY 1), '{}')
 		FROM pg_publication_rel r
 		JOIN pg_publication p ON p.oid = r.prpubid
 		JOIN pg_class c ON c.oid = r.prrelid
 		JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.pubname = $1
-		  AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::text[]) AS t(schema, name)
-		                  WHERE t.schema = n.nspname AND t.name = c.relname)`,
-		cfg.Publication, schemas, relnames).Scan(&extraSchemas, &extraNames)
+		WHERE p.pubname = $1 AND n.nspname || '.' || c.relname = ANY ($2::text[])`,
+		publication, tables).Scan(&listed)
 	if err != nil {
-		return fmt.Errorf("read the tables of publication %q: %w", cfg.Publication, err)
+		return fmt.Errorf("read the tables of publication %q: %w", publication, err)
 	}
-	extra := make([]string, len(extraNames))
-	for i := range extraNames {
-		extra[i] = pgx.Identifier{extraSchemas[i], extraNames[i]}.Sanitize()
+	if len(listed) == 0 {
+		return nil
 	}
-	for _, alter := range []struct {
-		tables       []string
-		verb, logged string
-	}{{missing, "ADD", "added a table to the publication"}, {extra, "DROP", "dropped a table no longer configured from the publication"}} {
-		if len(alter.tables) == 0 {
-			continue
-		}
-		sql := fmt.Sprintf("ALTER PUBLICATION %s %s TABLE %s", pub, alter.verb, strings.Join(alter.tables, ", "))
-		if _, err := cat.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("publication %q must %s %s, and this role cannot alter it (%w): run `reconcile migrate` as %s, which does: %w",
-				cfg.Publication, strings.ToLower(alter.verb), strings.Join(alter.tables, ", "), err, owner, ErrSetup)
-		}
-		for _, t := range alter.tables {
-			log.Info(alter.logged, "publication", cfg.Publication, "table", t)
-		}
+	sql := fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s", pgx.Identifier{publication}.Sanitize(), strings.Join(listed, ", "))
+	if _, err := cat.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("drop %s from publication %q (run `reconcile migrate` as the tables' owner): %w", strings.Join(listed, ", "), publication, err)
+	}
+	for _, t := range listed {
+		log.Info("dropped a table no longer configured from the publication", "publication", publication, "table", t)
 	}
 	return nil
 }

@@ -204,7 +204,11 @@ func TestStreamTailsSeveralTables(t *testing.T) {
 	}
 	stop()
 
-	// Removed: the publication drops it, and its changes stay out.
+	// Removed: the service unpublishes a table it served, and its changes
+	// stay out.
+	if err := Unpublish(context.Background(), f.pool, "reconcile_tables", []string{"public.docs_file"}, slog.New(slog.NewTextHandler(t.Output(), nil))); err != nil {
+		t.Fatal(err)
+	}
 	stop = f.start(e2eForum, e2eBlog, e2eClip)
 	defer stop()
 	if got := f.published(); !slices.Equal(got, []string{"blog_photo", "forum_attachment", "media_clip"}) {
@@ -243,14 +247,16 @@ func TestEnsurePublicationLeavesAlteringToTheOwner(t *testing.T) {
 	}
 	defer conn.Close(ctx)
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
-	for _, tables := range [][]Table{
-		{e2eForum, e2eBlog, e2eClip}, // to add
-		{e2eForum},                   // to drop
-	} {
-		err := EnsurePublication(ctx, conn, Config{Publication: "reconcile_tables", Tables: tables}, log)
-		if !errors.Is(err, ErrSetup) || !strings.Contains(err.Error(), "run `reconcile migrate` as the table") {
-			t.Fatalf("%d tables: %v; want an ErrSetup saying to run migrate as the owner", len(tables), err)
-		}
+	err = EnsurePublication(ctx, conn, Config{Publication: "reconcile_tables", Tables: []Table{e2eForum, e2eBlog, e2eClip}}, log)
+	if !errors.Is(err, ErrSetup) || !strings.Contains(err.Error(), "run `reconcile migrate` as the table") {
+		t.Fatalf("adding: %v; want an ErrSetup saying to run migrate as the owner", err)
+	}
+	// A table the publication holds beyond the configured ones is left.
+	if err := EnsurePublication(ctx, conn, Config{Publication: "reconcile_tables", Tables: []Table{e2eForum}}, log); err != nil {
+		t.Fatalf("fewer tables: %v; want the publication left as it is", err)
+	}
+	if err := Unpublish(ctx, conn, "reconcile_tables", []string{"public.media_clip"}, log); err == nil || !strings.Contains(err.Error(), "reconcile migrate") {
+		t.Fatalf("unpublishing: %v; want an error saying to run migrate as the owner", err)
 	}
 	if got := f.published(); !slices.Equal(got, []string{"forum_attachment", "media_clip"}) {
 		t.Fatalf("the publication holds %v; want it untouched", got)
@@ -267,6 +273,9 @@ func TestEnsurePublicationLeavesAlteringToTheOwner(t *testing.T) {
 	}
 	f.exec(`ALTER PUBLICATION reconcile_tables SET TABLE forum_attachment, media_clip`)
 	if err := EnsurePublication(ctx, f.pool, Config{Publication: "reconcile_tables", Tables: []Table{e2eBlog, e2eClip}}, log); err != nil {
+		t.Fatal(err)
+	}
+	if err := Unpublish(ctx, f.pool, "reconcile_tables", []string{"public.forum_attachment"}, log); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.published(); !slices.Equal(got, []string{"blog_photo", "media_clip"}) {

@@ -92,7 +92,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	rpc.Deleted = func(ctx context.Context, rows []replication.DeletedRow) error {
 		gone := make([]reconciler.GoneRow, len(rows))
 		for i, d := range rows {
-			gone[i] = reconciler.GoneRow{Table: rs[0].IndexName(), ID: d.ID, Key: d.Key, SoftDeleted: d.SoftDeleted, DeletedAt: d.DeletedAt, At: d.At}
+			gone[i] = reconciler.GoneRow{Table: d.Table, ID: d.ID, Key: d.Key, SoftDeleted: d.SoftDeleted, DeletedAt: d.DeletedAt, At: d.At}
 		}
 		if dryRun {
 			for _, g := range gone {
@@ -252,10 +252,19 @@ func syncTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, idx
 		}
 		delete(filled, r.IndexName())
 	}
+	var removed []string
 	for name := range filled {
 		log.Info("a table left the configuration: its rows are no longer purged", "table", name)
 		if err := idx.DropTable(name); err != nil {
 			return err
+		}
+		removed = append(removed, name)
+	}
+	if len(removed) > 0 {
+		// Its changes are dropped by the stream meanwhile: a failure only
+		// costs the decoding.
+		if err := replication.Unpublish(ctx, pool, rpc.Publication, removed, log); err != nil {
+			log.Warn("a table no longer configured stays in the publication", "error", err)
 		}
 	}
 	if len(added) == 0 {
@@ -274,11 +283,22 @@ func syncTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, idx
 	return nil
 }
 
+// streamTables are the configured tables, as the stream names them.
+func streamTables(cfg *config.Config) []replication.Table {
+	list, _ := cfg.TableList()
+	out := make([]replication.Table, len(list))
+	for i, t := range list {
+		c := t.Columns
+		out[i] = replication.Table{Schema: t.Schema, Name: t.Name, ID: c.ID, Keys: c.Key,
+			IsActive: c.IsActive, IsDeleted: c.IsDeleted, DeletedAt: c.DeletedAt}
+	}
+	return out
+}
+
 // replicationConfig is the stream's configuration. The dry run reads a
 // temporary slot of its own, which goes when it stops and never moves the
 // service's slot.
 func replicationConfig(cfg *config.Config, dryRun bool) replication.Config {
-	c := cfg.Table.Columns
 	slot := cfg.Replication.Slot
 	if dryRun {
 		slot = slot[:min(len(slot), 63-len(dryRunSuffix))] + dryRunSuffix
@@ -288,12 +308,7 @@ func replicationConfig(cfg *config.Config, dryRun bool) replication.Config {
 		URL:            cfg.Database.URL,
 		Slot:           slot,
 		Publication:    cfg.Replication.Publication,
-		Schema:         cfg.Table.Schema,
-		Table:          cfg.Table.Name,
-		ID:             c.ID,
-		Key:            c.Key,
-		IsActive:       c.IsActive,
-		DeletedAt:      c.DeletedAt,
+		Tables:         streamTables(cfg),
 		StatusInterval: cfg.Replication.StatusInterval,
 		Watchdog:       cfg.Replication.Watchdog,
 		RescanEvery:    cfg.Rescan.Every,

@@ -67,6 +67,16 @@ func (r *Reconciler) OutboxStats(ctx context.Context) (pending int, oldest time.
 	return pending, oldest, time.Duration(seconds * float64(time.Second)), nil
 }
 
+// OutboxEmpty tells whether the outbox holds nothing, not even a file
+// whose grace is not over.
+func (r *Reconciler) OutboxEmpty(ctx context.Context) (bool, error) {
+	var empty bool
+	if err := r.db.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+r.table.outbox()+`)`).Scan(&empty); err != nil {
+		return false, fmt.Errorf("look at outbox %s: %w", r.table.outbox(), err)
+	}
+	return empty, nil
+}
+
 // Holder is the database session holding the advisory lock of Lock: the
 // instance that purges the table.
 type Holder struct {

@@ -25,6 +25,11 @@ type SweepConfig struct {
 	// Now tells the time for the hourly budget and the retries of refused
 	// rows; nil is time.Now.
 	Now func() time.Time
+	// Retired are tables that left the configuration while their outbox
+	// held files to remove: their outboxes are drained, their rows purged
+	// no more, and Drained is told of each once its outbox is empty.
+	Retired Tables
+	Drained func(r *Reconciler)
 }
 
 const (
@@ -70,13 +75,23 @@ func (rs Tables) Sweep(ctx context.Context, cfg SweepConfig) error {
 	for i, r := range rs {
 		ss[i] = &sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: budget}
 	}
+	for _, r := range cfg.Retired {
+		ss = append(ss, &sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: budget, retired: true})
+	}
 	backoff := retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
 	for ctx.Err() == nil {
 		var failed *sweeper
 		var err error
 		for _, s := range ss {
-			if s.cutoff, s.offset, err = s.r.clock(ctx); err == nil {
-				err = s.sweep(ctx, s.cutoff)
+			switch {
+			case s.gone:
+				continue
+			case s.retired:
+				err = s.drainRetired(ctx)
+			default:
+				if s.cutoff, s.offset, err = s.r.clock(ctx); err == nil {
+					err = s.sweep(ctx, s.cutoff)
+				}
 			}
 			if err != nil {
 				failed = s
@@ -119,6 +134,28 @@ type sweeper struct {
 	sweptAt time.Time      // when a sweep was last recorded in the index
 	retries retryQueue
 	budget  *hourlyBudget // shared by the tables
+	retired bool          // the table left the configuration: see SweepConfig.Retired
+	gone    bool          // retired, and its outbox drained
+}
+
+// drainRetired drains a retired table's outbox, and tells when it is
+// empty.
+func (s *sweeper) drainRetired(ctx context.Context) error {
+	if s.drained && time.Since(s.drainAt) < outboxEvery {
+		return nil
+	}
+	if err := s.drain(ctx); err != nil {
+		return err
+	}
+	empty, err := s.r.OutboxEmpty(ctx)
+	if err != nil || !empty {
+		return err
+	}
+	s.gone = true
+	if s.cfg.Drained != nil {
+		s.cfg.Drained(s.r)
+	}
+	return nil
 }
 
 // sweep handles what is due at cutoff.
@@ -240,6 +277,9 @@ func waitForDue(ctx context.Context, cfg SweepConfig, ss []*sweeper, wake time.T
 	for {
 		wake := deadline
 		for i, s := range ss {
+			if s.retired {
+				continue // no index: its outbox's retries wait MaxWait at most
+			}
 			next, ok, err := s.r.index.Next(s.from)
 			if err != nil {
 				s.r.log.ErrorContext(ctx, "read the index", "error", err)
@@ -267,6 +307,9 @@ func waitForDue(ctx context.Context, cfg SweepConfig, ss []*sweeper, wake time.T
 			timer.Stop()
 			woke := false
 			for _, s := range ss {
+				if s.retired {
+					continue
+				}
 				earliest, restart := s.r.index.TakeEarliest()
 				if restart {
 					s.from, woke = nil, true
@@ -305,6 +348,9 @@ func waitBlocked(ctx context.Context, cfg SweepConfig, ss []*sweeper, wake time.
 			return
 		case <-ss[0].r.index.Updates():
 			for _, s := range ss {
+				if s.retired {
+					continue
+				}
 				earliest, restart := s.r.index.TakeEarliest()
 				switch {
 				case restart:

@@ -2,6 +2,7 @@ package reconciler
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -54,12 +55,51 @@ func (t Table) keyColumns() []string {
 // changes.
 func (t Table) IndexName() string { return t.Schema + "." + t.Name }
 
-// Fingerprint describes what the table's part of the index is filled
-// from: another fingerprint (a flag or a key column changed) calls for a
-// rescan.
+// description is what a fingerprint holds of a table: enough to drain
+// its outbox once the table has left the configuration.
+type description struct {
+	Schema, Name, ID string
+	Keys             []string
+	OriginalFilename string
+	IsActive         string
+	IsDeleted        string
+	DeletedAt        string
+	TimeZone         string
+	Derived          []string
+}
+
+// Fingerprint describes the table its part of the index is filled from:
+// another fingerprint (a flag, a key column changed) calls for a rescan,
+// and ParseFingerprint reads the table back.
 func (t Table) Fingerprint() string {
-	return fmt.Sprintf("%s id=%s keys=%s is_active=%s is_deleted=%s deleted_at=%s",
-		t.qualified(), t.ID, strings.Join(t.keyColumns(), ","), t.IsActive, t.IsDeleted, t.DeletedAt)
+	d := description{Schema: t.Schema, Name: t.Name, ID: t.ID, Keys: t.keyColumns(), OriginalFilename: t.OriginalFilename,
+		IsActive: t.IsActive, IsDeleted: t.IsDeleted, DeletedAt: t.DeletedAt, TimeZone: t.TimeZone}
+	for _, p := range t.Derived {
+		d.Derived = append(d.Derived, p.String())
+	}
+	b, err := json.Marshal(d)
+	if err != nil {
+		panic(fmt.Sprintf("describe table %s: %v", t.qualified(), err)) // strings only
+	}
+	return string(b)
+}
+
+// ParseFingerprint reads back the table a Fingerprint describes.
+func ParseFingerprint(fingerprint string) (Table, error) {
+	var d description
+	if err := json.Unmarshal([]byte(fingerprint), &d); err != nil || d.Name == "" || len(d.Keys) == 0 {
+		return Table{}, fmt.Errorf("the index describes a table as %q: not a table reconcile wrote", fingerprint)
+	}
+	t := Table{Schema: d.Schema, Name: d.Name, ID: d.ID, Key: d.Keys[0], Keys: d.Keys, OriginalFilename: d.OriginalFilename,
+		IsActive: d.IsActive, IsDeleted: d.IsDeleted, DeletedAt: d.DeletedAt, TimeZone: d.TimeZone}
+	for _, text := range d.Derived {
+		p, err := derived.Parse(text)
+		if err != nil {
+			return Table{}, fmt.Errorf("the index describes table %s with derived pattern %q: %w", t.qualified(), text, err)
+		}
+		t.Derived = append(t.Derived, p)
+	}
+	return t, nil
 }
 
 // softDeleted is the predicate of a soft-deleted row, its columns

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -113,8 +114,22 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	sweep := reconciler.SweepConfig{MaxWait: cfg.Sweep.MaxWait, DryRun: dryRun, MaxDeletesPerHour: cfg.Safety.MaxDeletesPerHour}
 
 	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
+	sweep.Drained = func(r *reconciler.Reconciler) {
+		log.Info("drained the outbox of a table no longer configured; it is read no more", "table", r.IndexName())
+		if err := idx.DropTable(r.IndexName()); err != nil {
+			log.Warn("forget a drained table in the index; it is looked at again at the next start", "table", r.IndexName(), "error", err)
+		}
+	}
 	for {
-		held, unlock, err := hold(ctx, pool, rs, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
+		var retired reconciler.Tables
+		if !dryRun {
+			if retired, err = retiredTables(ctx, cfg, pool, st, idx, rs, log); err != nil {
+				return err
+			}
+		}
+		sweep.Retired = retired
+		locked := append(slices.Clip(rs), retired...)
+		held, unlock, err := hold(ctx, pool, locked, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // ctx ended while waiting
@@ -123,7 +138,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		}
 		ready.role.Store(int32(roleLeader))
 		m.SetLeader(!dryRun)
-		if err := syncTables(held, cfg, pool, idx, rs, rpc, log); err != nil {
+		if err := syncTables(held, pool, idx, rs, retired, rpc, log); err != nil {
 			unlock()
 			return err
 		}
@@ -233,7 +248,7 @@ func rescanForStream(ctx context.Context, r *reconciler.Reconciler, log *slog.Lo
 // since the index's position, which converges on the table); a table
 // removed leaves the index. Nothing else is rebuilt. An index that no
 // rescan filled yet is left to the stream, which rescans every table.
-func syncTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, idx *index.Index, rs reconciler.Tables, rpc replication.Config, log *slog.Logger) error {
+func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, retired reconciler.Tables, rpc replication.Config, log *slog.Logger) error {
 	st, err := idx.State()
 	if err != nil {
 		return err
@@ -253,12 +268,25 @@ func syncTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, idx
 		delete(filled, r.IndexName())
 	}
 	var removed []string
-	for name := range filled {
+	for name, fingerprint := range filled {
+		removed = append(removed, name)
+		if r := retired.Table(name); r != nil {
+			// Its rows leave the index; the table stays in it, as its
+			// description, until its outbox is drained.
+			log.Info("a table left the configuration: its rows are no longer purged; its outbox is drained first", "table", name)
+			part := idx.Table(name)
+			if err := part.Reset(); err != nil {
+				return err
+			}
+			if err := part.Filled(fingerprint); err != nil {
+				return err
+			}
+			continue
+		}
 		log.Info("a table left the configuration: its rows are no longer purged", "table", name)
 		if err := idx.DropTable(name); err != nil {
 			return err
 		}
-		removed = append(removed, name)
 	}
 	if len(removed) > 0 {
 		// Its changes are dropped by the stream meanwhile: a failure only
@@ -293,6 +321,46 @@ func streamTables(cfg *config.Config) []replication.Table {
 			IsActive: c.IsActive, IsDeleted: c.IsDeleted, DeletedAt: c.DeletedAt}
 	}
 	return out
+}
+
+// retiredTables are the tables that left the configuration, as the index
+// describes them, whose outbox still holds files to remove: their
+// reconcilers, whose sweep drains them. A table the database no longer
+// has cannot be checked: its outbox is left, and said so.
+func retiredTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, rs reconciler.Tables, log *slog.Logger) (reconciler.Tables, error) {
+	st0, err := idx.State()
+	if err != nil || st0.Origin == "" {
+		return nil, err
+	}
+	filled, err := idx.Tables()
+	if err != nil {
+		return nil, err
+	}
+	peers := tables(cfg)
+	var retired reconciler.Tables
+	for name, fingerprint := range filled {
+		if rs.Table(name) != nil || fingerprint == "" {
+			continue
+		}
+		t, err := reconciler.ParseFingerprint(fingerprint)
+		if err != nil {
+			log.Warn("a table no longer configured is not described in the index: its outbox, if any, is left", "table", name, "error", err)
+			continue
+		}
+		rc := reconcilerConfig(cfg)
+		rc.Peers = peers
+		r, err := reconciler.New(ctx, pool, st, nil, t, rc, log.With("table", name))
+		if err == nil {
+			var empty bool
+			if empty, err = r.OutboxEmpty(ctx); err == nil && !empty {
+				retired = append(retired, r)
+			}
+		}
+		if err != nil {
+			log.Warn("a table no longer configured cannot be checked: its outbox, if any, is left alone", "table", name, "error", err)
+		}
+	}
+	return retired, nil
 }
 
 // replicationConfig is the stream's configuration. The dry run reads a

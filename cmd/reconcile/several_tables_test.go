@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 )
 
 // Beside the forum's attachments (is_active = false), two tables of the
@@ -195,5 +197,153 @@ func TestRescanPurgesSeveralTablesEachByItsRetention(t *testing.T) {
 		if got := f.hasFile(key); got != want {
 			t.Errorf("file %s: present %v, want %v\n%s", key, got, want, stderr)
 		}
+	}
+}
+
+// Three tables under the service: each row is purged by its own table's
+// retention, a file a live row of another table names stays, and goes
+// once that row is deleted outright and its grace is over.
+func TestServicePurgesSeveralTablesEachByItsRetention(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "1s")
+	severalTables(t, f, true, "2s", "1h", "1s")
+	f.migrate()
+	s := startService(t, false)
+
+	shared := f.add("shared/x.jpg", -1)
+	live := f.blog("blog/live.jpg", "shared/x.jpg", -1)
+	kept := f.blog("blog/kept.jpg", "", -1)
+	photo := f.avatar("avatars/v.jpg", -1)
+	f.softDelete(shared)
+	f.exec(`UPDATE blog_image SET is_deleted = true, deleted_at = now() WHERE id = $1`, kept)
+	f.exec(`UPDATE avatar SET deleted_at = now() WHERE id = $1`, photo)
+
+	eventually(t, 20*time.Second, func() bool {
+		return !f.rowExists("forum_attachment", shared) && !f.rowExists("avatar", photo) && !f.hasFile("avatars/v.jpg")
+	}, func() string { return "the due forum and avatar rows were not purged:\n" + s.logs.String() })
+	if !f.hasFile("shared/x.jpg") {
+		t.Fatalf("a file a live blog image names was removed:\n%s", s.logs)
+	}
+	// Deleted outright: its files go after the grace, the shared one too.
+	f.exec(`DELETE FROM blog_image WHERE id = $1`, live)
+	eventually(t, 20*time.Second, func() bool { return !f.hasFile("shared/x.jpg") && !f.hasFile("blog/live.jpg") },
+		func() string { return "the files of a blog image deleted outright stayed:\n" + s.logs.String() })
+	// Its retention is an hour.
+	if !f.rowExists("blog_image", fmt.Sprint(kept)) || !f.hasFile("blog/kept.jpg") {
+		t.Fatalf("a blog image within its retention was purged:\n%s", s.logs)
+	}
+	if n := s.logs.count("rescanning the table into the index"); n != 1 {
+		t.Errorf("%d full rescans, want the first only:\n%s", n, s.logs)
+	}
+}
+
+// A table added to the configuration is published and rescanned alone at
+// the next start, the others are not rebuilt; one removed leaves the
+// publication and the index, and its rows are purged no more.
+func TestServiceAddsAndRemovesATable(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	severalTables(t, f, true, "1s", "", "")
+	f.migrate()
+	s := startService(t, false)
+	forumRow := f.add("forum/a.jpg", -1)
+	f.softDelete(forumRow)
+	eventually(t, 20*time.Second, func() bool { return !f.rowExists("forum_attachment", forumRow) },
+		func() string { return "forum row not purged:\n" + s.logs.String() })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Deleted while avatar was not served.
+	before := f.avatar("avatars/before.jpg", 2)
+	severalTables(t, f, false, "1s", "", "1s")
+	f.migrate()
+	if got := f.published(); !slices.Equal(got, []string{"avatar", "forum_attachment"}) {
+		t.Fatalf("after migrate the publication holds %v", got)
+	}
+	s = startService(t, false)
+	eventually(t, 20*time.Second, func() bool { return !f.rowExists("avatar", before) && !f.hasFile("avatars/before.jpg") },
+		func() string { return "the added table's due row was not purged:\n" + s.logs.String() })
+	if s.logs.count("rescanning a table new to the index, alone") != 1 || s.logs.count("rescanning the table into the index") != 0 {
+		t.Fatalf("want avatar rescanned alone and nothing else rebuilt:\n%s", s.logs)
+	}
+	after := f.avatar("avatars/after.jpg", -1)
+	f.exec(`UPDATE avatar SET deleted_at = now() WHERE id = $1`, after)
+	eventually(t, 20*time.Second, func() bool { return !f.rowExists("avatar", after) },
+		func() string { return "the added table's changes do not reach the purge:\n" + s.logs.String() })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	severalTables(t, f, false, "1s", "", "")
+	s = startService(t, false)
+	if got := f.published(); !slices.Equal(got, []string{"forum_attachment"}) {
+		t.Fatalf("after avatar left the configuration the publication holds %v", got)
+	}
+	left := f.avatar("avatars/left.jpg", -1)
+	f.exec(`UPDATE avatar SET deleted_at = now() - interval '1 hour' WHERE id = $1`, left)
+	forumRow = f.add("forum/b.jpg", -1)
+	f.softDelete(forumRow)
+	eventually(t, 20*time.Second, func() bool { return !f.rowExists("forum_attachment", forumRow) },
+		func() string { return "forum row not purged:\n" + s.logs.String() })
+	if !f.rowExists("avatar", left) || !f.hasFile("avatars/left.jpg") {
+		t.Fatalf("a table no longer configured was purged:\n%s", s.logs)
+	}
+	if s.logs.count("rescanning the table into the index") != 0 {
+		t.Fatalf("removing a table rebuilt the index:\n%s", s.logs)
+	}
+}
+
+func (f *forum) exec(sql string, args ...any) {
+	f.t.Helper()
+	if _, err := f.pool.Exec(context.Background(), sql, args...); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// published lists the tables of the service's publication.
+func (f *forum) published() []string {
+	f.t.Helper()
+	rows, err := f.pool.Query(context.Background(),
+		`SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'reconcile_attachments' ORDER BY 1`)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return names
+}
+
+// A table that leaves the configuration while its outbox holds files to
+// remove keeps its outbox: the service drains it, then forgets the table.
+func TestServiceDrainsTheOutboxOfARemovedTable(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "4s")
+	severalTables(t, f, true, "1h", "", "1h")
+	f.migrate()
+	s := startService(t, false)
+	gone := f.avatar("avatars/gone.jpg", -1)
+	f.exec(`DELETE FROM avatar WHERE id = $1`, gone)
+	eventually(t, 20*time.Second, func() bool { return f.count(`SELECT count(*) FROM reconcile_avatar_outbox`) == 1 },
+		func() string { return "the file of an avatar deleted outright was not queued:\n" + s.logs.String() })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	severalTables(t, f, false, "1h", "", "")
+	s = startService(t, false)
+	eventually(t, 20*time.Second, func() bool { return !f.hasFile("avatars/gone.jpg") },
+		func() string { return "the outbox of a table no longer configured was not drained:\n" + s.logs.String() })
+	s.waitLog("drained the outbox of a table no longer configured", 1)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	s = startService(t, false)
+	if s.logs.count("a table left the configuration") != 0 {
+		t.Fatalf("a drained table was looked at again:\n%s", s.logs)
 	}
 }

@@ -41,8 +41,15 @@ var (
 type Entry struct {
 	ID        string
 	DeletedAt time.Time
-	Key       string
+	// Key is the row's storage key; of a table with several key columns,
+	// their values joined by KeySeparator in the configured order, NULL as
+	// "" (the purge's SQL joins them so, with chr(31)).
+	Key string
 }
+
+// KeySeparator joins the keys of a row of several key columns in an
+// Entry: no storage key holds it.
+const KeySeparator = "\x1f"
 
 // Index is an open bbolt index. Its methods may be called from several
 // goroutines at once.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/derived"
 )
 
@@ -114,13 +115,8 @@ func (t Table) softDeleted(alias string) string {
 	return alias + quote(t.DeletedAt) + " IS NOT NULL"
 }
 
-// KeySeparator joins the keys of a row with several key columns in the
-// index, as the stream does (replication.KeySeparator): no storage key
-// holds it.
-const KeySeparator = "\x1f"
-
 // joinedKeys is the row's keys as the index holds them: the key, or the
-// keys joined by KeySeparator; NULL is ''.
+// keys joined by index.KeySeparator; NULL is ”.
 func (t Table) joinedKeys(alias string) string {
 	var parts []string
 	for _, k := range t.keyColumns() {
@@ -129,7 +125,7 @@ func (t Table) joinedKeys(alias string) string {
 	return strings.Join(parts, " || chr(31) || ")
 }
 
-// keyArray is the row's keys as an array, NULL as ''.
+// keyArray is the row's keys as an array, NULL as ”.
 func (t Table) keyArray(alias string) string {
 	var parts []string
 	for _, k := range t.keyColumns() {
@@ -148,7 +144,7 @@ func (t Table) splitKeys(joined string) []string {
 		return []string{joined}
 	}
 	var out []string
-	for _, k := range strings.Split(joined, KeySeparator) {
+	for _, k := range strings.Split(joined, index.KeySeparator) {
 		if k != "" {
 			out = append(out, k)
 		}

@@ -37,11 +37,6 @@ func (t Table) columns() []string {
 	return append(cols, t.DeletedAt)
 }
 
-// KeySeparator joins the values of a table of several key columns into
-// one index key, in the configured order, NULL as "": as the purge's SQL
-// joins them, with chr(31) and coalesce.
-const KeySeparator = "\x1f"
-
 // shape is how a table marks a row soft-deleted.
 type shape uint8
 
@@ -318,7 +313,7 @@ func (rel *relation) joinedKey(tuple *pglogrepl.TupleData) string {
 	var b strings.Builder
 	for i, pos := range append([]int{rel.key}, rel.moreKeys...) {
 		if i > 0 {
-			b.WriteString(KeySeparator)
+			b.WriteString(index.KeySeparator)
 		}
 		switch key := rel.col(tuple, pos); {
 		case key == nil || key.DataType == pglogrepl.TupleDataTypeNull:

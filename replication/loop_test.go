@@ -205,7 +205,7 @@ func remove(t Table, id string) index.Change {
 // rows deleted outright are handed over, and the server hears the
 // transaction's end once the index holds it.
 func TestLoopAppliesTheChangesOfEveryTable(t *testing.T) {
-	sep := KeySeparator
+	sep := index.KeySeparator
 	for _, tc := range []struct {
 		name    string
 		msgs    [][]byte

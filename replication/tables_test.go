@@ -169,7 +169,7 @@ func TestStreamTailsSeveralTables(t *testing.T) {
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	for _, want := range []index.Change{
 		{Op: index.Upsert, Table: "public.forum_attachment", Entry: index.Entry{ID: forumID, Key: "forum/a.jpg", DeletedAt: at}},
-		{Op: index.Upsert, Table: "public.blog_photo", Entry: index.Entry{ID: "1", Key: "blog/p.jpg" + KeySeparator + "blog/p_t.jpg", DeletedAt: at}},
+		{Op: index.Upsert, Table: "public.blog_photo", Entry: index.Entry{ID: "1", Key: "blog/p.jpg" + index.KeySeparator + "blog/p_t.jpg", DeletedAt: at}},
 		{Op: index.Remove, Table: "public.blog_photo", Entry: index.Entry{ID: "2"}},
 		{Op: index.Remove, Table: "public.blog_photo", Entry: index.Entry{ID: "3"}},
 		{Op: index.Upsert, Table: "public.docs_file", Entry: index.Entry{ID: docsID, Key: "docs/x.pdf", DeletedAt: at}},

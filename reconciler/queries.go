@@ -157,7 +157,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 				  AND {SOFT_T}
 				  AND t.{DELETED} <= {CUTOFF3}
 				  AND (SELECT held FROM fence)
-				RETURNING t.{ID} AS pid, t.{ID}::text AS id, `+t.keyArray("t.")+` AS keys, coalesce(t.{NAME}::text, '') AS name
+				RETURNING t.{ID} AS pid, t.{ID}::text AS id, ` + t.keyArray("t.") + ` AS keys, coalesce(t.{NAME}::text, '') AS name
 			), files AS (
 				SELECT DISTINCT p.pid, p.id, p.name, f.key
 				FROM purged p CROSS JOIN LATERAL unnest(p.keys) AS f(key)
@@ -165,7 +165,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 			), freed AS (
 				SELECT DISTINCT ON (f.key) f.key, f.id, f.name
 				FROM files f
-				WHERE `+unused(t, peers, "f.key", "u.{ID} NOT IN (SELECT pid FROM purged)")+`
+				WHERE ` + unused(t, peers, "f.key", "u.{ID} NOT IN (SELECT pid FROM purged)") + `
 			), queued AS (
 				INSERT INTO {OUTBOX} AS o (storage_key, attachment_id, original_filename)
 				SELECT key, id, name FROM freed
@@ -190,7 +190,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 			WITH {FENCE2}, kept AS (
 				DELETE FROM {OUTBOX} o
 				WHERE o.storage_key = ANY($1::text[])
-				  AND NOT (`+unused(t, peers, "o.storage_key", "")+`)
+				  AND NOT (` + unused(t, peers, "o.storage_key", "") + `)
 				  AND (SELECT held FROM fence)
 				RETURNING o.storage_key
 			)

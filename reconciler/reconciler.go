@@ -154,7 +154,7 @@ type Reconciler struct {
 	// patterns are the derived patterns of the tables on the storage, as
 	// the ownership queries number them (see ownerPatterns).
 	patterns []derived.Pattern
-	naive   bool // deleted_at is a timestamp without time zone
+	naive    bool // deleted_at is a timestamp without time zone
 	// holder is the session of the last advisory lock taken, nil before
 	// the first.
 	holder atomic.Pointer[holder]

@@ -337,7 +337,9 @@ func TestServiceDrainsTheOutboxOfARemovedTable(t *testing.T) {
 	severalTables(t, f, false, "1h", "", "")
 	s = startService(t, false)
 	eventually(t, 20*time.Second, func() bool { return !f.hasFile("avatars/gone.jpg") },
-		func() string { return "the outbox of a table no longer configured was not drained:\n" + s.logs.String() })
+		func() string {
+			return "the outbox of a table no longer configured was not drained:\n" + s.logs.String()
+		})
 	s.waitLog("drained the outbox of a table no longer configured", 1)
 	if err := s.stop(); err != nil {
 		t.Fatal(err)
@@ -345,5 +347,35 @@ func TestServiceDrainsTheOutboxOfARemovedTable(t *testing.T) {
 	s = startService(t, false)
 	if s.logs.count("a table left the configuration") != 0 {
 		t.Fatalf("a drained table was looked at again:\n%s", s.logs)
+	}
+}
+
+// The orphan scan covers every table's folders, and a file that a row of
+// any table names is no orphan, in whichever table's folder it lies.
+func TestOrphansOfSeveralTables(t *testing.T) {
+	f := newForum(t)
+	severalTables(t, f, true, "1h", "1h", "")
+	t.Setenv("RECONCILE_TABLES", `[
+		{"name": "forum_attachment", "prefixes": ["forum/"]},
+		{"name": "blog_image", "prefixes": ["blog/"], "columns": {"key": ["file", "cover"], "is_active": "", "is_deleted": "is_deleted"}}]`)
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "1s")
+	f.add("forum/a.jpg", -1)
+	f.blog("blog/b.jpg", "forum/shared.jpg", -1)
+	for _, key := range []string{"forum/orphan.jpg", "blog/orphan.jpg"} {
+		f.file(key)
+	}
+	f.migrate()
+	time.Sleep(1500 * time.Millisecond) // past the grace, by the files' status change too
+	code, out, stderr := reconcile("orphans")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	for key, want := range map[string]bool{
+		"forum/a.jpg": true, "blog/b.jpg": true, "forum/shared.jpg": true,
+		"forum/orphan.jpg": false, "blog/orphan.jpg": false,
+	} {
+		if got := f.hasFile(key); got != want {
+			t.Errorf("%s: present %v, want %v\n%s\n%s", key, got, want, out, stderr)
+		}
 	}
 }

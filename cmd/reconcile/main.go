@@ -178,7 +178,7 @@ privileges reconcile needs, for a superuser to apply after migrate.`,
 				return err
 			}
 			if cmd.Flags().Changed("print-role") {
-				sql, err := reconciler.RoleSQL(tables(cfg)[0], printRole)
+				sql, err := reconciler.RoleSQL(printRole, tables(cfg)...)
 				if err != nil {
 					return usageError{fmt.Errorf("--print-role: %w", err)}
 				}

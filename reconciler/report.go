@@ -34,7 +34,7 @@ type textReport struct {
 	w                 io.Writer
 	dueHeader, incHdr bool
 	// inconsistent says what makes a row inconsistent, after the table's
-	// soft-delete shape; empty: the default shape's words.
+	// soft-delete shape (Audit tells it).
 	inconsistent string
 	err          error
 }
@@ -72,11 +72,7 @@ func (t *textReport) Due(row AuditRow) error {
 func (t *textReport) Inconsistent(row AuditRow) error {
 	if !t.incHdr {
 		t.incHdr = true
-		what := t.inconsistent
-		if what == "" {
-			what = "is_active = false but no deleted_at, or an infinite one"
-		}
-		t.printf("\nInconsistent rows (%s; never purged):\n", what)
+		t.printf("\nInconsistent rows (%s; never purged):\n", t.inconsistent)
 	}
 	t.printf("  %-36s  %s  (%s)\n", row.ID, row.StorageKey, row.OriginalFilename)
 	return t.err

@@ -56,7 +56,21 @@ type AuditWriter interface {
 // disk, a look at every folder of its path). Counting them costs a query,
 // made only for progress.
 func (r *Reconciler) Audit(ctx context.Context, w AuditWriter, progress func(examined, total int)) (AuditTotals, error) {
+	return r.audit(ctx, w, progress, r.cfg.MaxDeletes)
+}
+
+// shapeWriter words the report after the table's soft-delete shape.
+type shapeWriter interface {
+	shape(Table)
+}
+
+// audit is Audit with left of the deletion budget (Config.MaxDeletes) for
+// this table: the next run takes at most that many of its rows.
+func (r *Reconciler) audit(ctx context.Context, w AuditWriter, progress func(examined, total int), left int) (AuditTotals, error) {
 	totals := AuditTotals{Retention: r.cfg.Retention, MaxDeletes: r.cfg.MaxDeletes}
+	if s, ok := w.(shapeWriter); ok {
+		s.shape(r.table)
+	}
 	probeErr := r.probeFiles(ctx)
 	if probeErr != nil && !errors.Is(probeErr, ErrNoFiles) {
 		return totals, probeErr
@@ -135,10 +149,81 @@ func (r *Reconciler) Audit(ctx context.Context, w AuditWriter, progress func(exa
 	}
 	totals.ThisRun = totals.Due
 	if totals.MaxDeletes > 0 {
-		totals.ThisRun = min(totals.Due, totals.MaxDeletes)
+		totals.ThisRun = min(totals.Due, left)
 	}
 	if err := w.Close(totals); err != nil {
 		return totals, fmt.Errorf("write report: %w", err)
 	}
 	return totals, probeErr
+}
+
+// AuditSum closes the report of several tables: their totals added up.
+type AuditSum struct {
+	Tables       int `json:"tables"`
+	Due          int `json:"would_delete"`
+	NoFile       int `json:"without_file"`
+	Refused      int `json:"refused"`
+	Inconsistent int `json:"inconsistent"`
+	// MaxDeletes is the deletion budget of one run, which the tables take
+	// from in order; ThisRun how many rows of all the next run would
+	// delete under it.
+	MaxDeletes int `json:"max_deletes,omitempty"`
+	ThisRun    int `json:"this_run"`
+	// StorageProblems counts the tables a purge would refuse to run on.
+	StorageProblems int `json:"storage_problems,omitempty"`
+}
+
+func (s *AuditSum) add(t AuditTotals) {
+	s.Due += t.Due
+	s.NoFile += t.NoFile
+	s.Refused += t.Refused
+	s.Inconsistent += t.Inconsistent
+	s.MaxDeletes = t.MaxDeletes
+	s.ThisRun += t.ThisRun
+	if t.StorageProblem != "" {
+		s.StorageProblems++
+	}
+}
+
+// TablesAuditWriter formats the report of several tables as it streams:
+// each table's part as an AuditWriter formats one table's report, then
+// the sums.
+type TablesAuditWriter interface {
+	// Table starts the part of the table name (schema.name).
+	Table(name string, retention time.Duration) (AuditWriter, error)
+	Close(AuditSum) error
+}
+
+// Audit reports what a purge of every table would do now, each table on
+// its own as Reconciler.Audit reports it, then the sums. The deletion
+// budget is the run's: the tables take from it in order. A table whose
+// storage holds none of its files is reported, the others too, and the
+// audit then ends with ErrNoFiles. progress, if set, hears of each table's
+// rows as Reconciler.Audit's does, with the table's name.
+func (rs Tables) Audit(ctx context.Context, w TablesAuditWriter, progress func(table string, examined, total int)) (AuditSum, error) {
+	sum := AuditSum{Tables: len(rs)}
+	var noFiles []error
+	for _, r := range rs {
+		name := r.IndexName()
+		tw, err := w.Table(name, r.cfg.Retention)
+		if err != nil {
+			return sum, fmt.Errorf("write report: %w", err)
+		}
+		var p func(examined, total int)
+		if progress != nil {
+			p = func(examined, total int) { progress(name, examined, total) }
+		}
+		totals, err := r.audit(ctx, tw, p, max(r.cfg.MaxDeletes-sum.ThisRun, 0))
+		switch {
+		case errors.Is(err, ErrNoFiles):
+			noFiles = append(noFiles, fmt.Errorf("audit %s: %w", name, err))
+		case err != nil:
+			return sum, fmt.Errorf("audit %s: %w", name, err)
+		}
+		sum.add(totals)
+	}
+	if err := w.Close(sum); err != nil {
+		return sum, fmt.Errorf("write report: %w", err)
+	}
+	return sum, errors.Join(noFiles...)
 }

@@ -299,7 +299,8 @@ func (r *Reconciler) migrationDone(ctx context.Context, name string, key int) (b
 		case t.IsActive != "":
 			predicates = []string{"(NOT " + col + ")", "(" + col + " = false)", "(" + col + " IS FALSE)"}
 		case t.IsDeleted != "":
-			predicates = []string{"(" + col + ")", "(" + col + " = true)", "(" + col + " IS TRUE)"}
+			// A bare boolean column prints without parentheses.
+			predicates = []string{col, "(" + col + " = true)", "(" + col + " IS TRUE)"}
 		default:
 			leads = leads[1:]
 			predicates = []string{"(" + col + " IS NOT NULL)"}

@@ -33,7 +33,18 @@ func NewAuditWriter(format string, out, totals io.Writer) (AuditWriter, error) {
 type textReport struct {
 	w                 io.Writer
 	dueHeader, incHdr bool
-	err               error
+	// inconsistent says what makes a row inconsistent, after the table's
+	// soft-delete shape (Audit tells it).
+	inconsistent string
+	err          error
+}
+
+func (t *textReport) shape(tb Table) {
+	if tb.IsActive == "" && tb.IsDeleted == "" {
+		t.inconsistent = fmt.Sprintf("a %s out of range: infinite, before 1700 or after 2260", tb.DeletedAt)
+		return
+	}
+	t.inconsistent = fmt.Sprintf("%s but no %s, or an infinite one", tb.shape(), tb.DeletedAt)
 }
 
 func (t *textReport) printf(format string, args ...any) {
@@ -61,7 +72,7 @@ func (t *textReport) Due(row AuditRow) error {
 func (t *textReport) Inconsistent(row AuditRow) error {
 	if !t.incHdr {
 		t.incHdr = true
-		t.printf("\nInconsistent rows (is_active = false but no deleted_at, or an infinite one; never purged):\n")
+		t.printf("\nInconsistent rows (%s; never purged):\n", t.inconsistent)
 	}
 	t.printf("  %-36s  %s  (%s)\n", row.ID, row.StorageKey, row.OriginalFilename)
 	return t.err
@@ -104,7 +115,10 @@ type jsonReport struct {
 	w       io.Writer
 	section int // index in jsonSections of the part being written
 	first   bool
-	err     error
+	// table names the table of a part of the report of several tables,
+	// which holds it first; empty: the report is this object alone.
+	table string
+	err   error
 }
 
 // jsonSections lists the parts in order, each with what opens it.
@@ -125,7 +139,12 @@ func (j *jsonReport) write(s string) {
 func (j *jsonReport) advance(name string) {
 	for jsonSections[j.section].name != name {
 		j.section++
-		j.write(jsonSections[j.section].opening)
+		opening := jsonSections[j.section].opening
+		if j.section == 1 && j.table != "" {
+			b, _ := json.Marshal(j.table) // a string always marshals
+			opening = `{"table":` + string(b) + "," + opening[1:]
+		}
+		j.write(opening)
 		j.first = true
 	}
 }
@@ -152,7 +171,11 @@ func (j *jsonReport) Close(totals AuditTotals) error {
 		AuditTotals
 		Retention string `json:"retention"`
 	}{totals, totals.Retention.String()})
-	j.write("}\n")
+	if j.table != "" {
+		j.write("}") // the report of several tables goes on
+	} else {
+		j.write("}\n")
+	}
 	if err != nil {
 		return err
 	}
@@ -162,6 +185,16 @@ func (j *jsonReport) Close(totals AuditTotals) error {
 type csvReport struct {
 	w      *csv.Writer
 	totals io.Writer
+	// table names the table of a part of the report of several tables:
+	// the first column of its rows, and in its totals.
+	table string
+}
+
+func (c *csvReport) write(record ...string) error {
+	if c.table != "" {
+		record = append([]string{c.table}, record...)
+	}
+	return c.w.Write(record)
 }
 
 func (c *csvReport) Due(row AuditRow) error {
@@ -169,12 +202,12 @@ func (c *csvReport) Due(row AuditRow) error {
 	if row.Refused != "" {
 		status = "refused"
 	}
-	return c.w.Write([]string{status, row.ID, row.StorageKey, row.OriginalFilename,
-		row.DeletedAt.UTC().Format(time.RFC3339), strconv.Itoa(*row.DaysSinceDeleted), row.Refused})
+	return c.write(status, row.ID, row.StorageKey, row.OriginalFilename,
+		row.DeletedAt.UTC().Format(time.RFC3339), strconv.Itoa(*row.DaysSinceDeleted), row.Refused)
 }
 
 func (c *csvReport) Inconsistent(row AuditRow) error {
-	return c.w.Write([]string{"inconsistent", row.ID, row.StorageKey, row.OriginalFilename, "", "", "no deleted_at"})
+	return c.write("inconsistent", row.ID, row.StorageKey, row.OriginalFilename, "", "", "no deleted_at")
 }
 
 func (c *csvReport) Close(totals AuditTotals) error {
@@ -182,10 +215,124 @@ func (c *csvReport) Close(totals AuditTotals) error {
 	if err := c.w.Error(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(c.totals, "Dry run complete: would delete %d (%d without a file; %d in the next run), refused %d, inconsistent %d; retention %s; cutoff date %s\n",
-		totals.Due, totals.NoFile, totals.ThisRun, totals.Refused, totals.Inconsistent, FormatRetention(totals.Retention), totals.Cutoff.UTC().Format(TimeLayout))
+	of, purge := "", "A purge"
+	if c.table != "" {
+		of, purge = " of "+c.table, "A purge of "+c.table
+	}
+	_, err := fmt.Fprintf(c.totals, "Dry run complete%s: would delete %d (%d without a file; %d in the next run), refused %d, inconsistent %d; retention %s; cutoff date %s\n",
+		of, totals.Due, totals.NoFile, totals.ThisRun, totals.Refused, totals.Inconsistent, FormatRetention(totals.Retention), totals.Cutoff.UTC().Format(TimeLayout))
 	if err == nil && totals.StorageProblem != "" {
-		_, err = fmt.Fprintf(c.totals, "A purge would refuse to run: %s\n", totals.StorageProblem)
+		_, err = fmt.Fprintf(c.totals, "%s would refuse to run: %s\n", purge, totals.StorageProblem)
+	}
+	return err
+}
+
+// NewTablesAuditWriter returns the writer of the report of several tables
+// for format text, json or csv: each table's part as NewAuditWriter's
+// report, marked with the table, then the sums. CSV's totals, each table's
+// and the sums, go to totals.
+func NewTablesAuditWriter(format string, out, totals io.Writer) (TablesAuditWriter, error) {
+	switch format {
+	case "text":
+		return &textTables{w: out}, nil
+	case "json":
+		return &jsonTables{w: out}, nil
+	case "csv":
+		c := csv.NewWriter(out)
+		return &csvTables{w: c, totals: totals}, c.Write([]string{
+			"table", "status", "id", "storage_key", "original_filename", "deleted_at", "days_since_deletion", "reason",
+		})
+	default:
+		return nil, fmt.Errorf("report format %q: want text, json or csv", format)
+	}
+}
+
+// textTables heads each table's report with its name, and closes with the
+// sums.
+type textTables struct {
+	w      io.Writer
+	tables int
+}
+
+func (t *textTables) Table(name string, retention time.Duration) (AuditWriter, error) {
+	sep := ""
+	if t.tables++; t.tables > 1 {
+		sep = "\n"
+	}
+	_, err := fmt.Fprintf(t.w, "%sTable %s (retention %s):\n", sep, name, FormatRetention(retention))
+	return &textReport{w: t.w}, err
+}
+
+func (t *textTables) Close(sum AuditSum) error {
+	r := &textReport{w: t.w}
+	r.printf("\nAll %d tables:\n", sum.Tables)
+	r.printf("  - Would delete: %d attachments\n", sum.Due)
+	if sum.NoFile > 0 {
+		r.printf("  - Of which without a file (empty storage key): %d attachments\n", sum.NoFile)
+	}
+	if sum.MaxDeletes > 0 {
+		r.printf("  - The next run would delete: %d attachments (safety.max_deletes is %d, for all tables)\n", sum.ThisRun, sum.MaxDeletes)
+	}
+	r.printf("  - Refused (unsafe storage key, row kept): %d attachments\n", sum.Refused)
+	r.printf("  - Inconsistent (no usable deleted_at, never purged): %d attachments\n", sum.Inconsistent)
+	if sum.StorageProblems > 0 {
+		r.printf("  - A purge would refuse to run on %d of them (see above)\n", sum.StorageProblems)
+	}
+	return r.err
+}
+
+// jsonTables writes one object: each table's report object in "tables",
+// then the sums in "totals".
+type jsonTables struct {
+	w      io.Writer
+	tables int
+}
+
+// jsonTablesOpening opens the object, before the first table's report.
+const jsonTablesOpening = `{"dry_run":true,"tables":[`
+
+func (j *jsonTables) Table(name string, _ time.Duration) (AuditWriter, error) {
+	opening := ","
+	if j.tables++; j.tables == 1 {
+		opening = jsonTablesOpening
+	}
+	_, err := io.WriteString(j.w, opening)
+	return &jsonReport{w: j.w, table: name}, err
+}
+
+func (j *jsonTables) Close(sum AuditSum) error {
+	b, err := json.Marshal(sum)
+	if err != nil {
+		return err
+	}
+	opening := ""
+	if j.tables == 0 {
+		opening = jsonTablesOpening
+	}
+	_, err = fmt.Fprintf(j.w, "%s],\"totals\":%s}\n", opening, b)
+	return err
+}
+
+// csvTables writes one table of rows, the table's name first; the totals
+// go to totals.
+type csvTables struct {
+	w      *csv.Writer
+	totals io.Writer
+}
+
+func (c *csvTables) Table(name string, _ time.Duration) (AuditWriter, error) {
+	return &csvReport{w: c.w, totals: c.totals, table: name}, nil
+}
+
+func (c *csvTables) Close(sum AuditSum) error {
+	c.w.Flush()
+	if err := c.w.Error(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(c.totals, "Dry run complete, all %d tables: would delete %d (%d without a file; %d in the next run), refused %d, inconsistent %d\n",
+		sum.Tables, sum.Due, sum.NoFile, sum.ThisRun, sum.Refused, sum.Inconsistent)
+	if err == nil && sum.StorageProblems > 0 {
+		_, err = fmt.Fprintf(c.totals, "A purge would refuse to run on %d of them\n", sum.StorageProblems)
 	}
 	return err
 }

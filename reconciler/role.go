@@ -3,6 +3,7 @@ package reconciler
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"text/template"
@@ -16,20 +17,30 @@ import (
 var roleTemplate = template.Must(template.New("role.sql.tmpl").Option("missingkey=error").Parse(migrations.Role))
 
 // RoleSQL renders the SQL that creates role name with the least privileges
-// reconcile needs on table t, for an administrator to apply. It reads
-// nothing from the database.
-func RoleSQL(t Table, name string) (string, error) {
+// reconcile needs on the tables ts, for an administrator to apply: the role
+// once, then each table's grants. It reads nothing from the database.
+func RoleSQL(name string, ts ...Table) (string, error) {
 	if err := checkRoleName(name); err != nil {
 		return "", err
 	}
+	type grants struct{ Table, Outbox string }
+	var (
+		schemas []string
+		tables  []grants
+	)
+	for _, t := range ts {
+		if s := quote(t.Schema); !slices.Contains(schemas, s) {
+			schemas = append(schemas, s)
+		}
+		tables = append(tables, grants{t.qualified(), t.outbox()})
+	}
 	var sql strings.Builder
-	err := roleTemplate.Execute(&sql, map[string]string{
+	err := roleTemplate.Execute(&sql, map[string]any{
 		"Role":    quote(name),
 		"Literal": literal(name), // standard_conforming_strings: on since PostgreSQL 9.1
 		"Tag":     dollarTag(name),
-		"Schema":  quote(t.Schema),
-		"Table":   t.qualified(),
-		"Outbox":  t.outbox(),
+		"Schemas": schemas,
+		"Tables":  tables,
 	})
 	if err != nil {
 		return "", fmt.Errorf("render the role's SQL: %w", err)

@@ -25,7 +25,6 @@ func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts opt
 	if err != nil {
 		return err
 	}
-	r := rs[0]
 	// The report file is created once the run can start, so a refused run
 	// leaves no empty report behind.
 	out, done, err := openReport(opts.output, stdout)
@@ -33,19 +32,56 @@ func audit(ctx context.Context, cfg *config.Config, m *metrics.Metrics, opts opt
 		return err
 	}
 	defer done()
-	w, err := reconciler.NewAuditWriter(opts.format, out, stderr)
+	// A bar on stderr while the report goes elsewhere; a report scrolling
+	// on the terminal shows its own progress, and a bar would break it up.
+	bar := con.tty == stderr && (opts.output != "" || !con.stdoutTTY)
+	if bar {
+		defer con.done()
+	}
+	if len(rs) == 1 {
+		err = auditOne(ctx, rs[0], opts.format, out, stderr, bar, con)
+	} else {
+		err = auditTables(ctx, rs, opts.format, out, stderr, bar, con)
+	}
 	if err != nil {
 		return err
 	}
-	// A bar on stderr while the report goes elsewhere; a report scrolling
-	// on the terminal shows its own progress, and a bar would break it up.
-	var progress func(examined, total int)
-	if con.tty == stderr && (opts.output != "" || !con.stdoutTTY) {
-		progress = func(examined, total int) { con.show("Examining", examined, total) }
-		defer con.done()
-	}
-	if _, err := r.Audit(ctx, w, progress); err != nil {
+	return syncReport(out)
+}
+
+// auditOne writes the report of the one table, as before there were
+// several.
+func auditOne(ctx context.Context, r *reconciler.Reconciler, format string, out, stderr io.Writer, bar bool, con *console) error {
+	w, err := reconciler.NewAuditWriter(format, out, stderr)
+	if err != nil {
 		return err
 	}
-	return syncReport(out)
+	var progress func(examined, total int)
+	if bar {
+		progress = func(examined, total int) { con.show("Examining", examined, total) }
+	}
+	_, err = r.Audit(ctx, w, progress)
+	return err
+}
+
+// auditTables writes each table's report, then the totals; a bar per
+// table.
+func auditTables(ctx context.Context, rs reconciler.Tables, format string, out, stderr io.Writer, bar bool, con *console) error {
+	w, err := reconciler.NewTablesAuditWriter(format, out, stderr)
+	if err != nil {
+		return err
+	}
+	var progress func(table string, examined, total int)
+	if bar {
+		current := ""
+		progress = func(table string, examined, total int) {
+			if table != current {
+				con.done()
+				current = table
+			}
+			con.show("Examining "+table, examined, total)
+		}
+	}
+	_, err = rs.Audit(ctx, w, progress)
+	return err
 }

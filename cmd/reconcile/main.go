@@ -9,6 +9,7 @@
 //	reconcile --rescan                 purge everything due, print a summary, exit
 //	reconcile --rescan --dry-run       report what would be purged, change nothing
 //	reconcile status                   show the backlog, the outbox, the slot and the lock holder
+//	reconcile tables                   show each table and whether it has what the purge needs
 //	reconcile untrash KEY...           put files back from the trash (storage.trash.prefix)
 package main
 
@@ -178,7 +179,7 @@ privileges reconcile needs, for a superuser to apply after migrate.`,
 				return err
 			}
 			if cmd.Flags().Changed("print-role") {
-				sql, err := reconciler.RoleSQL(tables(cfg)[0], printRole)
+				sql, err := reconciler.RoleSQL(printRole, tables(cfg)...)
 				if err != nil {
 					return usageError{fmt.Errorf("--print-role: %w", err)}
 				}
@@ -210,6 +211,7 @@ privileges reconcile needs, for a superuser to apply after migrate.`,
 	statusCmd.Flags().StringVar(&statusFormat, "format", "text", "output format: text or json")
 	root.AddCommand(statusCmd)
 	root.AddCommand(newOrphansCommand(&opts.configPath, stdout, stderr))
+	root.AddCommand(newTablesCommand(&opts.configPath, stdout, stderr))
 	root.AddCommand(newUntrashCommand(&opts.configPath, stdout))
 	return root
 }

@@ -3,6 +3,7 @@ package reconciler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -84,6 +85,17 @@ func (rs Tables) QueueGone(ctx context.Context, rows []GoneRow, grace time.Durat
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Served tells whether reconcile served the table schema.name: its outbox
+// exists.
+func Served(ctx context.Context, db DB, schema, name string) (bool, error) {
+	t := Table{Schema: schema, Name: name}
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t.outbox()).Scan(&exists); err != nil {
+		return false, fmt.Errorf("look for outbox %s: %w", t.outbox(), err)
+	}
+	return exists, nil
 }
 
 // IndexName names the table's part of the index: see Table.IndexName.

@@ -594,6 +594,27 @@ func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.L
 	return nil
 }
 
+// Published lists the tables the publication holds by name, as schema
+// and name.
+func Published(ctx context.Context, cat Catalog, publication string) ([][2]string, error) {
+	var schemas, names []string
+	err := cat.QueryRow(ctx, `
+		SELECT coalesce(array_agg(n.nspname ORDER BY 1, 2), '{}'), coalesce(array_agg(c.relname ORDER BY 1, 2), '{}')
+		FROM pg_publication_rel r
+		JOIN pg_publication p ON p.oid = r.prpubid
+		JOIN pg_class c ON c.oid = r.prrelid
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE p.pubname = $1`, publication).Scan(&schemas, &names)
+	if err != nil {
+		return nil, fmt.Errorf("read the tables of publication %q: %w", publication, err)
+	}
+	out := make([][2]string, len(names))
+	for i := range names {
+		out[i] = [2]string{schemas[i], names[i]}
+	}
+	return out, nil
+}
+
 // Unpublish drops from the publication the tables, named schema.name
 // (Table.IndexName), that it lists by name: tables reconcile no longer
 // serves. One that a whole schema's publication holds stays, and its

@@ -292,7 +292,7 @@ func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, r
 		// Its changes are dropped by the stream meanwhile: a failure only
 		// costs the decoding.
 		if err := replication.Unpublish(ctx, pool, rpc.Publication, removed, log); err != nil {
-			log.Warn("a table no longer configured stays in the publication", "error", err)
+			log.Warn("a table no longer configured stays in the publication until `reconcile migrate` runs as the tables' owner", "error", err)
 		}
 	}
 	if len(added) == 0 {

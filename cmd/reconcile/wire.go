@@ -222,11 +222,40 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 	}
 	// Created here, by the table's owner: the service's role need not own
 	// the table, and only checks the publication.
-	if err := replication.EnsurePublication(ctx, pool, replicationConfig(cfg, false), log); err != nil {
+	rpc := replicationConfig(cfg, false)
+	if err := replication.EnsurePublication(ctx, pool, rpc, log); err != nil {
+		return err
+	}
+	if err := unpublishRemoved(ctx, pool, rs, rpc.Publication, log); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "Database is ready for reconcile.")
 	return nil
+}
+
+// unpublishRemoved drops from the publication the tables that reconcile
+// served (they have an outbox) and the configuration no longer lists;
+// tables another consumer put in the publication stay.
+func unpublishRemoved(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, publication string, log *slog.Logger) error {
+	published, err := replication.Published(ctx, pool, publication)
+	if err != nil {
+		return err
+	}
+	var removed []string
+	for _, t := range published {
+		name := t[0] + "." + t[1]
+		if rs.Table(name) != nil {
+			continue
+		}
+		served, err := reconciler.Served(ctx, pool, t[0], t[1])
+		if err != nil {
+			return err
+		}
+		if served {
+			removed = append(removed, name)
+		}
+	}
+	return replication.Unpublish(ctx, pool, publication, removed, log)
 }
 
 // openReport opens the report file --output names, or stdout without one;

@@ -137,14 +137,7 @@ func (t *Table) LoadDue(byDue []Entry) error {
 }
 
 func (t *Table) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []byte)) error {
-	err := t.x.update(func(tx *bolt.Tx) error {
-		if err := t.x.healedSinceReset(); err != nil {
-			return err
-		}
-		tb, err := createTable(tx, t.name)
-		if err != nil {
-			return err
-		}
+	err := t.fill(func(tb tableBuckets) error {
 		b := tb.table.Bucket(bucket)
 		b.FillPercent = 1 // appending: full pages, no half-empty splits
 		for _, e := range entries {
@@ -161,11 +154,10 @@ func (t *Table) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []b
 	return nil
 }
 
-// Filled marks the table's rescan complete: its entries come from the
-// table that fingerprint describes. It fails with ErrCorrupt when the
-// index was found corrupt, and replaced, since the rescan's Reset.
-func (t *Table) Filled(fingerprint string) error {
-	err := t.x.update(func(tx *bolt.Tx) error {
+// fill runs fn on the table's buckets in a write transaction of a rescan:
+// refused when a heal emptied the index since the rescan's Reset.
+func (t *Table) fill(fn func(tableBuckets) error) error {
+	return t.x.update(func(tx *bolt.Tx) error {
 		if err := t.x.healedSinceReset(); err != nil {
 			return err
 		}
@@ -173,6 +165,15 @@ func (t *Table) Filled(fingerprint string) error {
 		if err != nil {
 			return err
 		}
+		return fn(tb)
+	})
+}
+
+// Filled marks the table's rescan complete: its entries come from the
+// table that fingerprint describes. It fails with ErrCorrupt when the
+// index was found corrupt, and replaced, since the rescan's Reset.
+func (t *Table) Filled(fingerprint string) error {
+	err := t.fill(func(tb tableBuckets) error {
 		return tb.table.Put(keyFilled, []byte(fingerprint))
 	})
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -70,28 +68,6 @@ func severalTables(t *testing.T, f *forum, create bool, forum, blog, avatar stri
 	t.Setenv("RECONCILE_TABLES", string(b))
 }
 
-// file writes a file under the storage root, written before the rows that
-// name it were deleted.
-func (f *forum) file(key string) {
-	f.t.Helper()
-	path := filepath.Join(f.root, key)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		f.t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte("img"), 0o644); err != nil {
-		f.t.Fatal(err)
-	}
-	old := time.Now().Add(-30 * 24 * time.Hour)
-	if err := os.Chtimes(path, old, old); err != nil {
-		f.t.Fatal(err)
-	}
-}
-
-func (f *forum) hasFile(key string) bool {
-	_, err := os.Stat(filepath.Join(f.root, key))
-	return err == nil
-}
-
 // blog inserts a blog image (deleted ageHours ago, or not when negative)
 // with its two files; cover may be "".
 func (f *forum) blog(file, cover string, ageHours float64) int64 {
@@ -106,7 +82,7 @@ func (f *forum) blog(file, cover string, ageHours float64) int64 {
 	}
 	for _, k := range []string{file, cover} {
 		if k != "" {
-			f.file(k)
+			f.writeOld(k)
 		}
 	}
 	return id
@@ -122,7 +98,7 @@ func (f *forum) avatar(photo string, ageHours float64) string {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	f.file(photo)
+	f.writeOld(photo)
 	return id
 }
 
@@ -194,7 +170,7 @@ func TestRescanPurgesSeveralTablesEachByItsRetention(t *testing.T) {
 		"avatars/v1.jpg": false, "avatars/v2.jpg": true,
 	}
 	for key, want := range files {
-		if got := f.hasFile(key); got != want {
+		if got := !f.fileGone(key); got != want {
 			t.Errorf("file %s: present %v, want %v\n%s", key, got, want, stderr)
 		}
 	}
@@ -221,17 +197,17 @@ func TestServicePurgesSeveralTablesEachByItsRetention(t *testing.T) {
 	f.exec(`UPDATE avatar SET deleted_at = now() WHERE id = $1`, photo)
 
 	eventually(t, 20*time.Second, func() bool {
-		return !f.rowExists("forum_attachment", shared) && !f.rowExists("avatar", photo) && !f.hasFile("avatars/v.jpg")
+		return !f.rowExists("forum_attachment", shared) && !f.rowExists("avatar", photo) && f.fileGone("avatars/v.jpg")
 	}, func() string { return "the due forum and avatar rows were not purged:\n" + s.logs.String() })
-	if !f.hasFile("shared/x.jpg") {
+	if f.fileGone("shared/x.jpg") {
 		t.Fatalf("a file a live blog image names was removed:\n%s", s.logs)
 	}
 	// Deleted outright: its files go after the grace, the shared one too.
 	f.exec(`DELETE FROM blog_image WHERE id = $1`, live)
-	eventually(t, 20*time.Second, func() bool { return !f.hasFile("shared/x.jpg") && !f.hasFile("blog/live.jpg") },
+	eventually(t, 20*time.Second, func() bool { return f.fileGone("shared/x.jpg") && f.fileGone("blog/live.jpg") },
 		func() string { return "the files of a blog image deleted outright stayed:\n" + s.logs.String() })
 	// Its retention is an hour.
-	if !f.rowExists("blog_image", fmt.Sprint(kept)) || !f.hasFile("blog/kept.jpg") {
+	if !f.rowExists("blog_image", fmt.Sprint(kept)) || f.fileGone("blog/kept.jpg") {
 		t.Fatalf("a blog image within its retention was purged:\n%s", s.logs)
 	}
 	if n := s.logs.count("rescanning the table into the index"); n != 1 {
@@ -264,7 +240,7 @@ func TestServiceAddsAndRemovesATable(t *testing.T) {
 		t.Fatalf("after migrate the publication holds %v", got)
 	}
 	s = startService(t, false)
-	eventually(t, 20*time.Second, func() bool { return !f.rowExists("avatar", before) && !f.hasFile("avatars/before.jpg") },
+	eventually(t, 20*time.Second, func() bool { return !f.rowExists("avatar", before) && f.fileGone("avatars/before.jpg") },
 		func() string { return "the added table's due row was not purged:\n" + s.logs.String() })
 	if s.logs.count("rescanning a table new to the index, alone") != 1 || s.logs.count("rescanning the table into the index") != 0 {
 		t.Fatalf("want avatar rescanned alone and nothing else rebuilt:\n%s", s.logs)
@@ -291,7 +267,7 @@ func TestServiceAddsAndRemovesATable(t *testing.T) {
 	f.softDelete(forumRow)
 	eventually(t, 20*time.Second, func() bool { return !f.rowExists("forum_attachment", forumRow) },
 		func() string { return "forum row not purged:\n" + s.logs.String() })
-	if !f.rowExists("avatar", left) || !f.hasFile("avatars/left.jpg") {
+	if !f.rowExists("avatar", left) || f.fileGone("avatars/left.jpg") {
 		t.Fatalf("a table no longer configured was purged:\n%s", s.logs)
 	}
 	if s.logs.count("rescanning the table into the index") != 0 {
@@ -341,7 +317,7 @@ func TestServiceDrainsTheOutboxOfARemovedTable(t *testing.T) {
 
 	severalTables(t, f, false, "1h", "", "")
 	s = startService(t, false)
-	eventually(t, 20*time.Second, func() bool { return !f.hasFile("avatars/gone.jpg") },
+	eventually(t, 20*time.Second, func() bool { return f.fileGone("avatars/gone.jpg") },
 		func() string {
 			return "the outbox of a table no longer configured was not drained:\n" + s.logs.String()
 		})
@@ -367,7 +343,7 @@ func TestOrphansOfSeveralTables(t *testing.T) {
 	f.add("forum/a.jpg", -1)
 	f.blog("blog/b.jpg", "forum/shared.jpg", -1)
 	for _, key := range []string{"forum/orphan.jpg", "blog/orphan.jpg"} {
-		f.file(key)
+		f.writeOld(key)
 	}
 	f.migrate()
 	time.Sleep(1500 * time.Millisecond) // past the grace, by the files' status change too
@@ -379,7 +355,7 @@ func TestOrphansOfSeveralTables(t *testing.T) {
 		"forum/a.jpg": true, "blog/b.jpg": true, "forum/shared.jpg": true,
 		"forum/orphan.jpg": false, "blog/orphan.jpg": false,
 	} {
-		if got := f.hasFile(key); got != want {
+		if got := !f.fileGone(key); got != want {
 			t.Errorf("%s: present %v, want %v\n%s\n%s", key, got, want, out, stderr)
 		}
 	}

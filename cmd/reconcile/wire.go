@@ -487,19 +487,17 @@ func rescanTable(ctx context.Context, cfg *config.Config, r *reconciler.Reconcil
 // printTotals sums up a run of several tables.
 func printTotals(w io.Writer, s reconciler.Summary, tables int) {
 	fmt.Fprintf(w, "\nAll %d tables:\n", tables)
-	fmt.Fprintf(w, "  - Successfully deleted: %d attachments\n", s.Purged)
-	fmt.Fprintf(w, "  - Failed: %d attachments\n", s.Failed)
-	fmt.Fprintf(w, "  - Files removed: %d\n", s.FilesRemoved)
-	if s.FilesKept > 0 {
-		fmt.Fprintf(w, "  - Files kept (still used by another row): %d\n", s.FilesKept)
-	}
-	if s.FilesPending > 0 {
-		fmt.Fprintf(w, "  - Files awaiting removal (kept in the outbox, retried next run): %d\n", s.FilesPending)
-	}
+	printCounts(w, s)
 }
 
 func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {
 	fmt.Fprintf(w, "\nCleanup complete:\n")
+	printCounts(w, s)
+	fmt.Fprintf(w, "  - Cutoff date: %s\n", cutoff.UTC().Format(reconciler.TimeLayout))
+}
+
+// printCounts prints what a purge did, as the cron job's summary did.
+func printCounts(w io.Writer, s reconciler.Summary) {
 	fmt.Fprintf(w, "  - Successfully deleted: %d attachments\n", s.Purged)
 	if s.NoFile > 0 {
 		fmt.Fprintf(w, "  - Of which without a file (empty storage key): %d attachments\n", s.NoFile)
@@ -527,5 +525,4 @@ func printSummary(w io.Writer, s reconciler.Summary, cutoff time.Time) {
 	if s.DerivedKept > 0 {
 		fmt.Fprintf(w, "  - Derived files kept (a remaining row maps to them): %d\n", s.DerivedKept)
 	}
-	fmt.Fprintf(w, "  - Cutoff date: %s\n", cutoff.UTC().Format(reconciler.TimeLayout))
 }

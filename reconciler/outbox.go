@@ -45,21 +45,40 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	if err != nil {
 		return s, err
 	}
-	var twins []string
+	var owned []string
 	removals = slices.DeleteFunc(removals, func(rm storage.Removal) bool {
 		key, ok := u.owns(r, rm.Key)
 		if ok {
 			r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row, under another spelling of its path", "storage_key", rm.Key, "other_key", key)
-			twins = append(twins, rm.Key)
+			owned = append(owned, rm.Key)
 		}
 		return ok
 	})
-	if len(twins) > 0 {
-		if _, err := r.db.Exec(ctx, r.sql.finishRemoval, twins, []string{}, []string{}); err != nil {
+	if len(r.patterns) > 0 && len(removals) > 0 {
+		// A file may lie where a remaining row's derived location owns it
+		// (a thumbnail folder), of any table on the storage.
+		files := make([]string, len(removals))
+		for i, rm := range removals {
+			files[i] = rm.Key
+		}
+		derivedOwned, err := r.ownedFiles(ctx, files)
+		if err != nil {
+			return s, err
+		}
+		removals = slices.DeleteFunc(removals, func(rm storage.Removal) bool {
+			if derivedOwned[rm.Key] {
+				r.log.InfoContext(ctx, "[CLEANUP] Kept file a remaining row owns through a derived location", "storage_key", rm.Key)
+				owned = append(owned, rm.Key)
+			}
+			return derivedOwned[rm.Key]
+		})
+	}
+	if len(owned) > 0 {
+		if _, err := r.db.Exec(ctx, r.sql.finishRemoval, owned, []string{}, []string{}); err != nil {
 			return s, fmt.Errorf("record kept files in the outbox: %w", err)
 		}
 	}
-	s.FilesKept = len(kept) + len(twins)
+	s.FilesKept = len(kept) + len(owned)
 	r.cfg.Observer.Files(0, 0, s.FilesKept)
 	if len(removals) == 0 {
 		return s, nil

@@ -192,7 +192,14 @@ func (r *Reconciler) purge(ctx context.Context, src source, progress func(handle
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	lanes := make([]chan index.Entry, r.cfg.Concurrency)
+	// Rows of several key columns may share a file through any of them,
+	// which no one lane's key can tell: their batches go one after the
+	// other, each seeing the last one's commit.
+	concurrency := r.cfg.Concurrency
+	if len(r.table.keyColumns()) > 1 {
+		concurrency = 1
+	}
+	lanes := make([]chan index.Entry, concurrency)
 	for i := range lanes {
 		lanes[i] = make(chan index.Entry, r.cfg.BatchSize)
 	}

@@ -189,6 +189,9 @@ func New(ctx context.Context, db DB, store Store, idx Index, table Table, cfg Co
 	if w := table.timeWarning(ctx, db, types); w != "" {
 		log.WarnContext(ctx, w)
 	}
+	for _, w := range table.shapeWarnings(types) {
+		log.WarnContext(ctx, w)
+	}
 	var patterns []derived.Pattern
 	for _, o := range ownerPatterns(table, cfg.Peers) {
 		patterns = append(patterns, o.pattern)

@@ -78,38 +78,42 @@ func (rs Tables) Sweep(ctx context.Context, cfg SweepConfig) error {
 	for _, r := range cfg.Retired {
 		ss = append(ss, &sweeper{r: r, cfg: cfg, now: now, retries: retryQueue{}, budget: budget, retired: true})
 	}
-	backoff := retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
+	for _, s := range ss {
+		s.backoff = retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
+	}
 	for ctx.Err() == nil {
-		var failed *sweeper
-		var err error
+		// A table that fails waits for its retry; the others go on.
+		swept := false
 		for _, s := range ss {
-			switch {
-			case s.gone:
+			if s.gone || time.Now().Before(s.retryAt) {
 				continue
-			case s.retired:
+			}
+			var err error
+			if s.retired {
 				err = s.drainRetired(ctx)
-			default:
-				if s.cutoff, s.offset, err = s.r.clock(ctx); err == nil {
-					err = s.sweep(ctx, s.cutoff)
-				}
+			} else if s.cutoff, s.offset, err = s.r.clock(ctx); err == nil {
+				err = s.sweep(ctx, s.cutoff)
 			}
-			if err != nil {
-				failed = s
-				break
-			}
-		}
-		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			failed.r.stopped(err)
-			failed.r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", backoff.Next())
-			if err := backoff.Failed(ctx, err); err != nil {
-				return fmt.Errorf("sweep: %w", err)
+			if err == nil {
+				s.backoff.Succeeded()
+				s.retryAt, swept = time.Time{}, true
+				continue
 			}
+			s.r.stopped(err)
+			wait := s.backoff.Next()
+			s.r.log.ErrorContext(ctx, "[CLEANUP] Failed: sweep stopped short; retrying", "error", err, "retry_in", wait)
+			if err := s.backoff.Count(err); err != nil {
+				return fmt.Errorf("sweep of %s: %w", s.r.IndexName(), err)
+			}
+			s.retryAt = time.Now().Add(wait)
+		}
+		if !swept {
+			waitRetry(ctx, ss)
 			continue
 		}
-		backoff.Succeeded()
 		ss[0].r.cfg.Observer.Swept(time.Now())
 		ss[0].record(ctx)
 		if budget.spent(now()) {
@@ -136,6 +140,22 @@ type sweeper struct {
 	budget  *hourlyBudget // shared by the tables
 	retired bool          // the table left the configuration: see SweepConfig.Retired
 	gone    bool          // retired, and its outbox drained
+	// After a failed sweep the table waits until retryAt; sweepTries
+	// failures in a row end the service.
+	backoff retry.Backoff
+	retryAt time.Time
+}
+
+// waitRetry waits, after a round where every table due for a try failed,
+// until the next table's retry.
+func waitRetry(ctx context.Context, ss []*sweeper) {
+	var next time.Time
+	for _, s := range ss {
+		if !s.gone && !s.retryAt.IsZero() && (next.IsZero() || s.retryAt.Before(next)) {
+			next = s.retryAt
+		}
+	}
+	sleep(ctx, time.Until(next))
 }
 
 // drainRetired drains a retired table's outbox, and tells when it is
@@ -255,11 +275,17 @@ func wakeAt(ss []*sweeper) time.Time {
 		// Nothing can be purged before the next hour, retries included.
 		wake = s.budget.renewal()
 	}
-	if wake.IsZero() {
-		return wake
+	if !wake.IsZero() {
+		// The clocks may differ (tests move Now): wait for the difference.
+		wake = time.Now().Add(wake.Sub(s.now()))
 	}
-	// The clocks may differ (tests move Now): wait for the difference.
-	return time.Now().Add(wake.Sub(s.now()))
+	// A table that failed is tried again at its time, by this host's clock.
+	for _, s := range ss {
+		if !s.gone && !s.retryAt.IsZero() && (wake.IsZero() || s.retryAt.Before(wake)) {
+			wake = s.retryAt
+		}
+	}
+	return wake
 }
 
 // waitForDue sleeps until the first entry of a table from its sweeper's

@@ -1,6 +1,7 @@
 package reconciler
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -228,6 +229,9 @@ func (t Table) columns() []column {
 type columnTypes struct {
 	id        string // the id column's type, which id parameters are cast to
 	naiveTime bool   // deleted_at is a timestamp without time zone
+	// unusedFlags are boolean columns named as soft-delete flags
+	// (is_active, is_deleted) that the configuration does not name.
+	unusedFlags []string
 }
 
 // check compares the configuration with the catalog and returns the column
@@ -278,6 +282,11 @@ func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 		return columnTypes{}, fmt.Errorf("%s: %w", strings.Join(problems, "; "), ErrSetup)
 	}
 	types := columnTypes{id: found[t.ID].formatted, naiveTime: found[t.DeletedAt].typname == "timestamp"}
+	for _, flag := range []string{"is_active", "is_deleted"} {
+		if found[flag].typname == "bool" && flag != t.IsActive && flag != t.IsDeleted {
+			types.unusedFlags = append(types.unusedFlags, flag)
+		}
+	}
 	if t.TimeZone != "" {
 		// Only names: PostgreSQL reads an offset ("+02:00", "UTC+2") as a
 		// POSIX zone, west of Greenwich for a plus, the opposite of Django.
@@ -299,6 +308,19 @@ func (t Table) check(ctx context.Context, db DB) (columnTypes, error) {
 		}
 	}
 	return types, nil
+}
+
+// shapeWarnings say when the table has a soft-delete flag the
+// configuration does not name: a row it marks restored, or never deleted,
+// is purged all the same when the configured shape says so.
+func (t Table) shapeWarnings(types columnTypes) []string {
+	section := cmp.Or(t.Section, "table")
+	var out []string
+	for _, flag := range types.unusedFlags {
+		out = append(out, fmt.Sprintf("%s has a boolean column %q that %s.columns does not name: a row is taken for soft-deleted when %s, whatever %s holds; if %s marks deletion or restoration, name it in %s.columns",
+			t.qualified(), flag, section, t.softDeleted(""), flag, flag, section))
+	}
+	return out
 }
 
 // timeWarning says what an operator should know of how deleted_at is read,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -121,9 +122,12 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		}
 	}
 	for {
-		var retired reconciler.Tables
+		var (
+			retired   reconciler.Tables
+			unchecked []string
+		)
 		if !dryRun {
-			if retired, err = retiredTables(ctx, cfg, pool, st, idx, rs, log); err != nil {
+			if retired, unchecked, err = retiredTables(ctx, cfg, pool, st, idx, rs, log); err != nil {
 				return err
 			}
 		}
@@ -138,7 +142,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		}
 		ready.role.Store(int32(roleLeader))
 		m.SetLeader(!dryRun)
-		if err := syncTables(held, pool, idx, rs, retired, rpc, log); err != nil {
+		if err := syncTables(held, pool, idx, rs, retired, unchecked, rpc, log); err != nil {
 			unlock()
 			return err
 		}
@@ -248,7 +252,7 @@ func rescanForStream(ctx context.Context, r *reconciler.Reconciler, log *slog.Lo
 // since the index's position, which converges on the table); a table
 // removed leaves the index. Nothing else is rebuilt. An index that no
 // rescan filled yet is left to the stream, which rescans every table.
-func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, retired reconciler.Tables, rpc replication.Config, log *slog.Logger) error {
+func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, retired reconciler.Tables, unchecked []string, rpc replication.Config, log *slog.Logger) error {
 	st, err := idx.State()
 	if err != nil {
 		return err
@@ -270,15 +274,19 @@ func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, r
 	var removed []string
 	for name, fingerprint := range filled {
 		removed = append(removed, name)
+		if slices.Contains(unchecked, name) {
+			continue // its outbox is left: retiredTables said why
+		}
 		if r := retired.Table(name); r != nil {
 			// Its rows leave the index; the table stays in it, as its
-			// description, until its outbox is drained.
+			// description marked retired (were it configured again, it is
+			// rescanned), until its outbox is drained.
 			log.Info("a table left the configuration: its rows are no longer purged; its outbox is drained first", "table", name)
 			part := idx.Table(name)
 			if err := part.Reset(); err != nil {
 				return err
 			}
-			if err := part.Filled(fingerprint); err != nil {
+			if err := part.Filled(retiredMark + strings.TrimPrefix(fingerprint, retiredMark)); err != nil {
 				return err
 			}
 			continue
@@ -323,26 +331,29 @@ func streamTables(cfg *config.Config) []replication.Table {
 	return out
 }
 
+// retiredMark starts the index's description of a retired table.
+const retiredMark = "retired "
+
 // retiredTables are the tables that left the configuration, as the index
 // describes them, whose outbox still holds files to remove: their
-// reconcilers, whose sweep drains them. A table the database no longer
-// has cannot be checked: its outbox is left, and said so.
-func retiredTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, rs reconciler.Tables, log *slog.Logger) (reconciler.Tables, error) {
-	st0, err := idx.State()
-	if err != nil || st0.Origin == "" {
-		return nil, err
+// reconcilers, whose sweep drains them. unchecked are those that cannot
+// be checked (the table is gone from the database): their outbox is left
+// alone, and said so at each start, while the index keeps them.
+func retiredTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, rs reconciler.Tables, log *slog.Logger) (retired reconciler.Tables, unchecked []string, err error) {
+	state, err := idx.State()
+	if err != nil || state.Origin == "" {
+		return nil, nil, err
 	}
 	filled, err := idx.Tables()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	peers := tables(cfg)
-	var retired reconciler.Tables
 	for name, fingerprint := range filled {
 		if rs.Table(name) != nil || fingerprint == "" {
 			continue
 		}
-		t, err := reconciler.ParseFingerprint(fingerprint)
+		t, err := reconciler.ParseFingerprint(strings.TrimPrefix(fingerprint, retiredMark))
 		if err != nil {
 			log.Warn("a table no longer configured is not described in the index: its outbox, if any, is left", "table", name, "error", err)
 			continue
@@ -356,11 +367,16 @@ func retiredTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, 
 				retired = append(retired, r)
 			}
 		}
+		if served, serr := reconciler.Served(ctx, pool, t.Schema, t.Name); err != nil && serr == nil && !served {
+			continue // its outbox is gone too: nothing is left to drain
+		}
 		if err != nil {
-			log.Warn("a table no longer configured cannot be checked: its outbox, if any, is left alone", "table", name, "error", err)
+			log.Warn("[CLEANUP] Failed: a table no longer configured cannot be checked: its outbox, if any, is left alone, its files kept; configure the table again, or drop its outbox",
+				"table", name, "error", err)
+			unchecked = append(unchecked, name)
 		}
 	}
-	return retired, nil
+	return retired, unchecked, nil
 }
 
 // replicationConfig is the stream's configuration. The dry run reads a

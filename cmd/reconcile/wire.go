@@ -375,7 +375,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	// rescan, its purge, its summary; the deletion budget is the run's.
 	var (
 		total  reconciler.Summary
-		failed error
+		failed []error
 	)
 	budget := cfg.Safety.MaxDeletes
 	for _, r := range rs {
@@ -385,11 +385,19 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 			budget = max(budget-sum.Purged, 0)
 		}
 		if err != nil {
-			failed = err
-			break
+			// A table that fails (its storage holds none of its files, a
+			// batch stopped short) leaves the others to run; the run
+			// fails at the end.
+			if len(rs) > 1 {
+				err = fmt.Errorf("%s: %w", r.IndexName(), err)
+			}
+			failed = append(failed, err)
+			if ctx.Err() != nil || errors.Is(err, reconciler.ErrLockLost) {
+				break
+			}
+			continue
 		}
 		if len(rs) == 1 {
-			total = sum
 			printSummary(stdout, sum, cutoff)
 		}
 	}
@@ -400,8 +408,8 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 		fmt.Fprintf(stdout, "\nStopped at the deletion budget (safety.max_deletes, --max-deletes: %d): %d due attachments are left for the next run.\n",
 			cfg.Safety.MaxDeletes, total.Left)
 	}
-	if failed != nil {
-		return failed
+	if err := errors.Join(failed...); err != nil {
+		return err
 	}
 	if cfg.Storage.Trash.Prefix != "" {
 		if err := emptyTrash(ctx, cfg, st, log); err != nil {

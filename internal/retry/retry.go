@@ -36,15 +36,25 @@ func (b *Backoff) Next() time.Duration {
 // ends, and returns nil.
 func (b *Backoff) Failed(ctx context.Context, err error) error {
 	wait := b.Next()
-	b.fails++
-	if b.Tries > 0 && b.fails >= b.Tries {
-		return fmt.Errorf("%w after %d failures in a row: %w", ErrGaveUp, b.fails, err)
+	if err := b.Count(err); err != nil {
+		return err
 	}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	}
+	return nil
+}
+
+// Count counts a failure without waiting: once Tries failures have come
+// in a row it returns err wrapped with ErrGaveUp. The caller waits Next,
+// taken before, as it sees fit.
+func (b *Backoff) Count(err error) error {
+	b.fails++
+	if b.Tries > 0 && b.fails >= b.Tries {
+		return fmt.Errorf("%w after %d failures in a row: %w", ErrGaveUp, b.fails, err)
 	}
 	return nil
 }

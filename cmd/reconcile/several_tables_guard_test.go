@@ -1,0 +1,133 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Regressions of the review of several tables.
+
+// a forum row's file lies under the imagekit location of a live blog
+// image (a thumbnail model that names a generated file). The README
+// promises: "nor a derived file that any table's patterns map a remaining
+// row to". The purge of the due forum row must keep it.
+func TestPurgeKeepsAFileUnderAPeersDerivedLocation(t *testing.T) {
+	f := newForum(t)
+	severalTables(t, f, true, "1h", "1h", "")
+	t.Setenv("RECONCILE_TABLES", `[
+		{"name": "forum_attachment"},
+		{"name": "blog_image", "derived": ["imagekit"], "columns": {"key": ["file", "cover"], "is_active": "", "is_deleted": "is_deleted"}}]`)
+	f.blog("blog/b1.jpg", "", -1) // live: owns CACHE/images/blog/b1/
+	f.writeOld("CACHE/images/blog/b1/thumb.jpg")
+	thumb := f.add("CACHE/images/blog/b1/thumb.jpg", 3) // due: names the live image's derived file
+	f.migrate()
+	code, out, stderr := reconcile("--rescan")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if f.rowExists("forum_attachment", thumb) {
+		t.Fatalf("due row not purged\n%s", out)
+	}
+	if f.fileGone("CACHE/images/blog/b1/thumb.jpg") {
+		t.Errorf("removed a file a live blog image's derived location (imagekit) owns\n%s\n%s", out, stderr)
+	}
+}
+
+// the same within one table (before issue 10 as well).
+func TestPurgeKeepsAFileUnderItsOwnDerivedLocation(t *testing.T) {
+	f := newForum(t)
+	t.Setenv("RECONCILE_TABLE_DERIVED", "imagekit")
+	f.add("forum/a.jpg", -1) // live: owns CACHE/images/forum/a/
+	thumb := f.add("CACHE/images/forum/a/thumb.jpg", 3)
+	f.migrate()
+	code, out, stderr := reconcile("--rescan")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if f.exists(thumb) {
+		t.Fatalf("due row not purged\n%s", out)
+	}
+	if f.fileGone("CACHE/images/forum/a/thumb.jpg") {
+		t.Errorf("removed a file a live row's derived location owns\n%s\n%s", out, stderr)
+	}
+}
+
+// a table that left the configuration while its outbox held a file
+// (kept in the index as its description), added back: its soft-deleted
+// rows must reach the index again. The operator runs migrate at each
+// change, as the README says (migrate drops the table from the
+// publication, so what happens meanwhile is not streamed).
+func TestServiceRescansARetiredTableAddedBack(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "1h") // the outbox stays full
+	severalTables(t, f, true, "1h", "", "1s")
+	f.migrate()
+	s := startService(t, false)
+	gone := f.avatar("avatars/gone.jpg", -1)
+	f.exec(`DELETE FROM avatar WHERE id = $1`, gone)
+	eventually(t, 20*time.Second, func() bool { return f.count(`SELECT count(*) FROM reconcile_avatar_outbox`) == 1 },
+		func() string { return "not queued:\n" + s.logs.String() })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	severalTables(t, f, false, "1h", "", "")
+	f.migrate()
+	s = startService(t, false)
+	s.waitLog("its outbox is drained first", 1)
+	// Soft-deleted while avatar is not served.
+	old := f.avatar("avatars/old.jpg", 5)
+	time.Sleep(time.Second)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	severalTables(t, f, false, "1h", "", "1s")
+	f.migrate()
+	s = startService(t, false)
+	eventually(t, 15*time.Second, func() bool { return !f.rowExists("avatar", old) },
+		func() string {
+			return "a due avatar row is never purged once its table is added back (its index part stays empty):\n" + s.logs.String()
+		})
+}
+
+// one table whose files the storage does not hold (the probe fails)
+// must not stop the purge of the others, nor the service.
+func TestServiceGoesOnWhileOneTableFails(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_TABLES", `[
+		{"name": "avatar", "columns": {"key": "photo", "is_active": ""}, "retention": "1h"},
+		{"name": "forum_attachment", "retention": "1s"}]`)
+	if _, err := f.pool.Exec(t.Context(), otherTablesSQL); err != nil {
+		t.Fatal(err)
+	}
+	// Avatars whose files are elsewhere (or removed by hand): none due.
+	for i := range 3 {
+		f.exec(`INSERT INTO avatar (id, photo) VALUES (gen_random_uuid(), $1)`, fmt.Sprintf("avatars/%d.jpg", i))
+	}
+	f.migrate()
+	s := startService(t, false)
+	row := f.add("forum/a.jpg", -1)
+	f.softDelete(row)
+	eventually(t, 20*time.Second, func() bool { return !f.exists(row) },
+		func() string { return "a due forum row is not purged while avatar's probe fails:\n" + s.logs.String() })
+}
+
+// A table with a soft-delete flag its configuration does not name is
+// warned of: the configured shape decides, whatever the flag says.
+func TestAnUnnamedFlagIsWarnedOf(t *testing.T) {
+	f := newForum(t)
+	severalTables(t, f, true, "1h", "", "")
+	t.Setenv("RECONCILE_TABLES", `[
+		{"name": "forum_attachment"},
+		{"name": "blog_image", "columns": {"key": ["file", "cover"], "is_active": ""}}]`)
+	f.migrate()
+	code, out, stderr := reconcile("--rescan", "--dry-run")
+	if code != exitOK || !strings.Contains(stderr, `has a boolean column \"is_deleted\" that tables[1].columns does not name`) {
+		t.Fatalf("exit %d; want the unnamed is_deleted warned of:\n%s\n%s", code, out, stderr)
+	}
+}

@@ -98,23 +98,28 @@ func (r *Reconciler) audit(ctx context.Context, w AuditWriter, progress func(exa
 	for rows.Next() {
 		var row AuditRow
 		var deletedAt time.Time
-		if err := rows.Scan(&row.ID, &row.StorageKey, &row.OriginalFilename, &deletedAt); err != nil {
+		var joined string // the keys as the index holds them
+		if err := rows.Scan(&row.ID, &row.StorageKey, &joined, &row.OriginalFilename, &deletedAt); err != nil {
 			rows.Close()
 			return totals, fmt.Errorf("audit due rows: %w", err)
 		}
 		days := int(now.Sub(deletedAt) / (24 * time.Hour))
 		row.DeletedAt, row.DaysSinceDeleted = &deletedAt, &days
-		switch {
-		case row.StorageKey == "":
-			totals.Due++
+		// Each key as the purge checks it: one refused keeps the row.
+		keys := r.table.splitKeys(joined)
+		if len(keys) == 0 {
 			totals.NoFile++
-		default:
-			if err := r.store.Check(ctx, []string{row.StorageKey})[0]; err != nil {
+		}
+		for _, err := range r.store.Check(ctx, keys) {
+			if err != nil {
 				row.Refused = err.Error()
-				totals.Refused++
-			} else {
-				totals.Due++
+				break
 			}
+		}
+		if row.Refused != "" {
+			totals.Refused++
+		} else {
+			totals.Due++
 		}
 		if err := w.Due(row); err != nil {
 			rows.Close()
@@ -148,7 +153,10 @@ func (r *Reconciler) audit(ctx context.Context, w AuditWriter, progress func(exa
 		return totals, fmt.Errorf("audit inconsistent rows: %w", err)
 	}
 	totals.ThisRun = totals.Due
-	if totals.MaxDeletes > 0 {
+	switch {
+	case probeErr != nil:
+		totals.ThisRun = 0 // the purge refuses to run on this table
+	case totals.MaxDeletes > 0:
 		totals.ThisRun = min(totals.Due, left)
 	}
 	if err := w.Close(totals); err != nil {

@@ -237,9 +237,6 @@ func (r *Reconciler) claimRemovals(ctx context.Context, keys []string) ([]storag
 // every entry; otherwise only those whose next try is due.
 func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error) {
 	var total Summary
-	if err := r.ensureFiles(ctx); err != nil {
-		return total, err
-	}
 	after := ""
 	for {
 		rows, err := r.db.Query(ctx, r.sql.outboxPage, after, all, outboxPage)
@@ -252,6 +249,13 @@ func (r *Reconciler) DrainOutbox(ctx context.Context, all bool) (Summary, error)
 		}
 		if len(keys) == 0 {
 			return total, nil
+		}
+		// Probed once there is something to remove: a table with nothing
+		// to do does not fail for a storage that holds none of its files.
+		if after == "" {
+			if err := r.ensureFiles(ctx); err != nil {
+				return total, err
+			}
 		}
 		after = keys[len(keys)-1]
 		s, err := r.removeFiles(ctx, keys)

@@ -173,9 +173,6 @@ func entries(list []index.Entry) source {
 // purge purges the entries a source deals, and returns what it did and the
 // entries the database refused.
 func (r *Reconciler) purge(ctx context.Context, src source, progress func(handled int)) (Summary, []index.Entry, error) {
-	if err := r.ensureFiles(ctx); err != nil {
-		return Summary{}, nil, err
-	}
 	var (
 		t       tally
 		mu      sync.Mutex // orders progress calls
@@ -211,7 +208,17 @@ func (r *Reconciler) purge(ctx context.Context, src source, progress func(handle
 				close(lane)
 			}
 		}()
+		probed := false
 		return src(ctx, func(e index.Entry) error {
+			// Probed once there is something to purge: a table with
+			// nothing due does not fail for a storage that holds none of
+			// its files.
+			if !probed {
+				if err := r.ensureFiles(ctx); err != nil {
+					return err
+				}
+				probed = true
+			}
 			select {
 			case lanes[laneOf(e.Key, len(lanes))] <- e:
 				return nil

@@ -115,7 +115,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 			ORDER BY {DELETED}, {ID}::text COLLATE "C"`),
 
 		audit: r.Replace(`
-			SELECT {ID}::text, {KEYLIST}, coalesce({NAME}::text, ''), {DELETED}
+			SELECT {ID}::text, {KEYLIST}, {KEYS}, coalesce({NAME}::text, ''), {DELETED}
 			FROM {T}
 			WHERE {SOFT} AND {DELETED} <= $1 AND {DATED}
 			ORDER BY {DELETED}, {ID}`),
@@ -165,7 +165,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 			), freed AS (
 				SELECT DISTINCT ON (f.key) f.key, f.id, f.name
 				FROM files f
-				WHERE ` + unused(t, peers, "f.key", "u.{ID} NOT IN (SELECT pid FROM purged)") + `
+				WHERE NOT ` + used(t, peers, "f.key", "u.{ID} NOT IN (SELECT pid FROM purged)") + `
 			), queued AS (
 				INSERT INTO {OUTBOX} AS o (storage_key, attachment_id, original_filename)
 				SELECT key, id, name FROM freed
@@ -190,7 +190,7 @@ func buildQueries(t Table, peers []Table, types columnTypes) queries {
 			WITH {FENCE2}, kept AS (
 				DELETE FROM {OUTBOX} o
 				WHERE o.storage_key = ANY($1::text[])
-				  AND NOT (` + unused(t, peers, "o.storage_key", "") + `)
+				  AND ` + used(t, peers, "o.storage_key", "") + `
 				  AND (SELECT held FROM fence)
 				RETURNING o.storage_key
 			)
@@ -394,26 +394,27 @@ func keyList(t Table) string {
 	return "array_to_string(array_remove(" + t.keyArray("") + ", ''), ', ')"
 }
 
-// unused is the predicate that no row names the file key: in no key column
-// of t (but rows that except, a condition on u, leaves out) or of the
-// other tables on the storage, nor as a row of theirs deleted outright
-// whose grace is not over (it may be put back). Each test is a lookup in
-// a key index, or in an outbox's primary key.
-func unused(t Table, peers []Table, key, except string) string {
-	var conds []string
+// used is the predicate that a row names the file key: in a key column of
+// t (but rows that except, a condition on u, leaves out) or of the other
+// tables on the storage, or as a row of theirs deleted outright whose
+// grace is not over (it may be put back). One EXISTS of a UNION ALL: each
+// branch is a lookup in a key index, or in an outbox's primary key, where
+// a conjunction of NOT EXISTS would have the planner hash whole tables.
+func used(t Table, peers []Table, key, except string) string {
+	var branches []string
 	for i, tb := range storageTables(t, peers) {
 		for _, k := range tb.keyColumns() {
 			cond := "u." + quote(k) + " = " + key
 			if i == 0 && except != "" {
 				cond += " AND " + except
 			}
-			conds = append(conds, "NOT EXISTS (SELECT 1 FROM "+tb.qualified()+" u WHERE "+cond+")")
+			branches = append(branches, "SELECT 1 FROM "+tb.qualified()+" u WHERE "+cond)
 		}
 		if i > 0 {
-			conds = append(conds, "NOT EXISTS (SELECT 1 FROM "+tb.outbox()+" ub WHERE ub.storage_key = "+key+" AND ub.not_before > now())")
+			branches = append(branches, "SELECT 1 FROM "+tb.outbox()+" ub WHERE ub.storage_key = "+key+" AND ub.not_before > now()")
 		}
 	}
-	return strings.Join(conds, "\n\t\t\t\t  AND ")
+	return "EXISTS (" + strings.Join(branches, "\n\t\t\t\t\tUNION ALL ") + ")"
 }
 
 // ownerPattern is a derived pattern of a table on the storage, applied to

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -262,6 +263,13 @@ func (r *Reconciler) Lock(ctx context.Context, conn LockConn) (context.Context, 
 // or another service, that purges one of them waits, or is waited for.
 // Either every lock is taken, or none.
 func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func(context.Context) error, error) {
+	held, release, _, err := rs.LockWith(ctx, conn, nil)
+	return held, release, err
+}
+
+// LockWith is Lock, and takes as well the locks of optional that no other
+// session holds, on the same session; taken are those.
+func (rs Tables) LockWith(ctx context.Context, conn LockConn, optional Tables) (held context.Context, release func(context.Context) error, taken Tables, err error) {
 	var pid int32
 	unlock := func(taken []*Reconciler) {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -274,14 +282,26 @@ func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func
 		var ok bool
 		if err := conn.QueryRow(ctx, r.sql.lock).Scan(&ok, &pid); err != nil {
 			unlock(rs[:i])
-			return nil, nil, fmt.Errorf("take advisory lock: %w", err)
+			return nil, nil, nil, fmt.Errorf("take advisory lock: %w", err)
 		}
 		if !ok {
 			unlock(rs[:i])
-			return nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
+			return nil, nil, nil, fmt.Errorf("another reconcile is purging %s (it holds the advisory lock %q): %w",
 				r.table.qualified(), r.table.lockName(), ErrBusy)
 		}
 	}
+	taken = optional[:0:0]
+	for _, r := range optional {
+		var ok bool
+		if err := conn.QueryRow(ctx, r.sql.lock).Scan(&ok, &pid); err != nil {
+			unlock(append(slices.Clip(rs), taken...))
+			return nil, nil, nil, fmt.Errorf("take advisory lock: %w", err)
+		}
+		if ok {
+			taken = append(taken, r)
+		}
+	}
+	rs = append(slices.Clip(rs), taken...)
 	for _, r := range rs {
 		// The wait has no bound of its own (a statement of the old holder
 		// may be held by a forum transaction): say so when it lasts.
@@ -292,7 +312,7 @@ func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func
 		slow.Stop()
 		if err != nil {
 			unlock(rs)
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	held, lost := context.WithCancelCause(ctx)
@@ -322,7 +342,7 @@ func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func
 			}
 		}
 	}()
-	release := func(ctx context.Context) error {
+	release = func(ctx context.Context) error {
 		close(stop)
 		<-done
 		lost(nil)
@@ -333,7 +353,7 @@ func (rs Tables) Lock(ctx context.Context, conn LockConn) (context.Context, func
 		}
 		return errors.Join(errs...)
 	}
-	return held, release, nil
+	return held, release, taken, nil
 }
 
 // fenceWaitWarning is how long a new holder waits for the previous one's

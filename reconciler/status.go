@@ -70,6 +70,9 @@ func (r *Reconciler) OutboxStats(ctx context.Context) (pending int, oldest time.
 // OutboxEmpty tells whether the outbox holds nothing, not even a file
 // whose grace is not over.
 func (r *Reconciler) OutboxEmpty(ctx context.Context) (bool, error) {
+	if served, err := Served(ctx, r.db, r.table.Schema, r.table.Name); err != nil || !served {
+		return true, err // no outbox: nothing in it
+	}
 	var empty bool
 	if err := r.db.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM `+r.table.outbox()+`)`).Scan(&empty); err != nil {
 		return false, fmt.Errorf("look at outbox %s: %w", r.table.outbox(), err)

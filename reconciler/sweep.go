@@ -81,10 +81,13 @@ func (rs Tables) Sweep(ctx context.Context, cfg SweepConfig) error {
 	for _, s := range ss {
 		s.backoff = retry.Backoff{Min: time.Second, Max: sweepBackoff, Tries: sweepTries}
 	}
-	for ctx.Err() == nil {
-		// A table that fails waits for its retry; the others go on.
+	for round := 0; ctx.Err() == nil; round++ {
+		// A table that fails waits for its retry; the others go on. Each
+		// round starts with the next table: a backlog in one does not
+		// spend the hourly budget of all, every hour.
 		swept := false
-		for _, s := range ss {
+		for i := range ss {
+			s := ss[(i+round)%len(ss)]
 			if s.gone || time.Now().Before(s.retryAt) {
 				continue
 			}

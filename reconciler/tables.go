@@ -98,6 +98,18 @@ func Served(ctx context.Context, db DB, schema, name string) (bool, error) {
 	return exists, nil
 }
 
+// Exists tells whether the database has the table t.
+func Exists(ctx context.Context, db DB, t Table) (bool, error) {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t.qualified()).Scan(&exists); err != nil {
+		return false, fmt.Errorf("look for table %s: %w", t.qualified(), err)
+	}
+	return exists, nil
+}
+
+// Table is the table r purges.
+func (r *Reconciler) Table() Table { return r.table }
+
 // IndexName names the table's part of the index: see Table.IndexName.
 func (r *Reconciler) IndexName() string { return r.table.IndexName() }
 

@@ -512,70 +512,28 @@ type Catalog interface {
 // or alter it: `reconcile migrate` does, and the stream, run by a role of
 // fewer rights, finds it ready.
 func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.Logger) error {
-	tables := cfg.tables()
-	if err := checkTables(tables); err != nil {
+	exists, missing, err := CheckPublication(ctx, cat, cfg)
+	if err != nil {
 		return err
 	}
-	pub := pgx.Identifier{cfg.Publication}.Sanitize()
 	owner := "the table's owner"
-	if len(tables) > 1 {
+	if len(cfg.tables()) > 1 {
 		owner = "the tables' owner"
 	}
-	names := make([]string, len(tables))
-	schemas, relnames := make([]string, len(tables)), make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
-		schemas[i], relnames[i] = t.Schema, t.Name
+	if cfg.Temporary && (!exists || len(missing) > 0) {
+		// The dry run changes nothing, the publication included.
+		return fmt.Errorf("publication %q lacks %s: run `reconcile migrate` as %s first: %w",
+			cfg.Publication, strings.Join(missing, ", "), owner, ErrSetup)
 	}
-	var exists, all, viaRoot bool
-	err := cat.QueryRow(ctx, `
-		SELECT count(*) > 0,
-		       coalesce(bool_and(pubinsert AND pubupdate AND pubdelete AND pubtruncate), false),
-		       coalesce(bool_and(pubviaroot), false)
-		FROM pg_publication WHERE pubname = $1`, cfg.Publication).Scan(&exists, &all, &viaRoot)
-	if err != nil {
-		return fmt.Errorf("look for publication %q: %w", cfg.Publication, err)
-	}
+	pub := pgx.Identifier{cfg.Publication}.Sanitize()
 	if !exists {
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pub, strings.Join(names, ", "))
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s WITH (publish_via_partition_root = true)", pub, strings.Join(missing, ", "))
 		if _, err := cat.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("publication %q is missing and cannot be created by this role (%w): run `reconcile migrate` as %s, which creates it: %w",
 				cfg.Publication, err, owner, ErrSetup)
 		}
-		log.Info("created publication", "publication", cfg.Publication, "tables", strings.Join(names, ", "))
+		log.Info("created publication", "publication", cfg.Publication, "tables", strings.Join(missing, ", "))
 		return nil
-	}
-
-	// Every table is checked before anything is altered: a publication
-	// that hides changes is refused as it stands.
-	var missing []string
-	for i, t := range tables {
-		var published, partitioned, filtered bool
-		// A row filter, or a column list without one of reconcile's
-		// columns (PostgreSQL 15 and later; to_jsonb reads the columns
-		// where they exist).
-		err := cat.QueryRow(ctx, `
-			SELECT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3),
-			       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-			               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p'),
-			       EXISTS (
-				SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
-				WHERE p.pubname = $1 AND r.prrelid = $4::regclass
-				  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR
-				       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
-				        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $4::regclass AND a.attname = ANY ($5::text[]))
-				        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
-			cfg.Publication, t.Schema, t.Name, names[i], t.columns()).Scan(&published, &partitioned, &filtered)
-		if err != nil {
-			return fmt.Errorf("read publication %q: %w", cfg.Publication, err)
-		}
-		if !all || filtered || (partitioned && !viaRoot) {
-			return fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and run `reconcile migrate`, which creates it: %w",
-				cfg.Publication, names[i], ErrSetup)
-		}
-		if !published {
-			missing = append(missing, names[i])
-		}
 	}
 	// Tables the publication holds beyond these are left: it may serve
 	// another consumer too. Those reconcile served are dropped by
@@ -594,25 +552,65 @@ func EnsurePublication(ctx context.Context, cat Catalog, cfg Config, log *slog.L
 	return nil
 }
 
-// Published lists the tables the publication holds by name, as schema
-// and name.
-func Published(ctx context.Context, cat Catalog, publication string) ([][2]string, error) {
-	var schemas, names []string
-	err := cat.QueryRow(ctx, `
-		SELECT coalesce(array_agg(n.nspname ORDER BY 1, 2), '{}'), coalesce(array_agg(c.relname ORDER BY 1, 2), '{}')
-		FROM pg_publication_rel r
-		JOIN pg_publication p ON p.oid = r.prpubid
-		JOIN pg_class c ON c.oid = r.prrelid
-		JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE p.pubname = $1`, publication).Scan(&schemas, &names)
+// CheckPublication reads, changing nothing, whether the publication exists
+// and which of the configured tables (quoted, schema-qualified) it lacks:
+// every one when it does not exist. A publication that would hide changes
+// of a table it holds (an operation it does not publish, a row filter, a
+// column list without one of reconcile's columns, a partitioned table not
+// published through its root) is an ErrSetup error: that cannot be mended
+// by adding tables.
+func CheckPublication(ctx context.Context, cat Catalog, cfg Config) (exists bool, missing []string, err error) {
+	tables := cfg.tables()
+	if err := checkTables(tables); err != nil {
+		return false, nil, err
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = pgx.Identifier{t.Schema, t.Name}.Sanitize()
+	}
+	var all, viaRoot bool
+	err = cat.QueryRow(ctx, `
+		SELECT count(*) > 0,
+		       coalesce(bool_and(pubinsert AND pubupdate AND pubdelete AND pubtruncate), false),
+		       coalesce(bool_and(pubviaroot), false)
+		FROM pg_publication WHERE pubname = $1`, cfg.Publication).Scan(&exists, &all, &viaRoot)
 	if err != nil {
-		return nil, fmt.Errorf("read the tables of publication %q: %w", publication, err)
+		return false, nil, fmt.Errorf("look for publication %q: %w", cfg.Publication, err)
 	}
-	out := make([][2]string, len(names))
-	for i := range names {
-		out[i] = [2]string{schemas[i], names[i]}
+	if !exists {
+		return false, names, nil
 	}
-	return out, nil
+	// Every table is checked before anything is altered: a publication
+	// that hides changes is refused as it stands.
+	for i, t := range tables {
+		var published, partitioned, filtered bool
+		// A row filter, or a column list without one of reconcile's
+		// columns (PostgreSQL 15 and later; to_jsonb reads the columns
+		// where they exist).
+		err := cat.QueryRow(ctx, `
+			SELECT EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3),
+			       EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			               WHERE n.nspname = $2 AND c.relname = $3 AND c.relkind = 'p'),
+			       EXISTS (
+				SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+				WHERE p.pubname = $1 AND r.prrelid = $4::regclass
+				  AND (to_jsonb(r) ->> 'prqual' IS NOT NULL OR
+				       (to_jsonb(r) ->> 'prattrs' IS NOT NULL AND NOT
+				        (SELECT array_agg(a.attnum) FROM pg_attribute a WHERE a.attrelid = $4::regclass AND a.attname = ANY ($5::text[]))
+				        <@ ARRAY(SELECT jsonb_array_elements_text(to_jsonb(r) -> 'prattrs'))::int2[])))`,
+			cfg.Publication, t.Schema, t.Name, names[i], t.columns()).Scan(&published, &partitioned, &filtered)
+		if err != nil {
+			return false, nil, fmt.Errorf("read publication %q: %w", cfg.Publication, err)
+		}
+		if !all || filtered || (partitioned && !viaRoot) {
+			return false, nil, fmt.Errorf("publication %q exists but does not publish every change and column of %s under its own name: set replication.publication to a new name and run `reconcile migrate`, which creates it: %w",
+				cfg.Publication, names[i], ErrSetup)
+		}
+		if !published {
+			missing = append(missing, names[i])
+		}
+	}
+	return true, missing, nil
 }
 
 // Unpublish drops from the publication the tables, named schema.name
@@ -637,7 +635,7 @@ func Unpublish(ctx context.Context, cat Catalog, publication string, tables []st
 	}
 	sql := fmt.Sprintf("ALTER PUBLICATION %s DROP TABLE %s", pgx.Identifier{publication}.Sanitize(), strings.Join(listed, ", "))
 	if _, err := cat.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("drop %s from publication %q (run `reconcile migrate` as the tables' owner): %w", strings.Join(listed, ", "), publication, err)
+		return fmt.Errorf("drop %s from publication %q: its changes are decoded and dropped meanwhile; run as the publication's owner: %s; (%w)", strings.Join(listed, ", "), publication, sql, err)
 	}
 	for _, t := range listed {
 		log.Info("dropped a table no longer configured from the publication", "publication", publication, "table", t)

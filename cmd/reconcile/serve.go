@@ -51,7 +51,11 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 
 // runService is serve on opened resources.
 func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st store, idx *index.Index, dryRun bool, log *slog.Logger) error {
-	rs, err := openTables(ctx, cfg, pool, st, idx, m, log)
+	formers, unchecked, err := formerTables(ctx, cfg, pool, st, idx, log)
+	if err != nil {
+		return err
+	}
+	rs, err := openTables(ctx, cfg, pool, st, idx, m, log, formers.Tables()...)
 	if err != nil {
 		return err
 	}
@@ -116,24 +120,16 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 
 	log.Info("reconcile service starting", "dry_run", dryRun, "retention", cfg.Retention.String(), "slot", cfg.Replication.Slot)
 	sweep.Drained = func(r *reconciler.Reconciler) {
-		log.Info("drained the outbox of a table no longer configured; it is read no more", "table", r.IndexName())
-		if err := idx.DropTable(r.IndexName()); err != nil {
-			log.Warn("forget a drained table in the index; it is looked at again at the next start", "table", r.IndexName(), "error", err)
-		}
+		log.Info("drained the outbox of a table no longer configured", "table", r.IndexName())
 	}
 	for {
-		var (
-			retired   reconciler.Tables
-			unchecked []string
-		)
+		var retired reconciler.Tables
 		if !dryRun {
-			if retired, unchecked, err = retiredTables(ctx, cfg, pool, st, idx, rs, log); err != nil {
+			if retired, err = formers.toDrain(ctx); err != nil {
 				return err
 			}
 		}
-		sweep.Retired = retired
-		locked := append(slices.Clip(rs), retired...)
-		held, unlock, err := hold(ctx, pool, locked, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
+		held, unlock, taken, err := hold(ctx, pool, rs, retired, dryRun, func() { ready.role.Store(int32(roleStandby)) }, log)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // ctx ended while waiting
@@ -142,7 +138,13 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		}
 		ready.role.Store(int32(roleLeader))
 		m.SetLeader(!dryRun)
-		if err := syncTables(held, pool, idx, rs, retired, unchecked, rpc, log); err != nil {
+		for _, r := range retired {
+			if !slices.Contains(taken, r) {
+				log.Warn("another reconcile holds the lock of a table no longer configured: its outbox is left to it", "table", r.IndexName())
+			}
+		}
+		sweep.Retired = taken
+		if err := syncTables(held, pool, idx, rs, reconciler.Tables(formers), unchecked, rpc, log); err != nil {
 			unlock()
 			return err
 		}
@@ -176,16 +178,17 @@ const lockTries = 12
 // it, and lockTries attempts while the database is away. It fails when ctx
 // ends or those attempts are spent. waiting is called when another holds
 // it. The dry run takes no lock: it changes nothing.
-func hold(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, dryRun bool, waiting func(), log *slog.Logger) (context.Context, func(), error) {
+// Of optional (retired tables), it takes the locks no other holds: taken.
+func hold(ctx context.Context, pool *pgxpool.Pool, rs, optional reconciler.Tables, dryRun bool, waiting func(), log *slog.Logger) (context.Context, func(), reconciler.Tables, error) {
 	if dryRun {
-		return ctx, func() {}, nil
+		return ctx, func() {}, nil, nil
 	}
 	waited := false
 	backoff := retry.Backoff{Min: lockRetry, Max: lockRetry, Tries: lockTries}
 	for {
 		conn, err := pool.Acquire(ctx)
 		if err == nil {
-			held, release, lerr := rs.Lock(ctx, conn)
+			held, release, taken, lerr := rs.LockWith(ctx, conn, optional)
 			if lerr == nil {
 				if waited {
 					log.Info("took the advisory lock")
@@ -195,13 +198,13 @@ func hold(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, dryRun 
 					defer cancel()
 					_ = release(rctx) // a lost session has released it already
 					conn.Release()
-				}, nil
+				}, taken, nil
 			}
 			conn.Release()
 			err = lerr
 		}
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
 		if errors.Is(err, reconciler.ErrBusy) {
 			if !waited {
@@ -215,7 +218,7 @@ func hold(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, dryRun 
 		}
 		log.Warn("take the advisory lock", "error", err, "retry_in", backoff.Next())
 		if err := backoff.Failed(ctx, err); err != nil {
-			return nil, nil, fmt.Errorf("take the advisory lock: %w", err)
+			return nil, nil, nil, fmt.Errorf("take the advisory lock: %w", err)
 		}
 	}
 }
@@ -250,9 +253,11 @@ func rescanForStream(ctx context.Context, r *reconciler.Reconciler, log *slog.Lo
 // tables before the stream starts: a table added is published, then
 // rescanned alone (the stream then replays, over its rows, the changes
 // since the index's position, which converges on the table); a table
-// removed leaves the index. Nothing else is rebuilt. An index that no
-// rescan filled yet is left to the stream, which rescans every table.
-func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, retired reconciler.Tables, unchecked []string, rpc replication.Config, log *slog.Logger) error {
+// removed loses its rows in the index but stays described there, a former
+// table, while the database has it (unchecked: kept as it is). Nothing
+// else is rebuilt. An index that no rescan filled yet is left to the
+// stream, which rescans every table.
+func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, former reconciler.Tables, unchecked []string, rpc replication.Config, log *slog.Logger) error {
 	st, err := idx.State()
 	if err != nil {
 		return err
@@ -275,13 +280,16 @@ func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, r
 	for name, fingerprint := range filled {
 		removed = append(removed, name)
 		if slices.Contains(unchecked, name) {
-			continue // its outbox is left: retiredTables said why
+			continue // formerTables said why
 		}
-		if r := retired.Table(name); r != nil {
+		if former.Table(name) != nil {
 			// Its rows leave the index; the table stays in it, as its
 			// description marked retired (were it configured again, it is
-			// rescanned), until its outbox is drained.
-			log.Info("a table left the configuration: its rows are no longer purged; its outbox is drained first", "table", name)
+			// rescanned), for as long as the database has it.
+			if strings.HasPrefix(fingerprint, retiredMark) {
+				continue
+			}
+			log.Info("a table left the configuration: its rows are no longer purged, its outbox is drained, and its rows keep their files from the other tables", "table", name)
 			part := idx.Table(name)
 			if err := part.Reset(); err != nil {
 				return err
@@ -291,7 +299,7 @@ func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, r
 			}
 			continue
 		}
-		log.Info("a table left the configuration: its rows are no longer purged", "table", name)
+		log.Info("a table left the configuration, and the database: it is forgotten", "table", name)
 		if err := idx.DropTable(name); err != nil {
 			return err
 		}
@@ -300,7 +308,7 @@ func syncTables(ctx context.Context, pool *pgxpool.Pool, idx *index.Index, rs, r
 		// Its changes are dropped by the stream meanwhile: a failure only
 		// costs the decoding.
 		if err := replication.Unpublish(ctx, pool, rpc.Publication, removed, log); err != nil {
-			log.Warn("a table no longer configured stays in the publication until `reconcile migrate` runs as the tables' owner", "error", err)
+			log.Warn("a table no longer configured stays in the publication", "error", err)
 		}
 	}
 	if len(added) == 0 {
@@ -329,54 +337,6 @@ func streamTables(cfg *config.Config) []replication.Table {
 			IsActive: c.IsActive, IsDeleted: c.IsDeleted, DeletedAt: c.DeletedAt}
 	}
 	return out
-}
-
-// retiredMark starts the index's description of a retired table.
-const retiredMark = "retired "
-
-// retiredTables are the tables that left the configuration, as the index
-// describes them, whose outbox still holds files to remove: their
-// reconcilers, whose sweep drains them. unchecked are those that cannot
-// be checked (the table is gone from the database): their outbox is left
-// alone, and said so at each start, while the index keeps them.
-func retiredTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, rs reconciler.Tables, log *slog.Logger) (retired reconciler.Tables, unchecked []string, err error) {
-	state, err := idx.State()
-	if err != nil || state.Origin == "" {
-		return nil, nil, err
-	}
-	filled, err := idx.Tables()
-	if err != nil {
-		return nil, nil, err
-	}
-	peers := tables(cfg)
-	for name, fingerprint := range filled {
-		if rs.Table(name) != nil || fingerprint == "" {
-			continue
-		}
-		t, err := reconciler.ParseFingerprint(strings.TrimPrefix(fingerprint, retiredMark))
-		if err != nil {
-			log.Warn("a table no longer configured is not described in the index: its outbox, if any, is left", "table", name, "error", err)
-			continue
-		}
-		rc := reconcilerConfig(cfg)
-		rc.Peers = peers
-		r, err := reconciler.New(ctx, pool, st, nil, t, rc, log.With("table", name))
-		if err == nil {
-			var empty bool
-			if empty, err = r.OutboxEmpty(ctx); err == nil && !empty {
-				retired = append(retired, r)
-			}
-		}
-		if served, serr := reconciler.Served(ctx, pool, t.Schema, t.Name); err != nil && serr == nil && !served {
-			continue // its outbox is gone too: nothing is left to drain
-		}
-		if err != nil {
-			log.Warn("[CLEANUP] Failed: a table no longer configured cannot be checked: its outbox, if any, is left alone, its files kept; configure the table again, or drop its outbox",
-				"table", name, "error", err)
-			unchecked = append(unchecked, name)
-		}
-	}
-	return retired, unchecked, nil
 }
 
 // replicationConfig is the stream's configuration. The dry run reads a

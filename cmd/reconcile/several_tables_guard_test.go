@@ -77,7 +77,7 @@ func TestServiceRescansARetiredTableAddedBack(t *testing.T) {
 	severalTables(t, f, false, "1h", "", "")
 	f.migrate()
 	s = startService(t, false)
-	s.waitLog("its outbox is drained first", 1)
+	s.waitLog("a table left the configuration", 1)
 	// Soft-deleted while avatar is not served.
 	old := f.avatar("avatars/old.jpg", 5)
 	time.Sleep(time.Second)

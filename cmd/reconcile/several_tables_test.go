@@ -255,11 +255,15 @@ func TestServiceAddsAndRemovesATable(t *testing.T) {
 
 	severalTables(t, f, false, "1s", "", "")
 	s = startService(t, false)
-	// The service's role does not own the publication: it says what to run.
+	// The service's role does not own the publication: it says what to
+	// run, which the owner does.
 	s.waitLog("a table no longer configured stays in the publication", 1)
-	f.migrate()
+	if !strings.Contains(s.logs.String(), `reconcile_attachments\" DROP TABLE public.avatar`) {
+		t.Fatalf("the warning does not say what to run:\n%s", s.logs)
+	}
+	f.exec(`ALTER PUBLICATION reconcile_attachments DROP TABLE public.avatar`)
 	if got := f.published(); !slices.Equal(got, []string{"forum_attachment"}) {
-		t.Fatalf("after avatar left the configuration, and migrate, the publication holds %v", got)
+		t.Fatalf("the publication holds %v", got)
 	}
 	left := f.avatar("avatars/left.jpg", -1)
 	f.exec(`UPDATE avatar SET deleted_at = now() - interval '1 hour' WHERE id = $1`, left)
@@ -326,8 +330,35 @@ func TestServiceDrainsTheOutboxOfARemovedTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = startService(t, false)
-	if s.logs.count("a table left the configuration") != 0 {
-		t.Fatalf("a drained table was looked at again:\n%s", s.logs)
+	if s.logs.count("a table left the configuration") != 0 || s.logs.count("drained the outbox") != 0 {
+		t.Fatalf("a drained table was drained again:\n%s", s.logs)
+	}
+}
+
+// A table that leaves the configuration keeps its rows' files from the
+// other tables' purges, for as long as the database has it.
+func TestAFormerTablesRowsKeepTheirFiles(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	severalTables(t, f, true, "1h", "", "1h")
+	f.migrate()
+	s := startService(t, false)
+	f.avatar("shared/a.jpg", -1) // live
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	severalTables(t, f, false, "1h", "", "")
+	s = startService(t, false)
+	s.waitLog("a table left the configuration", 1)
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	due := f.add("shared/a.jpg", 3)
+	if code, out, stderr := reconcile("--rescan"); code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if f.exists(due) || f.fileGone("shared/a.jpg") {
+		t.Fatalf("want the due forum row purged and the file a live avatar names kept")
 	}
 }
 

@@ -49,9 +49,9 @@ func tables(cfg *config.Config) []reconciler.Table {
 
 // openTables makes the reconciler of each configured table, with its own
 // retention, the other tables as its peers (they share the storage), and
-// its part of idx (none when idx is nil). With several tables each logs
-// under its name.
-func openTables(ctx context.Context, cfg *config.Config, db reconciler.DB, st reconciler.Store, idx *index.Index, obs reconciler.Observer, log *slog.Logger) (reconciler.Tables, error) {
+// former ones too, and its part of idx (none when idx is nil). With
+// several tables each logs under its name.
+func openTables(ctx context.Context, cfg *config.Config, db reconciler.DB, st reconciler.Store, idx *index.Index, obs reconciler.Observer, log *slog.Logger, former ...reconciler.Table) (reconciler.Tables, error) {
 	list := tables(cfg)
 	retentions, _ := cfg.TableList()
 	rs := make(reconciler.Tables, len(list))
@@ -59,7 +59,7 @@ func openTables(ctx context.Context, cfg *config.Config, db reconciler.DB, st re
 		rc := reconcilerConfig(cfg)
 		rc.Retention = retentions[i].Retention
 		rc.Observer = obs
-		rc.Peers = slices.Delete(slices.Clone(list), i, i+1)
+		rc.Peers = append(slices.Delete(slices.Clone(list), i, i+1), former...)
 		tlog := log
 		if len(list) > 1 {
 			tlog = log.With("table", t.IndexName())
@@ -226,36 +226,8 @@ func migrate(ctx context.Context, cfg *config.Config, log *slog.Logger, stdout i
 	if err := replication.EnsurePublication(ctx, pool, rpc, log); err != nil {
 		return err
 	}
-	if err := unpublishRemoved(ctx, pool, rs, rpc.Publication, log); err != nil {
-		return err
-	}
 	fmt.Fprintln(stdout, "Database is ready for reconcile.")
 	return nil
-}
-
-// unpublishRemoved drops from the publication the tables that reconcile
-// served (they have an outbox) and the configuration no longer lists;
-// tables another consumer put in the publication stay.
-func unpublishRemoved(ctx context.Context, pool *pgxpool.Pool, rs reconciler.Tables, publication string, log *slog.Logger) error {
-	published, err := replication.Published(ctx, pool, publication)
-	if err != nil {
-		return err
-	}
-	var removed []string
-	for _, t := range published {
-		name := t[0] + "." + t[1]
-		if rs.Table(name) != nil {
-			continue
-		}
-		served, err := reconciler.Served(ctx, pool, t[0], t[1])
-		if err != nil {
-			return err
-		}
-		if served {
-			removed = append(removed, name)
-		}
-	}
-	return replication.Unpublish(ctx, pool, publication, removed, log)
 }
 
 // openReport opens the report file --output names, or stdout without one;
@@ -330,7 +302,11 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 	defer closeAll()
 
-	rs, err := openTables(ctx, cfg, pool, st, idx, m, log)
+	formers, _, err := formerTables(ctx, cfg, pool, st, idx, log)
+	if err != nil {
+		return err
+	}
+	rs, err := openTables(ctx, cfg, pool, st, idx, m, log, formers.Tables()...)
 	if err != nil {
 		return err
 	}
@@ -428,6 +404,9 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 // when budget is positive. named: the run has several tables, and says
 // which this is, with its own summary.
 func rescanTable(ctx context.Context, cfg *config.Config, r *reconciler.Reconciler, named bool, budget int, m *metrics.Metrics, stdout io.Writer, con *console) (reconciler.Summary, time.Time, error) {
+	if named {
+		fmt.Fprintf(stdout, "\nTable %s:\n", r.IndexName())
+	}
 	// Files left by a run that stopped between commit and removal go first,
 	// after the storage probe, while the table is read into the index: the
 	// two share nothing, and on S3 the probe's requests then cost no time.
@@ -450,10 +429,10 @@ func rescanTable(ctx context.Context, cfg *config.Config, r *reconciler.Reconcil
 		return err
 	})
 	if err := g.Wait(); err != nil {
+		if named {
+			fmt.Fprintf(stdout, "  Failed: %v\n", err)
+		}
 		return reconciler.Summary{}, cutoff, err
-	}
-	if named {
-		fmt.Fprintf(stdout, "\nTable %s:\n", r.IndexName())
 	}
 	if leftover.FilesRemoved+leftover.FilesMissing+leftover.FilesKept+leftover.FilesRewritten+leftover.FilesPending > 0 {
 		fmt.Fprintf(stdout, "Removed %d files left by an earlier run (%d already gone; %d kept: still in use; %d kept: written again; %d still failing).\n",

@@ -8,7 +8,10 @@
 #   make bench   the benchmark, PostgreSQL with fsync on (scripts/bench.sh);
 #                make bench BENCH_ARGS='-rows 20000 -runs 3'
 #   make bench-service  the service's benchmark: applying a million changes
-#                against pg_recvlogical, memory, purge latency
+#                against pg_recvlogical, memory, purge latency;
+#                make bench-service BENCH_ARGS='-tables 1,3 -rows 200000
+#                -tx-rows 10000 -runs 3': one table and three tables in
+#                turn, the same changes spread over the three, and the ratios
 #   make bench-s3  the S3 path with 10 ms of latency each way (versitygw behind
 #                toxiproxy): rows/s of --rescan and of the cron algorithm;
 #                make bench-s3 BENCH_ARGS='-baseline-reconcile OLD_BINARY';

@@ -13,8 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-
-	"github.com/reconcile/reconcile/index"
+	bolt "go.etcd.io/bbolt"
 )
 
 const (
@@ -32,104 +31,153 @@ type applyRun struct {
 }
 
 func (b *bench) apply(ctx context.Context) error {
-	n := b.o.rows
-	fmt.Fprintf(os.Stderr, "apply: seeding %d rows\n", n)
-	if _, err := b.pool.Exec(ctx, `
-		INSERT INTO forum_attachment (id, image, original_filename, is_active)
-		SELECT gen_random_uuid(), 'forum/attachments/2025/10/04/' || md5(g::text) || '.jpg', 'IMG_' || g || '.jpg', true
-		FROM generate_series(1, $1) g`, n); err != nil {
-		return err
-	}
-	if _, err := b.pool.Exec(ctx, `VACUUM ANALYZE forum_attachment`); err != nil {
-		return err
-	}
-	indexPath := filepath.Join(b.dir, "apply-index.db")
-	var runs []applyRun
+	runs := map[int][]applyRun{}
 	for run := range b.o.runs {
-		if _, err := b.pool.Exec(ctx, `UPDATE forum_attachment SET is_active = true, deleted_at = NULL WHERE NOT is_active`); err != nil {
-			return err
-		}
-		if err := b.reseed(ctx, n); err != nil {
-			return err
-		}
-		// Both slots start just before the measured transaction: the
-		// service's through a start that creates it (and rescans an
-		// empty backlog), the floor's directly.
-		if _, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ($1, $2)`, serviceSlot, floorSlot); err != nil {
-			return err
-		}
-		_ = os.Remove(indexPath)
-		s, err := b.startService(ctx, "apply-setup", indexPath)
-		if err != nil {
-			return err
-		}
-		if err := s.stop(); err != nil {
-			return err
-		}
-		if _, err := b.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, floorSlot); err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "apply run %d: %d rows %s in %s\n", run+1, n, b.verb(), b.txDescription())
-		var start, end pglogrepl.LSN
-		if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&start); err != nil {
-			return err
-		}
-		if err := b.change(ctx); err != nil {
-			return err
-		}
-		if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
-			return err
-		}
-
-		r := applyRun{walBytes: int64(end - start)}
-		steps := []func() error{
-			func() (err error) { r.service, r.peakHeapMiB, err = b.timeService(ctx, indexPath, end); return err },
-			func() (err error) { r.floor, err = b.timeFloor(ctx, end); return err },
-		}
-		if run%2 == 1 {
-			slices.Reverse(steps)
-		}
-		for _, step := range steps {
-			if err := step(); err != nil {
+		for _, n := range b.countsOrder(run) {
+			r, err := b.applyRun(ctx, run, n)
+			if err != nil {
 				return err
 			}
+			runs[n] = append(runs[n], r)
 		}
-		if r.entries, r.indexBytes, err = indexSize(indexPath); err != nil {
-			return err
-		}
-		if want := b.wantEntries(n); r.entries != want {
-			return fmt.Errorf("the index holds %d entries; want %d", r.entries, want)
-		}
-		fmt.Fprintf(os.Stderr, "apply run %d: reconcile %s, pg_recvlogical %s\n", run+1, r.service.Round(time.Millisecond), r.floor.Round(time.Millisecond))
-		runs = append(runs, r)
 	}
 
 	// Leave nothing behind for the next benchmark: no slot holding WAL, no
 	// backlog due.
-	if _, err := b.pool.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ($1, $2)`, serviceSlot, floorSlot); err != nil {
+	if err := b.dropSlots(ctx); err != nil {
 		return err
 	}
-	if _, err := b.pool.Exec(ctx, `TRUNCATE forum_attachment`); err != nil {
+	if err := b.empty(ctx, 0); err != nil {
 		return err
 	}
 
-	fmt.Printf("\napply: %d rows %s in %s (replica identity %s); from the start of the stream until the last commit is acknowledged (%d runs)\n",
-		n, b.verb(), b.txDescription(), b.identity(ctx), len(runs))
-	fmt.Printf("  %-4s %12s %16s %8s %14s %12s %12s\n", "run", "reconcile", "pg_recvlogical", "ratio", "peak heap", "index B/row", "WAL B/row")
-	var ratios []float64
-	for i, r := range runs {
-		ratio := r.service.Seconds() / r.floor.Seconds()
-		ratios = append(ratios, ratio)
-		perRow := "-" // deleted rows leave no entry
-		if r.entries > 0 {
-			perRow = fmt.Sprint(r.indexBytes / int64(r.entries))
+	for _, n := range b.o.tables {
+		fmt.Printf("\napply: %d rows %s in %s (replica identity %s), %s; from the start of the stream until the last commit is acknowledged (%d runs)\n",
+			b.o.rows, b.verb(), b.txDescription(n), b.identity(ctx), b.describeTables(n), len(runs[n]))
+		fmt.Printf("  %-4s %12s %16s %8s %14s %12s %12s\n", "run", "reconcile", "pg_recvlogical", "ratio", "peak heap", "index B/row", "WAL B/row")
+		for i, r := range runs[n] {
+			perRow := "-" // deleted rows leave no entry
+			if r.entries > 0 {
+				perRow = fmt.Sprint(r.indexBytes / int64(r.entries))
+			}
+			fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12s %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), r.ratio(),
+				r.peakHeapMiB, perRow, r.walBytes/int64(b.o.rows))
 		}
-		fmt.Printf("  %-4d %11.2fs %15.2fs %7.2fx %10d MiB %12s %12d\n", i+1, r.service.Seconds(), r.floor.Seconds(), ratio,
-			r.peakHeapMiB, perRow, r.walBytes/int64(n))
+		fmt.Printf("  median ratio reconcile/pg_recvlogical: %.2fx (target: 1.5x at most)\n", medianOf(runs[n], applyRun.ratio))
 	}
-	slices.Sort(ratios)
-	fmt.Printf("  median ratio reconcile/pg_recvlogical: %.2fx (target: 1.5x at most)\n", ratios[len(ratios)/2])
+	if len(b.o.tables) == 1 {
+		return nil
+	}
+	base := b.o.tables[0]
+	fmt.Printf("\napply, medians of %d runs; x: against %s\n", b.o.runs, b.describeTables(base))
+	fmt.Printf("  %-6s %12s %7s %16s %7s %8s %7s\n", "tables", "reconcile", "x", "pg_recvlogical", "x", "ratio", "x")
+	figures := []func(applyRun) float64{applyRun.serviceSeconds, applyRun.floorSeconds, applyRun.ratio}
+	for _, n := range b.o.tables {
+		fmt.Printf("  %-6d", n)
+		for i, f := range figures {
+			m := medianOf(runs[n], f)
+			unit := "s"
+			if i == 2 {
+				unit = "x"
+			}
+			fmt.Printf(" %*.2f%s %6.2fx", []int{11, 15, 7}[i], m, unit, m/medianOf(runs[base], f))
+		}
+		fmt.Println()
+	}
+	fmt.Println("  (target: reconcile with three tables within 1.2x of one table)")
 	return nil
+}
+
+func (r applyRun) serviceSeconds() float64 { return r.service.Seconds() }
+func (r applyRun) floorSeconds() float64   { return r.floor.Seconds() }
+func (r applyRun) ratio() float64          { return r.service.Seconds() / r.floor.Seconds() }
+
+// medianOf is the median of f over runs.
+func medianOf(runs []applyRun, f func(applyRun) float64) float64 {
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	return median(xs)
+}
+
+// applyRun seeds the first n tables, readies the service's slot and the
+// floor's, makes the measured change and times the service and the floor
+// on it, in an order that alternates with run.
+func (b *bench) applyRun(ctx context.Context, run, n int) (applyRun, error) {
+	env, err := b.configure(ctx, n)
+	if err != nil {
+		return applyRun{}, err
+	}
+	fmt.Fprintf(os.Stderr, "apply run %d, %s: seeding %d rows\n", run+1, b.describeTables(n), b.o.rows)
+	if err := b.empty(ctx, n); err != nil {
+		return applyRun{}, err
+	}
+	if err := b.spread(ctx, n, b.o.rows, func(ctx context.Context, name string, from, to int) error {
+		if _, err := b.pool.Exec(ctx, `
+			INSERT INTO `+name+` (id, image, original_filename, is_active)
+			SELECT gen_random_uuid(), 'forum/attachments/2025/10/04/' || md5(g::text) || '.jpg', 'IMG_' || g || '.jpg', true
+			FROM generate_series($1::int, $2::int) g`, from, to); err != nil {
+			return err
+		}
+		_, err := b.pool.Exec(ctx, `VACUUM ANALYZE `+name)
+		return err
+	}); err != nil {
+		return applyRun{}, err
+	}
+	// Both slots start just before the measured transactions: the
+	// service's through a start that creates it (and rescans an empty
+	// backlog), the floor's directly.
+	indexPath := filepath.Join(b.dir, "apply-index.db")
+	_ = os.Remove(indexPath)
+	name := fmt.Sprintf("apply-%dt-run%d", n, run+1) // the logs' names, kept with -keep
+	s, err := b.startService(ctx, name+"-setup", indexPath, env...)
+	if err != nil {
+		return applyRun{}, err
+	}
+	if err := s.stop(); err != nil {
+		return applyRun{}, err
+	}
+	if _, err := b.pool.Exec(ctx, `SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, floorSlot); err != nil {
+		return applyRun{}, err
+	}
+	fmt.Fprintf(os.Stderr, "apply run %d, %s: %d rows %s in %s\n", run+1, b.describeTables(n), b.o.rows, b.verb(), b.txDescription(n))
+	var start, end pglogrepl.LSN
+	if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&start); err != nil {
+		return applyRun{}, err
+	}
+	if err := b.change(ctx, n); err != nil {
+		return applyRun{}, err
+	}
+	if err := b.pool.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&end); err != nil {
+		return applyRun{}, err
+	}
+
+	r := applyRun{walBytes: int64(end - start)}
+	steps := []func() error{
+		func() (err error) {
+			r.service, r.peakHeapMiB, err = b.timeService(ctx, name, indexPath, end, env)
+			return err
+		},
+		func() (err error) { r.floor, err = b.timeFloor(ctx, end); return err },
+	}
+	if run%2 == 1 {
+		slices.Reverse(steps)
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return applyRun{}, err
+		}
+	}
+	if r.entries, r.indexBytes, err = indexSize(indexPath); err != nil {
+		return applyRun{}, err
+	}
+	if want := b.wantEntries(b.o.rows); r.entries != want {
+		return applyRun{}, fmt.Errorf("the index holds %d entries; want %d", r.entries, want)
+	}
+	fmt.Fprintf(os.Stderr, "apply run %d, %s: reconcile %s, pg_recvlogical %s\n", run+1, b.describeTables(n),
+		r.service.Round(time.Millisecond), r.floor.Round(time.Millisecond))
+	return r, nil
 }
 
 // verb says what the measured change does to the rows.
@@ -157,86 +205,58 @@ func (b *bench) identity(ctx context.Context) string {
 	return id
 }
 
-// reseed puts back the rows a run deleted outright, and empties the outbox
-// the service filled with their keys.
-func (b *bench) reseed(ctx context.Context, n int) error {
-	if !b.o.deletes {
-		return nil
-	}
-	for _, sql := range []string{
-		`TRUNCATE reconcile_forum_attachment_outbox`,
-		`INSERT INTO forum_attachment (id, image, original_filename, is_active)
-		 SELECT gen_random_uuid(), 'forum/attachments/2025/10/04/' || md5(g::text) || '.jpg', 'IMG_' || g || '.jpg', true
-		 FROM generate_series(1, ` + fmt.Sprint(n) + `) g
-		 WHERE NOT EXISTS (SELECT 1 FROM forum_attachment)`,
-		`VACUUM ANALYZE forum_attachment`,
-	} {
-		if _, err := b.pool.Exec(ctx, sql); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// change makes the measured change: soft-deletes, or deletes outright.
-func (b *bench) change(ctx context.Context) error {
+// change makes the measured change on the first n tables: soft-deletes,
+// or deletes outright, every row.
+func (b *bench) change(ctx context.Context, n int) error {
 	if b.o.deletes {
-		return b.deleteAll(ctx)
+		return b.deleteAll(ctx, n)
 	}
-	return b.softDeleteAll(ctx)
+	return b.softDeleteAll(ctx, n)
 }
 
 // deleteAll deletes every row outright, as softDeleteAll soft-deletes them.
-func (b *bench) deleteAll(ctx context.Context) error {
+func (b *bench) deleteAll(ctx context.Context, n int) error {
 	if b.o.txRows == 0 {
-		_, err := b.pool.Exec(ctx, `DELETE FROM forum_attachment`)
-		return err
+		return b.inOne(ctx, n, func(name string) string { return `DELETE FROM ` + name })
 	}
-	for {
-		tag, err := b.pool.Exec(ctx, `
-			DELETE FROM forum_attachment
-			WHERE ctid = ANY (ARRAY(SELECT ctid FROM forum_attachment LIMIT $1))`, b.o.txRows)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return nil
-		}
-	}
+	return b.inTurn(ctx, n, b.o.rows, func(name string) string {
+		return `DELETE FROM ` + name + ` WHERE ctid = ANY (ARRAY(SELECT ctid FROM ` + name + ` LIMIT $1))`
+	})
 }
 
-func (b *bench) txDescription() string {
-	if b.o.txRows == 0 || b.o.txRows >= b.o.rows {
+func (b *bench) txDescription(n int) string {
+	whole := b.o.txRows == 0 || b.o.txRows >= share(b.o.rows, n, 0)
+	switch {
+	case whole && n == 1:
 		return "one transaction"
+	case b.o.txRows == 0:
+		return "one transaction over the tables"
+	case whole:
+		return "one transaction on each table, the tables in turn"
+	case n == 1:
+		return fmt.Sprintf("transactions of %d rows", b.o.txRows)
 	}
-	return fmt.Sprintf("transactions of %d rows", b.o.txRows)
+	return fmt.Sprintf("transactions of %d rows, each on one table, the tables in turn", b.o.txRows)
 }
 
-// softDeleteAll soft-deletes every row, in one transaction or in
-// transactions of -tx-rows, taking the table's pages in order.
-func (b *bench) softDeleteAll(ctx context.Context) error {
+// softDeleteAll soft-deletes every row of the first n tables, in one
+// transaction or in transactions of -tx-rows, taking each table's pages in
+// order.
+func (b *bench) softDeleteAll(ctx context.Context, n int) error {
+	const set = ` SET is_active = false, deleted_at = now()`
 	if b.o.txRows == 0 {
-		_, err := b.pool.Exec(ctx, `UPDATE forum_attachment SET is_active = false, deleted_at = now()`)
-		return err
+		return b.inOne(ctx, n, func(name string) string { return `UPDATE ` + name + set })
 	}
-	for {
-		tag, err := b.pool.Exec(ctx, `
-			UPDATE forum_attachment SET is_active = false, deleted_at = now()
-			WHERE ctid = ANY (ARRAY(SELECT ctid FROM forum_attachment WHERE is_active LIMIT $1))`, b.o.txRows)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return nil
-		}
-	}
+	return b.inTurn(ctx, n, b.o.rows, func(name string) string {
+		return `UPDATE ` + name + set + ` WHERE ctid = ANY (ARRAY(SELECT ctid FROM ` + name + ` WHERE is_active LIMIT $1))`
+	})
 }
 
 // timeService starts the service on the slot it already has and times it
 // until the slot confirms end; it returns the peak Go heap it went through.
-func (b *bench) timeService(ctx context.Context, indexPath string, end pglogrepl.LSN) (time.Duration, int, error) {
+func (b *bench) timeService(ctx context.Context, name, indexPath string, end pglogrepl.LSN, env []string) (time.Duration, int, error) {
 	start := time.Now()
-	s, err := b.startService(ctx, "apply", indexPath, "GODEBUG=gctrace=1")
+	s, err := b.startService(ctx, name, indexPath, append([]string{"GODEBUG=gctrace=1"}, env...)...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -264,7 +284,7 @@ func (b *bench) timeService(ctx context.Context, indexPath string, end pglogrepl
 func (b *bench) timeFloor(ctx context.Context, end pglogrepl.LSN) (time.Duration, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(b.o.pgBin, "pg_recvlogical"),
 		"-d", b.url, "--slot", floorSlot, "--start", "--no-loop",
-		"-o", "proto_version=1", "-o", "publication_names=reconcile_attachments",
+		"-o", "proto_version=1", "-o", "publication_names="+publication,
 		"-E", end.String(), "-f", "/dev/null")
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -297,27 +317,36 @@ func peakHeap(logPath string) (int, error) {
 	return peak, sc.Err()
 }
 
+// indexSize counts the entries of the index at path, from its bbolt file:
+// an older binary (-reconcile) writes the layout of its time, whose one
+// table's entries bucket is at the top, and which index.Open would empty.
 func indexSize(path string) (int, int64, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return 0, 0, err
 	}
-	x, err := index.Open(path)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
 	if err != nil {
 		return 0, 0, err
 	}
-	defer x.Close()
+	defer db.Close()
 	n := 0
-	var from index.Position
-	for {
-		page, next, err := x.Due(from, time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC), 100_000)
-		if err != nil {
-			return 0, 0, err
+	count := func(b *bolt.Bucket) {
+		if b != nil {
+			n += b.Stats().KeyN
 		}
-		n += len(page)
-		if next == nil {
-			return n, st.Size(), nil
-		}
-		from = next
 	}
+	err = db.View(func(tx *bolt.Tx) error {
+		entries := []byte("entries")
+		count(tx.Bucket(entries)) // one table, before tables: existed
+		all := tx.Bucket([]byte("tables"))
+		if all == nil {
+			return nil
+		}
+		return all.ForEachBucket(func(name []byte) error {
+			count(all.Bucket(name).Bucket(entries))
+			return nil
+		})
+	})
+	return n, st.Size(), err
 }

@@ -12,7 +12,18 @@
 //     p50 and p99 of (purge time - due time), the purge time taken from the
 //     service's log line for each row.
 //
-//     go run ./cmd/reconcile-service-bench -database-url URL -reconcile bin/reconcile
+// With -tables 3 the service serves three tables of the same shape
+// (forum_attachment, forum_attachment_2, forum_attachment_3, configured by
+// RECONCILE_TABLES), and the same changes are spread evenly over them:
+// with -tx-rows, and in the latency benchmark, each transaction on one
+// table, the tables in turn, as an app's tables change on their own;
+// without, the one transaction covers every table. With -tables 1,3 both
+// run in turn, -runs times, in the same invocation, and the medians of
+// three tables are divided by those of one. One table is configured as
+// before the tables: list existed, so an older binary (-reconcile) runs it
+// too.
+//
+//	go run ./cmd/reconcile-service-bench -database-url URL -reconcile bin/reconcile
 //
 // It creates, and drops at the end, a database of its own. Progress goes to
 // stderr, the figures to stdout.
@@ -27,6 +38,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +64,7 @@ type options struct {
 	keep        bool
 	deletes     bool
 	identity    string
+	tables      []int // table counts to compare, each run in turn
 }
 
 func main() {
@@ -62,7 +76,7 @@ func main() {
 	fs.StringVar(&o.pgBin, "pg-bin", "/usr/lib/postgresql/15/bin", "`directory` of pg_recvlogical")
 	fs.IntVar(&o.rows, "rows", 1_000_000, "rows the apply benchmark soft-deletes in one transaction")
 	fs.IntVar(&o.txRows, "tx-rows", 0, "rows per transaction in the apply benchmark; 0: all in one (above 20000 the service covers a transaction by a rescan, below it applies each change)")
-	fs.IntVar(&o.runs, "runs", 1, "apply runs; the order of reconcile and pg_recvlogical alternates")
+	fs.IntVar(&o.runs, "runs", 1, "runs of each benchmark, for each count of -tables in turn; the order of reconcile and pg_recvlogical alternates")
 	fs.IntVar(&o.rate, "rate", 1000, "soft-deletes a second in the latency benchmark")
 	fs.DurationVar(&o.duration, "duration", 20*time.Second, "how long the latency benchmark soft-deletes")
 	fs.DurationVar(&o.retention, "retention", 3*time.Second, "retention in the latency benchmark")
@@ -70,12 +84,19 @@ func main() {
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (logs, index files)")
 	fs.BoolVar(&o.deletes, "deletes", false, "the apply benchmark deletes the rows outright instead of soft-deleting them")
 	fs.StringVar(&o.identity, "identity", "", "set the table's replica identity after `reconcile migrate` (which sets full): default or full")
+	tables := fs.String("tables", "1", "`counts` of tables the service serves, comma-separated (1,3: both in turn, and their ratio); the changes are spread over them")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
 		os.Exit(2)
 	}
+	counts, err := parseCounts(*tables)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "reconcile-service-bench: -tables: %v\n", err)
+		os.Exit(2)
+	}
+	o.tables = counts
 	if o.identity != "" && o.identity != "default" && o.identity != "full" {
 		fmt.Fprintln(os.Stderr, "reconcile-service-bench: -identity: want default or full")
 		os.Exit(2)
@@ -93,14 +114,32 @@ func main() {
 	}
 }
 
-// bench is the benchmark database, its media root and the service's files.
+// parseCounts reads -tables: distinct positive counts.
+func parseCounts(text string) ([]int, error) {
+	var counts []int
+	for _, field := range strings.Split(text, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(field))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is no positive count of tables", field)
+		}
+		if slices.Contains(counts, n) {
+			return nil, fmt.Errorf("%d is given twice", n)
+		}
+		counts = append(counts, n)
+	}
+	return counts, nil
+}
+
+// bench is the benchmark database, its tables, its media root and the
+// service's files.
 type bench struct {
-	o     options
-	admin string
-	url   string
-	pool  *pgxpool.Pool
-	dir   string
-	media string
+	o      options
+	admin  string
+	url    string
+	pool   *pgxpool.Pool
+	dir    string
+	media  string
+	tables []string // forum_attachment, then its copies: as many as the largest count
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -116,7 +155,10 @@ func run(ctx context.Context, o options) (err error) {
 	if err != nil {
 		return err
 	}
-	b := &bench{o: o, admin: o.databaseURL}
+	b := &bench{o: o, admin: o.databaseURL, tables: []string{"forum_attachment"}}
+	for i := 2; i <= slices.Max(o.tables); i++ {
+		b.tables = append(b.tables, fmt.Sprintf("forum_attachment_%d", i))
+	}
 	if b.dir, err = os.MkdirTemp("", "reconcile-service-bench-"); err != nil {
 		return err
 	}
@@ -131,14 +173,6 @@ func run(ctx context.Context, o options) (err error) {
 	}()
 	if err := b.createDatabase(ctx, string(schema)); err != nil {
 		return err
-	}
-	if out, err := b.reconcileCmd(ctx, filepath.Join(b.dir, "migrate-index.db"), "migrate").CombinedOutput(); err != nil {
-		return fmt.Errorf("reconcile migrate: %w\n%s", err, out)
-	}
-	if o.identity != "" {
-		if _, err := b.pool.Exec(ctx, `ALTER TABLE forum_attachment REPLICA IDENTITY `+strings.ToUpper(o.identity)); err != nil {
-			return err
-		}
 	}
 	fmt.Printf("reconcile service benchmark, %s\n", time.Now().UTC().Format(time.RFC3339))
 	for _, name := range strings.Split(o.only, ",") {
@@ -182,8 +216,15 @@ func (b *bench) createDatabase(ctx context.Context, schema string) error {
 	if b.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
 		return err
 	}
-	_, err = b.pool.Exec(ctx, schema)
-	return err
+	if _, err = b.pool.Exec(ctx, schema); err != nil {
+		return err
+	}
+	for _, name := range b.tables[1:] {
+		if _, err := b.pool.Exec(ctx, `CREATE TABLE `+name+` (LIKE forum_attachment INCLUDING ALL)`); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func dropDatabase(ctx context.Context, conn *pgx.Conn) error {

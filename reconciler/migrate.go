@@ -46,7 +46,16 @@ func (r *Reconciler) Migrate(ctx context.Context) error {
 	if err := r.fullIdentity(ctx); err != nil {
 		return err
 	}
-	return r.migrateDerived(ctx)
+	if err := r.migrateDerived(ctx); err != nil {
+		return err
+	}
+	// The outbox says which table it serves, and how: once the table has
+	// left the configuration, its rows still keep their files from the
+	// other tables' purges (see FormerTables).
+	if _, err := r.db.Exec(ctx, "COMMENT ON TABLE "+r.table.outbox()+" IS "+literal(describedPrefix+r.table.Fingerprint())); err != nil {
+		return fmt.Errorf("describe the table on its outbox: %w", err)
+	}
+	return nil
 }
 
 // migrate applies the migration name, for the key column number key.

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Tables are the reconcilers of the tables whose files share one storage,
@@ -96,6 +100,40 @@ func Served(ctx context.Context, db DB, schema, name string) (bool, error) {
 		return false, fmt.Errorf("look for outbox %s: %w", t.outbox(), err)
 	}
 	return exists, nil
+}
+
+// describedPrefix starts the comment that `reconcile migrate` puts on an
+// outbox: the table it serves, as Fingerprint describes it.
+const describedPrefix = "reconcile table "
+
+// FormerTables are the tables whose outbox `reconcile migrate` made and
+// described, that configured does not list: tables reconcile served
+// before, whose rows still keep their files from the others.
+func FormerTables(ctx context.Context, db DB, configured []Table) ([]Table, error) {
+	rows, err := db.Query(ctx, `
+		SELECT d.description
+		FROM pg_description d
+		JOIN pg_class c ON c.oid = d.objoid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+		WHERE c.relkind = 'r' AND starts_with(d.description, $1)
+		ORDER BY 1`, describedPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("read the tables reconcile served: %w", err)
+	}
+	descriptions, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read the tables reconcile served: %w", err)
+	}
+	var out []Table
+	for _, d := range descriptions {
+		t, err := ParseFingerprint(strings.TrimPrefix(d, describedPrefix))
+		if err != nil {
+			return nil, err
+		}
+		if !slices.ContainsFunc(configured, func(c Table) bool { return c.IndexName() == t.IndexName() }) {
+			out = append(out, t)
+		}
+	}
+	return out, nil
 }
 
 // Exists tells whether the database has the table t.

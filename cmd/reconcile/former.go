@@ -4,48 +4,32 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
 	"github.com/reconcile/reconcile/reconciler"
 )
 
-// retiredMark starts the index's description of a table that left the
-// configuration.
+// retiredMark marks, in the index, the part of a table that left the
+// configuration: were it configured again, it is rescanned.
 const retiredMark = "retired "
 
-// formers are the reconcilers of the tables the index describes as served
-// before, that the configuration no longer lists and the database still
-// has: their rows keep their files from the other tables' purges, and
-// their outboxes are drained.
+// formers are the reconcilers of the tables reconcile served before (their
+// outbox says so: reconciler.FormerTables), that the configuration no
+// longer lists and the database still has: their rows keep their files
+// from the other tables' purges, and their outboxes are drained.
 type formers reconciler.Tables
 
-// formerTables reads them from idx. unchecked are those that cannot be
-// checked (a column the description names is gone): their files are not
-// known, their outbox is left alone, and said so at each start, while the
-// index keeps them.
-func formerTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, log *slog.Logger) (out formers, unchecked []string, err error) {
-	filled, err := idx.Tables()
+// formerTables makes them. unchecked are those that cannot be checked (a
+// column the description names is gone): their files are not known,
+// their outbox is left alone, and said so at each start.
+func formerTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, log *slog.Logger) (out formers, unchecked []string, err error) {
+	configured := tables(cfg)
+	described, err := reconciler.FormerTables(ctx, pool, configured)
 	if err != nil {
 		return nil, nil, err
-	}
-	configured := tables(cfg)
-	var described []reconciler.Table
-	for _, name := range slices.Sorted(maps.Keys(filled)) {
-		if slices.ContainsFunc(configured, func(t reconciler.Table) bool { return t.IndexName() == name }) || filled[name] == "" {
-			continue
-		}
-		t, err := reconciler.ParseFingerprint(strings.TrimPrefix(filled[name], retiredMark))
-		if err != nil {
-			log.Warn("a table no longer configured is not described in the index: its files are not known", "table", name, "error", err)
-			continue
-		}
-		described = append(described, t)
 	}
 	for i, t := range described {
 		rc := reconcilerConfig(cfg)
@@ -56,9 +40,9 @@ func formerTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, s
 			continue
 		}
 		if exists, xerr := reconciler.Exists(ctx, pool, t); xerr != nil || !exists {
-			continue // gone from the database: syncTables forgets it
+			continue // gone from the database, and its rows with it
 		}
-		log.Warn("[CLEANUP] Failed: a table no longer configured cannot be checked: its rows' files are not known to the other tables, and its outbox is left alone; configure it again, or drop it",
+		log.Warn("[CLEANUP] Failed: a table reconcile served, no longer configured, cannot be checked: its rows' files are not known to the other tables, and its outbox is left alone; configure it again, or drop it",
 			"table", t.IndexName(), "error", err)
 		unchecked = append(unchecked, t.IndexName())
 	}

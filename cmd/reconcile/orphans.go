@@ -77,7 +77,11 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		return err
 	}
 	defer closeAll()
-	rs, err := openTables(ctx, cfg, pool, st, nil, nil, log)
+	formers, _, err := formerTables(ctx, cfg, pool, st, log)
+	if err != nil {
+		return err
+	}
+	rs, err := openTables(ctx, cfg, pool, st, nil, nil, log, formers.Tables()...)
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 
 // runService is serve on opened resources.
 func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st store, idx *index.Index, dryRun bool, log *slog.Logger) error {
-	formers, unchecked, err := formerTables(ctx, cfg, pool, st, idx, log)
+	formers, unchecked, err := formerTables(ctx, cfg, pool, st, log)
 	if err != nil {
 		return err
 	}

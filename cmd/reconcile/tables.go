@@ -13,6 +13,7 @@ import (
 
 	"github.com/reconcile/reconcile/internal/config"
 	"github.com/reconcile/reconcile/reconciler"
+	"github.com/reconcile/reconcile/replication"
 )
 
 // errNotMigrated is the exit status of `reconcile tables` when something
@@ -63,7 +64,23 @@ func describeTables(ctx context.Context, cfg *config.Config, format string, log 
 		if ds[i], err = r.Describe(ctx, cfg.Replication.Publication); err != nil {
 			return err
 		}
-		ready = ready && ds[i].Ready()
+	}
+	// The publication as the service checks it: one that hides changes
+	// (an operation, a row filter, a column list) stops the service.
+	if _, _, err := replication.CheckPublication(ctx, pool, replicationConfig(cfg, false)); err != nil {
+		if !errors.Is(err, replication.ErrSetup) {
+			return err
+		}
+		for i := range ds {
+			for j := range ds[i].Needs {
+				if ds[i].Needs[j].What == "publication" {
+					ds[i].Needs[j].Present, ds[i].Needs[j].Detail = false, err.Error()
+				}
+			}
+		}
+	}
+	for _, d := range ds {
+		ready = ready && d.Ready()
 	}
 	if format == "json" {
 		err = json.NewEncoder(stdout).Encode(struct {

@@ -302,7 +302,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 	defer closeAll()
 
-	formers, _, err := formerTables(ctx, cfg, pool, st, idx, log)
+	formers, _, err := formerTables(ctx, cfg, pool, st, log)
 	if err != nil {
 		return err
 	}

@@ -255,7 +255,7 @@ func TestEnsurePublicationLeavesAlteringToTheOwner(t *testing.T) {
 	if err := EnsurePublication(ctx, conn, Config{Publication: "reconcile_tables", Tables: []Table{e2eForum}}, log); err != nil {
 		t.Fatalf("fewer tables: %v; want the publication left as it is", err)
 	}
-	if err := Unpublish(ctx, conn, "reconcile_tables", []string{"public.media_clip"}, log); err == nil || !strings.Contains(err.Error(), "ALTER PUBLICATION reconcile_tables DROP TABLE public.media_clip") {
+	if err := Unpublish(ctx, conn, "reconcile_tables", []string{"public.media_clip"}, log); err == nil || !strings.Contains(err.Error(), `ALTER PUBLICATION "reconcile_tables" DROP TABLE public.media_clip`) {
 		t.Fatalf("unpublishing: %v; want an error saying what the owner runs", err)
 	}
 	if got := f.published(); !slices.Equal(got, []string{"forum_attachment", "media_clip"}) {

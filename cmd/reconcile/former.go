@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/reconcile/reconcile/index"
 	"github.com/reconcile/reconcile/internal/config"
 	"github.com/reconcile/reconcile/reconciler"
 )
@@ -47,6 +48,22 @@ func formerTables(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, s
 		unchecked = append(unchecked, t.IndexName())
 	}
 	return out, unchecked, nil
+}
+
+// openRemoving is openTables for the commands that remove files: the
+// former tables are every configured table's peers, their rows keeping
+// their files. It returns them too, and the unchecked ones (see
+// formerTables).
+func openRemoving(ctx context.Context, cfg *config.Config, pool *pgxpool.Pool, st store, idx *index.Index, obs reconciler.Observer, log *slog.Logger) (reconciler.Tables, formers, []string, error) {
+	former, unchecked, err := formerTables(ctx, cfg, pool, st, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rs, err := openTables(ctx, cfg, pool, st, idx, obs, log, former.Tables()...)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return rs, former, unchecked, nil
 }
 
 // Tables are the former tables, as the others' peers.

@@ -77,11 +77,7 @@ func orphans(ctx context.Context, cfg *config.Config, opts orphanOptions, log *s
 		return err
 	}
 	defer closeAll()
-	formers, _, err := formerTables(ctx, cfg, pool, st, log)
-	if err != nil {
-		return err
-	}
-	rs, err := openTables(ctx, cfg, pool, st, nil, nil, log, formers.Tables()...)
+	rs, _, _, err := openRemoving(ctx, cfg, pool, st, nil, nil, log)
 	if err != nil {
 		return err
 	}

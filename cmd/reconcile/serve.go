@@ -51,11 +51,7 @@ func serve(ctx context.Context, cfg *config.Config, dryRun bool, log *slog.Logge
 
 // runService is serve on opened resources.
 func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, pool *pgxpool.Pool, st store, idx *index.Index, dryRun bool, log *slog.Logger) error {
-	formers, unchecked, err := formerTables(ctx, cfg, pool, st, log)
-	if err != nil {
-		return err
-	}
-	rs, err := openTables(ctx, cfg, pool, st, idx, m, log, formers.Tables()...)
+	rs, former, unchecked, err := openRemoving(ctx, cfg, pool, st, idx, m, log)
 	if err != nil {
 		return err
 	}
@@ -125,7 +121,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 	for {
 		var retired reconciler.Tables
 		if !dryRun {
-			if retired, err = formers.toDrain(ctx); err != nil {
+			if retired, err = former.toDrain(ctx); err != nil {
 				return err
 			}
 		}
@@ -144,7 +140,7 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 			}
 		}
 		sweep.Retired = taken
-		if err := syncTables(held, pool, idx, rs, reconciler.Tables(formers), unchecked, rpc, log); err != nil {
+		if err := syncTables(held, pool, idx, rs, reconciler.Tables(former), unchecked, rpc, log); err != nil {
 			unlock()
 			return err
 		}

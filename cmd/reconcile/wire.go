@@ -302,11 +302,7 @@ func rescan(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *sl
 	}
 	defer closeAll()
 
-	formers, _, err := formerTables(ctx, cfg, pool, st, log)
-	if err != nil {
-		return err
-	}
-	rs, err := openTables(ctx, cfg, pool, st, idx, m, log, formers.Tables()...)
+	rs, _, _, err := openRemoving(ctx, cfg, pool, st, idx, m, log)
 	if err != nil {
 		return err
 	}

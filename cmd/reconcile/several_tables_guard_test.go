@@ -131,3 +131,52 @@ func TestAnUnnamedFlagIsWarnedOf(t *testing.T) {
 		t.Fatalf("exit %d; want the unnamed is_deleted warned of:\n%s\n%s", code, out, stderr)
 	}
 }
+
+// A row deleted outright whose file a live row of another table names:
+// once its grace is over, the file stays, and leaves the outbox.
+func TestServiceKeepsAFileOfARowDeletedOutrightThatAnotherTableUses(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "1s")
+	t.Setenv("RECONCILE_SWEEP_MAX_WAIT", "500ms")
+	severalTables(t, f, true, "1h", "", "1h")
+	f.migrate()
+	s := startService(t, false)
+	f.add("shared/both.jpg", -1) // live forum row
+	gone := f.avatar("shared/both.jpg", -1)
+	f.exec(`DELETE FROM avatar WHERE id = $1`, gone)
+	s.waitLog("Queued the file of a row deleted outright", 1)
+	eventually(t, 20*time.Second, func() bool { return f.count(`SELECT count(*) FROM reconcile_avatar_outbox`) == 0 },
+		func() string { return "the key never left the outbox:\n" + s.logs.String() })
+	if f.fileGone("shared/both.jpg") {
+		t.Fatalf("the file a live forum row names was removed:\n%s", s.logs)
+	}
+}
+
+// A former table's outbox is drained by the same rules: a key one of its
+// rows names again keeps its file.
+func TestServiceDrainingAFormerTableKeepsAFileItsRowUsesAgain(t *testing.T) {
+	f := newForum(t)
+	serviceEnv(t, f, "1h")
+	t.Setenv("RECONCILE_ORPHANS_GRACE", "3s")
+	t.Setenv("RECONCILE_SWEEP_MAX_WAIT", "500ms")
+	severalTables(t, f, true, "1h", "", "1h")
+	f.migrate()
+	s := startService(t, false)
+	gone := f.avatar("avatars/back.jpg", -1)
+	f.exec(`DELETE FROM avatar WHERE id = $1`, gone)
+	eventually(t, 20*time.Second, func() bool { return f.count(`SELECT count(*) FROM reconcile_avatar_outbox`) == 1 },
+		func() string { return "not queued:\n" + s.logs.String() })
+	if err := s.stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Put back, under the same key, while avatar leaves the configuration.
+	f.exec(`INSERT INTO avatar (id, photo) VALUES (gen_random_uuid(), 'avatars/back.jpg')`)
+	severalTables(t, f, false, "1h", "", "")
+	s = startService(t, false)
+	eventually(t, 20*time.Second, func() bool { return f.count(`SELECT count(*) FROM reconcile_avatar_outbox`) == 0 },
+		func() string { return "the former table's outbox was not drained:\n" + s.logs.String() })
+	if f.fileGone("avatars/back.jpg") {
+		t.Fatalf("the file of a row put back was removed while draining a former table:\n%s", s.logs)
+	}
+}

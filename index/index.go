@@ -73,8 +73,10 @@ type Index struct {
 	// need (see run).
 	writing sync.Mutex
 	// resetGen is gen at the last Reset: a rescan's loads, and its end,
-	// are refused when a heal has emptied the index since.
-	resetGen atomic.Uint64
+	// are refused when a heal has emptied the index since. tableGens is
+	// gen at each table's Reset since, for that table's loads.
+	resetGen  atomic.Uint64
+	tableGens sync.Map // table name -> uint64
 
 	updates chan struct{} // signalled after a change that may bring a due time forward
 	mu      sync.Mutex
@@ -175,14 +177,23 @@ func (x *Index) Reset() error {
 		return fmt.Errorf("reset index: %w", err)
 	}
 	x.resetGen.Store(gen)
+	x.tableGens.Clear()
 	x.restartAll()
 	return nil
 }
 
 // healedSinceReset, inside an operation, refuses to go on filling, or to
-// declare filled, an index that a heal emptied after the rescan's Reset.
-func (x *Index) healedSinceReset() error {
-	if x.gen != x.resetGen.Load() {
+// declare filled, an index that a heal emptied after the rescan's Reset:
+// of the whole index, or with table set, of that table's part, when it
+// was reset on its own since.
+func (x *Index) healedSinceReset(table *string) error {
+	reset := x.resetGen.Load()
+	if table != nil {
+		if gen, ok := x.tableGens.Load(*table); ok {
+			reset = gen.(uint64)
+		}
+	}
+	if x.gen != reset {
 		return fmt.Errorf("the index was set aside during the rescan, and what it loaded with it: rescan again: %w", ErrCorrupt)
 	}
 	return nil

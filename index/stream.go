@@ -74,7 +74,7 @@ func (x *Index) State() (State, error) {
 // was found corrupt, and replaced, since the rescan's Reset.
 func (x *Index) Rescanned(origin string, checkpoint uint64, at time.Time) error {
 	err := x.update(func(tx *bolt.Tx) error {
-		if err := x.healedSinceReset(); err != nil {
+		if err := x.healedSinceReset(nil); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)

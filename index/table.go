@@ -112,7 +112,7 @@ func (t *Table) Reset() error {
 	if err != nil {
 		return fmt.Errorf("reset index of %s: %w", t.name, err)
 	}
-	t.x.resetGen.Store(gen)
+	t.x.tableGens.Store(t.name, gen)
 	t.x.restartTable(t.name)
 	return nil
 }
@@ -158,7 +158,7 @@ func (t *Table) load(bucket []byte, entries []Entry, kv func(Entry) ([]byte, []b
 // refused when a heal emptied the index since the rescan's Reset.
 func (t *Table) fill(fn func(tableBuckets) error) error {
 	return t.x.update(func(tx *bolt.Tx) error {
-		if err := t.x.healedSinceReset(); err != nil {
+		if err := t.x.healedSinceReset(&t.name); err != nil {
 			return err
 		}
 		tb, err := createTable(tx, t.name)

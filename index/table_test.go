@@ -1,6 +1,7 @@
 package index
 
 import (
+	"errors"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -157,5 +158,42 @@ func TestTakeEarliestPerTable(t *testing.T) {
 	}
 	if _, restart := b.TakeEarliest(); restart {
 		t.Fatal("a's reset restarts b's walk")
+	}
+}
+
+// A heal between two tables' rescans, within one rescan of the whole
+// index: the second table fills its own part, but the whole is refused,
+// since the first table's part went with the heal.
+func TestAHealBetweenTwoTablesFailsTheWholeRescan(t *testing.T) {
+	tmpl := template(t)
+	path := filepath.Join(t.TempDir(), "index.db")
+	write(t, path, tmpl)
+	x := open(t, path)
+	if err := x.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := x.Table("public.a"), x.Table("public.b")
+	if err := a.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.LoadEntries(testEntries(3000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Filled("fa"); err != nil {
+		t.Fatal(err)
+	}
+	l := readLayout(t, path)
+	corrupt(t, path, l, kinds["random"], l.dataPages(false)...)
+	if _, _, err := a.Due(nil, far, 10); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Due on garbage: %v; want ErrCorrupt", err)
+	}
+	if err := b.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Filled("fb"); err != nil {
+		t.Fatalf("b's own rescan after the heal: %v", err)
+	}
+	if err := x.Rescanned("o", 1, time.Now()); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("the whole rescan, a's part lost to the heal: %v; want ErrCorrupt", err)
 	}
 }

@@ -105,6 +105,11 @@ func runService(ctx context.Context, cfg *config.Config, m *metrics.Metrics, poo
 		return rs.QueueGone(ctx, gone, cfg.Orphans.Grace)
 	}
 	stream := replication.New(rpc, idx, func(ctx context.Context) error {
+		// Emptied whole first, as one index: a heal during any table's
+		// rescan then fails the stream's record of the whole.
+		if err := idx.Reset(); err != nil {
+			return err
+		}
 		for _, r := range rs {
 			if err := rescanForStream(ctx, r, log); err != nil {
 				return err

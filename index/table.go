@@ -89,9 +89,6 @@ func eachTable(all *bolt.Bucket, fn func(key []byte, tb *bolt.Bucket)) {
 	}
 }
 
-// Name is the table's name in the index.
-func (t *Table) Name() string { return t.name }
-
 // Reset empties the table's part of the index ahead of its rescan, and
 // forgets that a rescan filled it; the other tables and the stream's
 // position stay. An index found corrupt is replaced by an empty one: Reset

@@ -26,7 +26,7 @@ import (
 var (
 	_ reconciler.Store = (*storage.Local)(nil)
 	_ reconciler.Store = (*storage.S3)(nil)
-	_ reconciler.Index = (*index.Index)(nil)
+	_ reconciler.Index = (*index.Table)(nil)
 )
 
 // tables are the configured tables, as the reconciler names them.

@@ -40,39 +40,21 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	for _, key := range kept {
 		r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row", "storage_key", key)
 	}
-	// A row whose key spells the same file otherwise ("a//b.jpg") uses it.
-	u, err := r.uncleanOwners(ctx)
+	// A row may own a file no row names as its key: under another
+	// spelling of its path ("a//b.jpg"), or, with derived patterns, through
+	// a derived location (a thumbnail folder) of any table on the storage.
+	stillOwned, err := r.stillOwned(ctx, removals)
 	if err != nil {
 		return s, err
 	}
 	var owned []string
 	removals = slices.DeleteFunc(removals, func(rm storage.Removal) bool {
-		key, ok := u.owns(r, rm.Key)
-		if ok {
-			r.log.InfoContext(ctx, "[CLEANUP] Kept file still used by another row, under another spelling of its path", "storage_key", rm.Key, "other_key", key)
+		if stillOwned[rm.Key] {
+			r.log.InfoContext(ctx, "[CLEANUP] Kept file a remaining row still owns, under another spelling of its path or through a derived location", "storage_key", rm.Key)
 			owned = append(owned, rm.Key)
 		}
-		return ok
+		return stillOwned[rm.Key]
 	})
-	if len(r.patterns) > 0 && len(removals) > 0 {
-		// A file may lie where a remaining row's derived location owns it
-		// (a thumbnail folder), of any table on the storage.
-		files := make([]string, len(removals))
-		for i, rm := range removals {
-			files[i] = rm.Key
-		}
-		derivedOwned, err := r.ownedFiles(ctx, files)
-		if err != nil {
-			return s, err
-		}
-		removals = slices.DeleteFunc(removals, func(rm storage.Removal) bool {
-			if derivedOwned[rm.Key] {
-				r.log.InfoContext(ctx, "[CLEANUP] Kept file a remaining row owns through a derived location", "storage_key", rm.Key)
-				owned = append(owned, rm.Key)
-			}
-			return derivedOwned[rm.Key]
-		})
-	}
 	if len(owned) > 0 {
 		if _, err := r.db.Exec(ctx, r.sql.finishRemoval, owned, []string{}, []string{}); err != nil {
 			return s, fmt.Errorf("record kept files in the outbox: %w", err)
@@ -187,6 +169,28 @@ func (r *Reconciler) removeFiles(ctx context.Context, keys []string) (Summary, e
 	}
 	s.FilesPending += len(failed)
 	return s, judgeErr
+}
+
+// stillOwned tells which of the files to remove a row still owns: the
+// ownership query of derived files when the tables have patterns, else
+// the keys spelled otherwise alone (the claim has checked the keys).
+func (r *Reconciler) stillOwned(ctx context.Context, removals []storage.Removal) (map[string]bool, error) {
+	files := make([]string, len(removals))
+	for i, rm := range removals {
+		files[i] = rm.Key
+	}
+	if len(r.patterns) > 0 && len(files) > 0 {
+		return r.ownedFiles(ctx, files)
+	}
+	u, err := r.uncleanOwners(ctx)
+	if err != nil {
+		return nil, err
+	}
+	owned := map[string]bool{}
+	for _, f := range files {
+		_, owned[f] = u.owns(r, f)
+	}
+	return owned, nil
 }
 
 // claimRemovals makes the shared-key check again and returns the removals

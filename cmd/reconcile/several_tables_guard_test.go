@@ -180,3 +180,41 @@ func TestServiceDrainingAFormerTableKeepsAFileItsRowUsesAgain(t *testing.T) {
 		t.Fatalf("the file of a row put back was removed while draining a former table:\n%s", s.logs)
 	}
 }
+
+// Rows each shape must never purge: a flag that says deleted without a
+// deleted_at, a deleted_at whose flag says live, a deleted_at the index
+// cannot order.
+func TestRescanLeavesRowsTheirShapeDoesNotHoldDue(t *testing.T) {
+	f := newForum(t)
+	severalTables(t, f, true, "1h", "1h", "1h")
+	inactive := f.add("forum/no-time.jpg", -1)
+	f.exec(`UPDATE forum_attachment SET is_active = false WHERE id = $1`, inactive)
+	flagged := f.blog("blog/flag-only.jpg", "", -1)
+	f.exec(`UPDATE blog_image SET is_deleted = true WHERE id = $1`, flagged)
+	restored := f.blog("blog/restored.jpg", "", 5)
+	f.exec(`UPDATE blog_image SET is_deleted = false WHERE id = $1`, restored) // deleted_at kept
+	infinite := f.avatar("avatars/infinite.jpg", -1)
+	f.exec(`UPDATE avatar SET deleted_at = '-infinity' WHERE id = $1`, infinite)
+	due := f.avatar("avatars/due.jpg", 2)
+	f.migrate()
+	code, out, stderr := reconcile("--rescan")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	for _, r := range []struct{ table, id string }{
+		{"forum_attachment", inactive}, {"blog_image", fmt.Sprint(flagged)},
+		{"blog_image", fmt.Sprint(restored)}, {"avatar", infinite},
+	} {
+		if !f.rowExists(r.table, r.id) {
+			t.Errorf("%s row %s purged\n%s", r.table, r.id, out)
+		}
+	}
+	for _, key := range []string{"forum/no-time.jpg", "blog/flag-only.jpg", "blog/restored.jpg", "avatars/infinite.jpg"} {
+		if f.fileGone(key) {
+			t.Errorf("%s removed", key)
+		}
+	}
+	if f.rowExists("avatar", due) || !f.fileGone("avatars/due.jpg") {
+		t.Errorf("the due avatar was not purged\n%s", out)
+	}
+}
